@@ -1,0 +1,1 @@
+"""The `hpcbatch` command line: thin clients of the controller API, lazy imports."""

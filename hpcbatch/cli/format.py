@@ -1,0 +1,98 @@
+"""Plain-text tables and durations for the CLI, squeue/sinfo style. Stdlib only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}-{hours:02d}:{minutes:02d}:{s:02d}"
+    if hours:
+        return f"{hours}:{minutes:02d}:{s:02d}"
+    return f"{minutes}:{s:02d}"
+
+
+def elapsed(job: dict[str, Any], now: float | None = None) -> str:
+    start = job.get("started")
+    if not start:
+        return "0:00"
+    end = job.get("ended") or (now or time.time())
+    return duration(end - start)
+
+
+def stamp(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts))
+
+
+def memory(mb: int | None) -> str:
+    if not mb:
+        return "-"
+    if mb >= 1024 and mb % 1024 == 0:
+        return f"{mb // 1024}G"
+    if mb >= 1024:
+        return f"{mb / 1024:.1f}G"
+    return f"{mb}M"
+
+
+def jobs_table(jobs: Sequence[dict[str, Any]]) -> str:
+    now = time.time()
+    rows = []
+    for j in jobs:
+        where = ",".join(j.get("hosts") or [])
+        state = j["state"]
+        detail = where if state in ("STARTING", "RUNNING") else (j.get("reason") or "")
+        if state in ("SUCCEEDED", "FAILED"):
+            detail = j.get("reason") or ""
+        rows.append([
+            j["id"], j["name"][:24], j["user"], j["queue"], state, j.get("nodes", 1),
+            elapsed(j, now), duration(j.get("time_limit_s")) if j.get("time_limit_s") else "-",
+            detail,
+        ])
+    return table(
+        ["JOBID", "NAME", "USER", "QUEUE", "STATE", "NODES", "TIME", "LIMIT", "NODELIST(REASON)"],
+        rows,
+    )
+
+
+def hosts_table(hosts: Sequence[dict[str, Any]]) -> str:
+    rows = []
+    for h in hosts:
+        state = h["state"].lower()
+        if h.get("admin") == "DRAIN":
+            state = "drain" if not h.get("jobs") else "draining"
+        elif h["state"] == "UP":
+            state = "alloc" if h.get("alloc_cpus") and h["alloc_cpus"] >= (h.get("cpus") or 0) else (
+                "mix" if h.get("alloc_cpus") else "idle"
+            )
+        gpus = h.get("gpus") or []
+        labels = ",".join(f"{k}={v}" for k, v in sorted((h.get("labels") or {}).items()))
+        rows.append([
+            h["name"], state,
+            f"{h.get('alloc_cpus', 0)}/{h['cpus'] if h.get('cpus') is not None else '?'}",
+            f"{memory(h.get('alloc_memory_mb'))}/{memory(h.get('memory_mb'))}",
+            f"{len(h.get('alloc_gpus') or [])}/{len(gpus)}",
+            h.get("fabric") or "-", labels or "-",
+            h.get("admin_reason") or h.get("reason") or "",
+        ])
+    return table(["HOST", "STATE", "CPUS(A/T)", "MEM(A/T)", "GPUS(A/T)", "FABRIC", "LABELS", "REASON"], rows)

@@ -1,0 +1,140 @@
+"""Turn `hpcbatch submit`/`run` arguments and a job script into one JSON request.
+
+Directives and options are parsed here, in the client, by the same pure
+parser (`core.directives`), so a bad line is reported with its file and line
+number before anything reaches the controller. The controller validates the
+result again with its strict model.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from hpcbatch.core.directives import (
+    JOB_REQUEST_KEYS,
+    DirectiveError,
+    ExportSpec,
+    merge,
+    parse_args,
+    parse_script,
+    split_submit_argv,
+)
+
+OWN_FLAGS = ("--wait", "-W", "--json", "--parsable")
+OWN_VALUED = ("--wrap",)
+PASSED_EXTRAS = ("ntasks", "exclusive", "array", "dependency", "fabric", "image", "main_node",
+                 "launch_mode")
+
+
+@dataclass
+class Submission:
+    request: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    wait: bool = False
+    json: bool = False
+    parsable: bool = False
+
+
+def _own_options(tokens: list[str]) -> tuple[dict[str, Any], list[str]]:
+    own: dict[str, Any] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok in ("--wait", "-W"):
+            own["wait"] = True
+        elif tok in ("--json", "--parsable"):
+            own[tok[2:]] = True
+        elif tok == "--wrap":
+            if i + 1 >= len(tokens):
+                raise DirectiveError("command line", None, "--wrap needs a command")
+            own["wrap"] = tokens[i + 1]
+            i += 1
+        elif tok.startswith("--wrap="):
+            own["wrap"] = tok.split("=", 1)[1]
+        else:
+            rest.append(tok)
+        i += 1
+    return own, rest
+
+
+def _read_script(path: str, stdin: IO[str] | None) -> str:
+    if path == "-":
+        if stdin is None:
+            raise DirectiveError("command line", None, "no script given on standard input")
+        return stdin.read()
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise DirectiveError(path, None, "no such file") from None
+    except IsADirectoryError:
+        raise DirectiveError(path, None, "is a directory, not a job script") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DirectiveError(path, None, f"cannot read the script: {exc}") from None
+
+
+def build_submission(
+    argv: list[str], stdin: IO[str] | None, *, run_mode: bool = False
+) -> Submission:
+    """Parse `submit`/`run` arguments; raises DirectiveError naming the file and line."""
+    opts, rest = split_submit_argv(argv, flags=OWN_FLAGS, valued=OWN_VALUED)
+    own, sbatch_tokens = _own_options(opts)
+    cli = parse_args(sbatch_tokens, origin="command line")
+    script_path: str | None = None
+    args: list[str] = []
+    if run_mode:
+        if not rest:
+            raise DirectiveError("command line", None, "run: name a command to run")
+        text = '#!/bin/sh\nexec "$@"\n'
+        args = list(rest)
+        default_name = os.path.basename(rest[0])
+    elif "wrap" in own:
+        if rest:
+            raise DirectiveError("command line", None, "--wrap takes no script")
+        text = "#!/bin/sh\n" + own["wrap"] + "\n"
+        default_name = "wrap"
+    elif rest:
+        script_path = rest[0]
+        text = _read_script(script_path, stdin)
+        args = list(rest[1:])
+        default_name = os.path.basename(script_path) if script_path != "-" else "stdin"
+    elif stdin is not None and not stdin.isatty():
+        script_path = "-"
+        text = stdin.read()
+        default_name = "stdin"
+    else:
+        raise DirectiveError(
+            "command line", None, "name a job script (or use --wrap CMD, or pipe one on stdin)"
+        )
+    if not text.strip():
+        raise DirectiveError(script_path or "command line", None, "the job script is empty")
+    script_opts, _ = parse_script(text, script_path or "script")
+    values = merge(script_opts, cli)
+    export = values.pop("export", None)
+    if not isinstance(export, ExportSpec):
+        export = ExportSpec(everything=False)
+    request: dict[str, Any] = {
+        k: v for k, v in values.items() if k in JOB_REQUEST_KEYS or k in PASSED_EXTRAS
+    }
+    request.setdefault("name", default_name)
+    request["script"] = text
+    request["args"] = args
+    request["env"] = export.environment(os.environ)
+    request["submit_dir"] = os.getcwd()
+    if script_path and script_path != "-":
+        request["script_path"] = str(Path(script_path).resolve())
+    return Submission(
+        request=request,
+        warnings=script_opts.warnings + cli.warnings,
+        wait=bool(own.get("wait")),
+        json=bool(own.get("json")),
+        parsable=bool(own.get("parsable")),
+    )
+
+
+def describe_command(argv: list[str]) -> str:
+    return shlex.join(argv)

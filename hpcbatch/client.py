@@ -1,0 +1,94 @@
+"""The client side of the controller's API, shared by the CLI and the dashboard.
+
+Standard library only, synchronous and small: `hpcbatch submit` must start in
+a few tens of milliseconds, so it cannot pay for asyncio or pydantic imports.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class ClientError(Exception):
+    """The controller refused a request (`kind` says how) or could not be reached."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class Client:
+    """One connection to the controller; requests are answered in order."""
+
+    def __init__(self, path: Path, timeout: float | None = 30.0) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(str(path))
+        except FileNotFoundError:
+            self._sock.close()
+            raise ClientError(
+                "unavailable",
+                f"no controller socket at {path}: start one with `hpcbatch controller` "
+                "(or set HPCBATCH_SOCKET / HPCBATCH_HOME)",
+            ) from None
+        except OSError as exc:
+            self._sock.close()
+            raise ClientError(
+                "unavailable", f"cannot reach the controller at {path}: {exc.strerror or exc}"
+            ) from None
+        self._file = self._sock.makefile("rb")
+        self._next = 0
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def set_timeout(self, timeout: float | None) -> None:
+        self._sock.settimeout(timeout)
+
+    def _send(self, op: str, args: dict[str, Any]) -> int:
+        self._next += 1
+        msg = {"id": self._next, "op": op, **args}
+        self._sock.sendall(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+        return self._next
+
+    def _recv(self) -> dict[str, Any]:
+        try:
+            line = self._file.readline()
+        except TimeoutError:
+            raise ClientError("timeout", "the controller did not answer in time") from None
+        if not line:
+            raise ClientError("unavailable", "the controller closed the connection")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def call(self, op: str, **args: Any) -> Any:
+        """Send one request and return its result, or raise ClientError."""
+        self._send(op, args)
+        reply = self._recv()
+        if not reply.get("ok"):
+            raise ClientError(str(reply.get("kind", "error")), str(reply.get("error", "failed")))
+        return reply.get("result")
+
+    def watch(self) -> Iterator[dict[str, Any]]:
+        """Subscribe to controller events; yields them until the connection ends."""
+        self.set_timeout(None)
+        self.call("watch")
+        while True:
+            line = self._file.readline()
+            if not line:
+                return
+            yield json.loads(line)

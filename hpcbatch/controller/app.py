@@ -1,0 +1,120 @@
+"""The controller process: wires the store, the host links, the services and the API.
+
+Start-up order: open the store, load the inventory, rebuild in-memory state
+from the store, open the API, connect to the hosts, start the scheduler.
+Shutdown runs the other way: stop taking requests, stop the scheduler, close
+the SSH links (jobs keep running on the hosts), close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Any
+
+from hpcbatch.controller.api import ApiServer
+from hpcbatch.controller.cluster import Cluster
+from hpcbatch.controller.events import EventBus
+from hpcbatch.controller.hosts import HostService
+from hpcbatch.controller.jobs import JobService
+from hpcbatch.controller.scheduling import SchedulerLoop
+from hpcbatch.controller.settings import ControllerSettings
+from hpcbatch.inventory import ResolvedInventory, load_inventory
+from hpcbatch.store.db import Store
+from hpcbatch.transport.link import HostLink, LinkSettings, SshTarget
+
+log = logging.getLogger(__name__)
+
+
+def ssh_target(spec: Any) -> SshTarget:
+    return SshTarget(
+        name=spec.name,
+        address=spec.address,
+        port=spec.port,
+        user=spec.user,
+        identity=str(spec.identity) if spec.identity else None,
+        known_hosts=str(spec.known_hosts) if spec.known_hosts else None,
+        ssh_config=str(spec.ssh_config) if spec.ssh_config else None,
+        work_dir=spec.work_dir,
+        python=spec.python,
+    )
+
+
+class Controller:
+    """One controller. Use `async with Controller.open(settings)` or `run()`."""
+
+    def __init__(
+        self, settings: ControllerSettings, inventory: ResolvedInventory, store: Store
+    ) -> None:
+        self.settings = settings
+        self.inventory = inventory
+        self.store = store
+        self.bus = EventBus()
+        self.cluster = Cluster(inventory)
+        self.links: dict[str, HostLink] = {}
+        self.jobs = JobService(store, self.cluster, self.bus, self.links, settings, self._wake)
+        self.hosts = HostService(store, self.cluster, self.bus, self.jobs)
+        self.scheduler = SchedulerLoop(self.jobs)
+        self.api = ApiServer(self, settings.socket)
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+
+    def _wake(self) -> None:
+        self.scheduler.wake()
+
+    @classmethod
+    async def create(cls, settings: ControllerSettings) -> Controller:
+        inventory = load_inventory(settings.inventory)
+        store = await Store.open(settings.database, sync=settings.sync)  # type: ignore[arg-type]
+        return cls(settings, inventory, store)
+
+    async def start(self) -> None:
+        await self.jobs.load()
+        await self.hosts.load()
+        await self.api.start()
+        link_settings = LinkSettings(
+            connect_timeout_s=self.settings.connect_timeout_s,
+            heartbeat_s=self.settings.heartbeat_s,
+        )
+        for name, spec in self.inventory.hosts.items():
+            link = HostLink(ssh_target(spec), self.hosts, settings=link_settings)
+            self.links[name] = link
+            link.start()
+        self.scheduler.start()
+        log.info(
+            "controller up: %d hosts, %d active jobs, socket %s",
+            len(self.links), len(self.jobs.active), self.settings.socket,
+        )
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        """Clean shutdown in order; jobs keep running on the hosts."""
+        await self.api.stop()
+        await self.scheduler.stop()
+        await self.jobs.drain_tasks()
+        await asyncio.gather(*(link.close() for link in self.links.values()))
+        self.bus.close()
+        await self.store.close()
+        log.info("controller stopped")
+
+
+async def run_controller(settings: ControllerSettings) -> None:
+    """Run until SIGTERM/SIGINT or an admin `shutdown` request."""
+    controller = await Controller.create(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, controller.request_stop)
+    try:
+        await controller.start()
+        await controller.wait_stopped()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await controller.stop()

@@ -1,0 +1,153 @@
+"""Host connections as the controller sees them: facts, state, and reconciliation.
+
+When a host's agent connects (first time, after a network cut, or after a
+controller restart) its list of unacknowledged attempts is reconciled with the
+store before the host takes new work: finished attempts are collected, live
+ones re-adopted, attempts the controller gave up on are fenced (killed), and
+attempts that were written down but never reached the host are launched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from hpcbatch.controller.cluster import Cluster, HostRuntime
+from hpcbatch.controller.events import EventBus
+from hpcbatch.controller.jobs import JobService
+from hpcbatch.core.facts import FactsError, effective_resources, facts_from_agent
+from hpcbatch.core.records import AttemptState, parse_attempt_id
+from hpcbatch.core.states import AdminState, HostState
+from hpcbatch.store.db import Store
+from hpcbatch.transport.link import AgentError, HostLink, HostUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class HostService:
+    """Implements the transport's LinkListener for every host."""
+
+    def __init__(self, store: Store, cluster: Cluster, bus: EventBus, jobs: JobService) -> None:
+        self.store = store
+        self.cluster = cluster
+        self.bus = bus
+        self.jobs = jobs
+
+    def publish(self, host: HostRuntime) -> None:
+        self.bus.publish({"event": "host", "host": host.summary()})
+
+    async def load(self) -> None:
+        """Restore operator states (drain) from the store."""
+        for name, (state, reason) in (await self.store.host_admin_states()).items():
+            host = self.cluster.hosts.get(name)
+            if host is not None:
+                host.admin = AdminState(state)
+                host.admin_reason = reason
+
+    async def set_admin(self, name: str, state: AdminState, reason: str | None) -> HostRuntime:
+        host = self.cluster.hosts[name]
+        await self.store.set_host_admin(name, str(state), reason, time.time())
+        host.admin, host.admin_reason = state, reason
+        self.publish(host)
+        self.jobs.wake_scheduler()
+        return host
+
+    # ------------------------------------------------------------------ LinkListener
+
+    async def link_up(self, link: HostLink, hello: dict[str, Any]) -> None:
+        host = self.cluster.hosts[link.name]
+        host.state = HostState.CONNECTING
+        try:
+            facts = facts_from_agent(hello.get("facts") or {})
+        except FactsError as exc:
+            host.state, host.reason = HostState.UNREACHABLE, f"bad facts from the agent: {exc}"
+            self.publish(host)
+            await link.drop()
+            return
+        spec = host.spec
+        cpus, memory_mb, gpus, mismatches = effective_resources(
+            facts, spec.cpus, spec.memory_mb, spec.gpus, host=spec.name
+        )
+        host.facts, host.cpus, host.memory_mb, host.gpus = facts, cpus, memory_mb, gpus
+        host.mismatches = list(mismatches)
+        for line in mismatches:
+            log.warning("%s", line)
+        await self.store.save_facts(spec.name, hello.get("facts") or {}, time.time())
+        try:
+            await self.reconcile(link, list(hello.get("attempts") or []))
+        except (HostUnavailable, AgentError) as exc:
+            host.state, host.reason = HostState.UNREACHABLE, f"reconcile failed: {exc}"
+            self.publish(host)
+            return
+        host.state, host.reason = HostState.UP, None
+        log.info("%s: up (%s CPUs, %s MB, GPUs %s)", spec.name, cpus, memory_mb, list(gpus))
+        self.publish(host)
+        self.jobs.wake_scheduler()
+
+    async def link_down(self, link: HostLink, reason: str) -> None:
+        host = self.cluster.hosts[link.name]
+        if host.state != HostState.DOWN:
+            host.state = HostState.UNREACHABLE
+        host.reason = reason
+        log.warning("%s: %s", link.name, reason)
+        self.publish(host)
+        self.jobs.wake_scheduler()
+
+    def agent_event(self, link: HostLink, event: dict[str, Any]) -> None:
+        kind = event.get("ev")
+        if kind == "exit":
+            self.jobs.spawn(self.jobs.on_exit(link.name, event), f"exit-{event.get('attempt')}")
+        elif kind == "error":
+            log.warning("%s: agent: %s", link.name, event.get("error"))
+
+    # ------------------------------------------------------------------ reconcile
+
+    async def reconcile(self, link: HostLink, reported: list[dict[str, Any]]) -> None:
+        name = link.name
+        by_id = {str(r.get("attempt")): r for r in reported}
+        keep: list[str] = []
+        stray_running: list[str] = []
+        stray_exited: list[str] = []
+        for aid, info in by_id.items():
+            try:
+                job_id, attempt, node = parse_attempt_id(aid)
+            except ValueError:
+                continue
+            job = self.jobs.active.get(job_id)
+            a = None
+            if job is not None and job.attempt == attempt:
+                a = next(
+                    (x for x in self.jobs.current_attempts(job) if x.node == node and x.host == name),
+                    None,
+                )
+            live = a is not None and a.state in (AttemptState.STARTING, AttemptState.RUNNING)
+            if not live:
+                (stray_running if info.get("state") == "running" else stray_exited).append(aid)
+                continue
+            assert job is not None and a is not None
+            if info.get("state") == "running":
+                keep.append(aid)
+                if a.state == AttemptState.STARTING:
+                    started = float(info.get("started") or time.time())
+                    await self.jobs.mark_running(job, a, started)
+            else:
+                exit_info = dict(info.get("exit") or {})
+                if info.get("state") == "lost" and not exit_info.get("reason"):
+                    exit_info["reason"] = f"lost on {name}: no exit status was recorded"
+                await self.jobs.on_exit(name, {**exit_info, "attempt": aid})
+        if stray_running:
+            # Fencing: the controller gave up on these; they must not run on.
+            reply = await link.request("fence", keep=keep)
+            log.warning("%s: fenced stale attempts %s", name, reply.get("killed"))
+        if stray_exited:
+            await link.request("ack", attempts=stray_exited)
+        for job, a in self.jobs.attempts_on(name):
+            if a.attempt_id in by_id:
+                continue
+            if a.state == AttemptState.STARTING:
+                self.jobs.launch_soon(job, [a])
+            else:
+                await self.jobs.fail_job(
+                    job, f"lost: attempt {a.attempt_id} is no longer known on {name}"
+                )

@@ -1,0 +1,511 @@
+"""Job lifecycle in the controller: submit, launch, exit, cancel.
+
+Every change follows the same order: compare-and-set in the store (committed),
+then the in-memory copy, then the side effects (launch, kill, ack, events).
+All mutations of job state run under one lock, so the in-memory copy always
+matches what was committed; the store's compare-and-set is the second guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pydantic import ValidationError
+
+from hpcbatch.controller.cluster import Cluster
+from hpcbatch.controller.events import EventBus
+from hpcbatch.controller.settings import ControllerSettings
+from hpcbatch.core.directives import expand_output_pattern
+from hpcbatch.core.jobenv import NodeContext, job_environment
+from hpcbatch.core.records import AttemptRecord, AttemptState, JobRecord, parse_attempt_id
+from hpcbatch.core.scheduler import JobView, infeasible
+from hpcbatch.core.states import JobState
+from hpcbatch.core.units import format_duration
+from hpcbatch.models import JobRequest
+from hpcbatch.store.db import AttemptUpdate, NewJob, Store
+from hpcbatch.transport.link import AgentError, HostLink, HostUnavailable
+
+log = logging.getLogger(__name__)
+
+NOT_YET = {
+    "array": "array jobs (--array)",
+    "dependency": "dependencies (--dependency)",
+    "image": "container images (--image)",
+    "main_node": "multi-node jobs (--main-node)",
+    "launch_mode": "multi-node jobs (--launch-mode)",
+}
+
+
+class ApiError(Exception):
+    """A refusal to report to the client: `kind` is bad_request, not_found, forbidden,
+    infeasible or internal."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    uid: int
+    user: str
+
+    @property
+    def admin(self) -> bool:
+        return self.uid == 0 or self.uid == os.getuid()
+
+
+def format_validation_error(exc: ValidationError, what: str = "job") -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or what
+        parts.append(f"{loc}: {err['msg']}")
+    return f"invalid {what}: " + "; ".join(parts)
+
+
+def job_view(job: JobRecord) -> JobView:
+    req = job.request
+    return JobView(
+        id=job.id,
+        queue=job.queue,
+        cpus=req.get("cpus", 1),
+        memory_mb=req.get("memory_mb") or 0,
+        gpus=req.get("gpus", 0),
+        nodes=req.get("nodes", 1),
+        exclusive=bool(req.get("exclusive", False)),
+        fabric=req.get("fabric"),
+    )
+
+
+def exit_reason(ev: dict[str, Any], time_limit_s: int | None) -> tuple[JobState, str]:
+    code = ev.get("code")
+    sig = ev.get("signal")
+    given = ev.get("reason")
+    if ev.get("timed_out"):
+        limit = format_duration(time_limit_s) if time_limit_s else "?"
+        return JobState.FAILED, f"timeout: exceeded its time limit of {limit}"
+    if given:
+        return JobState.FAILED, str(given)
+    if code == 0:
+        return JobState.SUCCEEDED, "exit code 0"
+    if sig:
+        try:
+            name = signal.Signals(int(sig)).name
+        except ValueError:
+            name = f"signal {sig}"
+        return JobState.FAILED, f"killed by {name}"
+    if code is None:
+        return JobState.FAILED, "lost: no exit status"
+    return JobState.FAILED, f"exit code {code}"
+
+
+class JobService:
+    """Owns the active jobs (every job not yet final) and every change to them."""
+
+    def __init__(
+        self,
+        store: Store,
+        cluster: Cluster,
+        bus: EventBus,
+        links: dict[str, HostLink],
+        settings: ControllerSettings,
+        wake_scheduler: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.cluster = cluster
+        self.bus = bus
+        self.links = links
+        self.settings = settings
+        self.wake_scheduler = wake_scheduler
+        self.active: dict[int, JobRecord] = {}
+        self.lock = asyncio.Lock()
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ helpers
+
+    def spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def publish(self, job: JobRecord) -> None:
+        self.bus.publish({"event": "job", "job": job.summary()})
+
+    def current_attempts(self, job: JobRecord) -> list[AttemptRecord]:
+        return [a for a in job.attempts if a.attempt == job.attempt]
+
+    async def load(self) -> None:
+        """Rebuild the in-memory state from the store after a (re)start."""
+        for job in await self.store.load_active():
+            exclusive = job.request.get("nodes", 1) > 1 or bool(job.request.get("exclusive"))
+            job.attempts = [replace(a, exclusive=exclusive) for a in job.attempts]
+            self.active[job.id] = job
+            self.cluster.hold(self.current_attempts(job))
+
+    def _finished(self, job: JobRecord) -> None:
+        self.cluster.release(self.current_attempts(job))
+        self.active.pop(job.id, None)
+        for fut in self._waiters.pop(job.id, []):
+            if not fut.done():
+                fut.set_result(None)
+        self.publish(job)
+        self.wake_scheduler()
+
+    async def wait_final(self, job_ids: Iterable[int], timeout: float | None) -> None:
+        futures = []
+        loop = asyncio.get_running_loop()
+        for job_id in job_ids:
+            if job_id in self.active:
+                fut: asyncio.Future[None] = loop.create_future()
+                self._waiters.setdefault(job_id, []).append(fut)
+                futures.append(fut)
+        if futures:
+            await asyncio.wait_for(asyncio.gather(*futures), timeout)
+
+    # ------------------------------------------------------------------ submit
+
+    def check_request(self, raw: Any) -> tuple[JobRequest, str]:
+        if not isinstance(raw, dict):
+            raise ApiError("bad_request", "request must be an object")
+        for key, what in NOT_YET.items():
+            if raw.get(key) not in (None, ""):
+                raise ApiError("bad_request", f"{what} are not supported by this controller yet")
+        try:
+            req = JobRequest.model_validate(raw)
+        except ValidationError as exc:
+            raise ApiError("bad_request", format_validation_error(exc)) from None
+        inv = self.cluster.inventory
+        queue = req.queue or inv.default_queue
+        if queue not in inv.queues:
+            known = ", ".join(sorted(inv.queues))
+            raise ApiError("bad_request", f"unknown queue {queue!r} (queues: {known})")
+        if req.nodes > 1:
+            raise ApiError(
+                "bad_request", "multi-node jobs (--nodes > 1) are not supported by this controller yet"
+            )
+        hosts = [self.cluster.hosts[n] for n in self.cluster.queue_hosts(queue)]
+        known_hosts = [h.capacity_view() for h in hosts if h.known]
+        view = JobView(
+            id=0,
+            queue=queue,
+            cpus=req.cpus,
+            memory_mb=req.memory_mb or 0,
+            gpus=req.gpus,
+            nodes=req.nodes,
+            exclusive=req.exclusive,
+            fabric=req.fabric,
+        )
+        # "Never" needs every host's size; while some are not yet probed, only "not now".
+        if len(known_hosts) == len(hosts):
+            why = infeasible(view, known_hosts)
+            if why is not None:
+                raise ApiError("infeasible", f"refused: {why}")
+        return req, queue
+
+    async def submit(self, raw: Any, caller: Caller) -> int:
+        req, queue = self.check_request(raw)
+        request = req.model_dump(mode="json")
+        request["queue"] = queue
+        now = time.time()
+        reason = "Resources: waiting for the scheduler"
+        async with self.lock:
+            (job_id,) = await self.store.insert_jobs(
+                [NewJob(req.name, caller.user, caller.uid, queue, request, now)],
+                JobState.RUNNABLE,
+                reason,
+            )
+            job = JobRecord(
+                id=job_id,
+                name=req.name,
+                user=caller.user,
+                uid=caller.uid,
+                queue=queue,
+                state=JobState.RUNNABLE,
+                reason=reason,
+                request=request,
+                submitted=now,
+            )
+            self.active[job_id] = job
+        self.publish(job)
+        self.wake_scheduler()
+        return job_id
+
+    # ------------------------------------------------------------------ launch
+
+    def launch_soon(self, job: JobRecord, only: Iterable[AttemptRecord] | None = None) -> None:
+        targets = list(only) if only is not None else self.current_attempts(job)
+        for a in targets:
+            self.spawn(self._launch(job, a), f"launch-{a.attempt_id}")
+
+    def _node_env(self, job: JobRecord, a: AttemptRecord) -> dict[str, str]:
+        attempts = self.current_attempts(job)
+        names = tuple(x.host for x in attempts)
+        addrs = tuple(self.cluster.hosts[x.host].spec.address for x in attempts)
+        host = self.cluster.hosts[a.host]
+        req = job.request
+        ctx = NodeContext(
+            job_id=job.id,
+            job_name=job.name,
+            user=job.user,
+            queue=job.queue,
+            compute_env=self.cluster.compute_env_of(job.queue, a.host),
+            attempt=job.attempt,
+            node_index=a.node,
+            node_names=names,
+            node_addrs=addrs,
+            main_node_index=0,
+            cpus_on_node=a.cpus,
+            gpus_on_node=a.gpus,
+            host_has_gpus=bool(host.gpus),
+            submit_dir=req.get("submit_dir"),
+            time_limit_s=req.get("time_limit_s"),
+        )
+        return job_environment(ctx, dict(req.get("env") or {}))
+
+    def _output_path(self, job: JobRecord, a: AttemptRecord, pattern: str | None) -> str | None:
+        if not pattern:
+            return None
+        return expand_output_pattern(
+            pattern,
+            job_id=job.id,
+            array_job_id=None,
+            array_index=None,
+            job_name=job.name,
+            node_name=a.host,
+            user=job.user,
+        )
+
+    async def _launch(self, job: JobRecord, a: AttemptRecord) -> None:
+        link = self.links.get(a.host)
+        req = job.request
+        if link is None or not link.connected:
+            return  # launched when the host (re)connects: see HostService.reconcile
+        stdout = self._output_path(job, a, req.get("output"))
+        stderr = self._output_path(job, a, req.get("error")) or stdout
+        env = self._node_env(job, a)
+        # The check and the write to the channel happen with no await between them,
+        # so a cancel cannot slip in and be overtaken by this launch.
+        if job.state != JobState.STARTING or a.state != AttemptState.STARTING:
+            return
+        try:
+            reply = await link.request(
+                "launch",
+                attempt=a.attempt_id,
+                script=req["script"],
+                args=list(req.get("args") or []),
+                env=env,
+                cwd=req.get("workdir"),
+                stdout=stdout,
+                stderr=stderr,
+                timeout_s=req.get("time_limit_s"),
+                kill_grace_s=self.settings.kill_grace_s,
+            )
+        except HostUnavailable:
+            return  # the host reconnect path finds it STARTING and launches again
+        except AgentError as exc:
+            if "exists" in str(exc):
+                return  # already launched (a retry after a lost reply): its exit will come
+            await self.fail_job(job, f"launch failed on {a.host}: {str(exc).split(': ', 2)[-1]}")
+            return
+        await self.mark_running(job, a, float(reply.get("started") or time.time()), stdout, stderr)
+
+    async def mark_running(
+        self,
+        job: JobRecord,
+        a: AttemptRecord,
+        started: float,
+        stdout: str | None = None,
+        stderr: str | None = None,
+    ) -> None:
+        async with self.lock:
+            if a.state != AttemptState.STARTING or job.id not in self.active:
+                return
+            upd = AttemptUpdate(
+                job.id, a.attempt, a.node, AttemptState.RUNNING, started=started,
+                stdout=stdout, stderr=stderr,
+            )
+            all_started = all(
+                x.state == AttemptState.RUNNING or x is a for x in self.current_attempts(job)
+            )
+            if job.state == JobState.STARTING and all_started:
+                ok = await self.store.transition(
+                    job.id, JobState.STARTING, JobState.RUNNING, f"running on {a.host}",
+                    started, started=started, attempt_updates=[upd],
+                )
+                if not ok:
+                    return
+                job.state = JobState.RUNNING
+                job.reason = f"running on {a.host}"
+                job.started = started
+            else:
+                await self.store.update_attempts([upd])
+            a.state = AttemptState.RUNNING
+            a.started = started
+            a.stdout = stdout or a.stdout
+            a.stderr = stderr or a.stderr
+        self.publish(job)
+
+    # ------------------------------------------------------------------ exits
+
+    async def on_exit(self, host: str, ev: dict[str, Any]) -> None:
+        """An attempt ended on `host` (an agent event, or found by reconcile)."""
+        try:
+            job_id, attempt, node = parse_attempt_id(str(ev["attempt"]))
+        except (KeyError, ValueError):
+            log.warning("%s: exit event with a bad attempt id: %r", host, ev)
+            return
+        async with self.lock:
+            job = self.active.get(job_id)
+            a = None
+            if job is not None and job.attempt == attempt:
+                a = next((x for x in self.current_attempts(job) if x.node == node), None)
+            if job is None or a is None or a.state not in (
+                AttemptState.STARTING, AttemptState.RUNNING
+            ):
+                stale = True
+            else:
+                stale = False
+                state, reason = exit_reason(ev, job.request.get("time_limit_s"))
+                ended = float(ev.get("ended") or time.time())
+                upd = AttemptUpdate(
+                    job_id, attempt, node, AttemptState.EXITED,
+                    started=ev.get("started"), ended=ended, exit_code=ev.get("code"),
+                    signal=ev.get("signal"), reason=reason,
+                )
+                ok = await self.store.transition(
+                    job_id, job.state, state, reason, ended, ended=ended,
+                    exit_code=ev.get("code"), attempt_updates=[upd],
+                )
+                if ok:
+                    a.state = AttemptState.EXITED
+                    a.ended, a.exit_code, a.signal, a.reason = (
+                        ended, ev.get("code"), ev.get("signal"), reason
+                    )
+                    job.state, job.reason, job.ended, job.exit_code = (
+                        state, reason, ended, ev.get("code")
+                    )
+                    self._finished(job)
+        self.spawn(self._ack(host, str(ev["attempt"])), f"ack-{ev['attempt']}")
+        if stale:
+            log.info("%s: collected stale attempt %s", host, ev["attempt"])
+
+    async def _ack(self, host: str, attempt: str) -> None:
+        link = self.links.get(host)
+        if link is None:
+            return
+        try:
+            await link.request("ack", attempts=[attempt])
+        except (HostUnavailable, AgentError):
+            pass  # listed again by the next hello, and acked then
+
+    # ------------------------------------------------------------------ cancel / fail
+
+    async def fail_job(self, job: JobRecord, reason: str) -> bool:
+        """Fail a job now; its live attempts are marked LOST (fenced if they ever run)."""
+        async with self.lock:
+            if job.id not in self.active:
+                return False
+            now = time.time()
+            live = [
+                a for a in self.current_attempts(job)
+                if a.state in (AttemptState.STARTING, AttemptState.RUNNING)
+            ]
+            updates = [
+                AttemptUpdate(job.id, a.attempt, a.node, AttemptState.LOST, ended=now, reason=reason)
+                for a in live
+            ]
+            ok = await self.store.transition(
+                job.id, job.state, JobState.FAILED, reason, now, ended=now,
+                attempt_updates=updates,
+            )
+            if not ok:
+                return False
+            for a in live:
+                a.state, a.ended, a.reason = AttemptState.LOST, now, reason
+            job.state, job.reason, job.ended = JobState.FAILED, reason, now
+            self._finished(job)
+        for a in live:
+            self.spawn(self._kill(a, reason), f"kill-{a.attempt_id}")
+        return True
+
+    async def _kill(self, a: AttemptRecord, reason: str) -> None:
+        link = self.links.get(a.host)
+        if link is None or not link.connected:
+            return
+        try:
+            await link.request(
+                "kill", attempt=a.attempt_id, reason=reason, grace_s=self.settings.kill_grace_s
+            )
+        except (HostUnavailable, AgentError):
+            pass
+
+    async def cancel(self, job_ids: Iterable[int], caller: Caller, reason: str | None) -> list[dict[str, Any]]:
+        results = []
+        for job_id in job_ids:
+            job = self.active.get(job_id)
+            if job is None:
+                stored = await self.store.get_job(job_id)
+                status = "not found" if stored is None else f"already {stored.state}"
+                results.append({"job_id": job_id, "result": status})
+                continue
+            if job.uid != caller.uid and not caller.admin:
+                results.append({"job_id": job_id, "result": "forbidden: not your job"})
+                continue
+            why = reason or f"cancelled by {caller.user}"
+            if job.state.is_active:
+                why = reason or f"terminated by {caller.user}"
+                results.append({"job_id": job_id, "result": await self._terminate(job, why)})
+            else:
+                ok = await self.fail_job(job, why)
+                results.append({"job_id": job_id, "result": "cancelled" if ok else "already final"})
+        return results
+
+    async def _terminate(self, job: JobRecord, reason: str) -> str:
+        """Kill a STARTING/RUNNING job's processes; the exit event finishes it."""
+        pending = []
+        for a in self.current_attempts(job):
+            if a.state not in (AttemptState.STARTING, AttemptState.RUNNING):
+                continue
+            link = self.links.get(a.host)
+            found = False
+            if link is not None and link.connected:
+                try:
+                    reply = await link.request(
+                        "kill", attempt=a.attempt_id, reason=reason,
+                        grace_s=self.settings.kill_grace_s,
+                    )
+                    found = bool(reply.get("found"))
+                except (HostUnavailable, AgentError):
+                    found = False
+            if not found:
+                pending.append(a)
+        if pending and job.id in self.active:
+            # Never launched, or its host is unreachable: fail it now; if the process
+            # exists after all, the host fences it when it reconnects.
+            await self.fail_job(job, reason)
+            return "terminated"
+        return "terminating"
+
+    # ------------------------------------------------------------------ hosts
+
+    def attempts_on(self, host: str) -> list[tuple[JobRecord, AttemptRecord]]:
+        out = []
+        for job in self.active.values():
+            for a in self.current_attempts(job):
+                if a.host == host and a.state in (AttemptState.STARTING, AttemptState.RUNNING):
+                    out.append((job, a))
+        return out

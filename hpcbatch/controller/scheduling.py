@@ -1,0 +1,123 @@
+"""The scheduler loop: load a snapshot, decide (pure), write down, then launch.
+
+It sleeps on an asyncio.Event that submit, exit, cancel and host changes set;
+there is no timer. Several wake-ups while a pass runs fold into one more pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from hpcbatch.controller.jobs import JobService, job_view
+from hpcbatch.core.records import AttemptRecord, AttemptState
+from hpcbatch.core.scheduler import schedule
+from hpcbatch.core.states import JobState
+from hpcbatch.store.db import StartOrder, StoreError
+
+log = logging.getLogger(__name__)
+
+
+class SchedulerLoop:
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self.passes = 0
+        self.last_pass_s = 0.0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="scheduler")
+        self.wake()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                break
+            try:
+                await self.pass_once()
+                delay = 0.1
+            except StoreError as exc:
+                log.error("scheduling pass could not write: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self._wake.set()
+            except Exception:
+                log.exception("scheduling pass failed")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self._wake.set()
+
+    async def pass_once(self) -> int:
+        """One pass; returns how many jobs it started."""
+        jobs = self.jobs
+        t0 = time.perf_counter()
+        runnable = [j for j in jobs.active.values() if j.state == JobState.RUNNABLE]
+        if not runnable:
+            return 0
+        cluster = jobs.cluster
+        plan = schedule(cluster.host_views(), cluster.queue_views(), [job_view(j) for j in runnable])
+        for job_id, reason in plan.reasons.items():
+            job = jobs.active.get(job_id)
+            if job is not None and job.reason != reason:
+                job.reason = reason
+                jobs.publish(job)
+        if not plan.starts:
+            self._account(t0)
+            return 0
+        now = time.time()
+        orders = []
+        for job_id, placements in plan.starts:
+            job = jobs.active[job_id]
+            where = ",".join(p.host for p in placements)
+            orders.append(StartOrder(job_id, job.attempt + 1, placements, f"allocated on {where}"))
+        async with jobs.lock:
+            started = set(await jobs.store.start_jobs(orders, now))
+            launched = []
+            for order in orders:
+                job = jobs.active.get(order.job_id)
+                if order.job_id not in started or job is None:
+                    continue
+                job.state = JobState.STARTING
+                job.reason = order.reason
+                job.attempt = order.attempt
+                job.attempts = [
+                    AttemptRecord(
+                        job_id=job.id,
+                        attempt=order.attempt,
+                        node=node,
+                        host=p.host,
+                        cpus=p.cpus,
+                        memory_mb=p.memory_mb,
+                        gpus=p.gpus,
+                        state=AttemptState.STARTING,
+                        created=now,
+                        exclusive=p.exclusive,
+                    )
+                    for node, p in enumerate(order.placements)
+                ]
+                cluster.hold(job.attempts)
+                launched.append(job)
+        for job in launched:
+            jobs.publish(job)
+            jobs.launch_soon(job)
+        self._account(t0)
+        return len(launched)
+
+    def _account(self, t0: float) -> None:
+        self.passes += 1
+        self.last_pass_s = time.perf_counter() - t0

@@ -1,0 +1,56 @@
+"""Where the controller keeps its files and how it tunes its loops.
+
+Resolved once at start-up from the command line and the environment, then
+passed in explicitly: no module-level configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def default_home() -> Path:
+    """`$HPCBATCH_HOME`, else `~/.hpcbatch`."""
+    env = os.environ.get("HPCBATCH_HOME")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".hpcbatch"
+
+
+def default_socket(home: Path | None = None) -> Path:
+    env = os.environ.get("HPCBATCH_SOCKET")
+    if env:
+        return Path(env).expanduser()
+    return (home or default_home()) / "controller.sock"
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerSettings:
+    home: Path
+    inventory: Path
+    socket: Path
+    database: Path
+    heartbeat_s: float = 5.0
+    connect_timeout_s: float = 10.0
+    kill_grace_s: float = 10.0
+    sync: str = "NORMAL"
+
+    @classmethod
+    def build(
+        cls,
+        inventory: Path,
+        home: Path | None = None,
+        socket: Path | None = None,
+        database: Path | None = None,
+        **kw: object,
+    ) -> ControllerSettings:
+        home = home or default_home()
+        return cls(
+            home=home,
+            inventory=inventory,
+            socket=socket or default_socket(home),
+            database=database or home / "hpcbatch.db",
+            **kw,  # type: ignore[arg-type]
+        )

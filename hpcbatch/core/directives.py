@@ -1,0 +1,667 @@
+"""Slurm `sbatch` options, from `#SBATCH`/`#HPCBATCH` script lines and from the command line.
+
+hpcbatch runs Slurm job scripts unchanged, so it reads the same directives
+`sbatch` does, with one option table for both places: a directive line is
+split like a shell line (`shlex`) and parsed by exactly the parser that reads
+`hpcbatch submit`'s own options. The result is a plain dict whose keys are
+those of `hpcbatch.models.JobRequest` (plus a few kept for later features);
+validating it against the model is the controller's job. This module is pure
+and standard-library only: the CLI imports it on every `submit`, and must not
+pay for pydantic.
+
+Rules (see docs/job-scripts.md for the user-facing version):
+
+* Directives are `#SBATCH` or `#HPCBATCH` at the very start of a line, before
+  the first command: parsing stops at the first line that is neither blank nor
+  a comment, as in Slurm. Later directive lines are ignored, with one warning.
+* `#HPCBATCH` lines override `#SBATCH` lines (wherever they are), so a script
+  can say what hpcbatch should do differently from Slurm; command-line options
+  override both (`merge`).
+* In a script, an unknown option is a warning; on the command line an error.
+  A malformed value is always a `DirectiveError` naming the file and line.
+* Options Slurm has but hpcbatch gives no meaning to (`--mail-type`,
+  `--account`, ...) are accepted and ignored, each with an "ignored: ..." warning.
+
+Resources: `cpus` (per node) = cpus-per-task x tasks per node, where tasks per
+node is `--ntasks-per-node`, else ceil(ntasks / nodes), else 1. `--mem` is per
+node; `--mem-per-cpu` becomes memory per node = value x cpus. `--gres=gpu:N`
+and `--gpus-per-node` are GPUs per node; `--gpus` is GPUs per job, divided
+evenly over the nodes. All of these are computed after the merge, so a
+command-line `-c 8` changes the cpus a script's `--ntasks-per-node` implies.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from hpcbatch.core.units import UnitError, parse_memory_mb, parse_time
+
+__all__ = [
+    "EXTRA_KEYS",
+    "JOB_REQUEST_KEYS",
+    "DirectiveError",
+    "ExportSpec",
+    "ParsedOptions",
+    "expand_output_pattern",
+    "merge",
+    "parse_args",
+    "parse_script",
+    "split_submit_argv",
+]
+
+JOB_REQUEST_KEYS: Final = frozenset(
+    {
+        "name",
+        "queue",
+        "cpus",
+        "memory_mb",
+        "gpus",
+        "nodes",
+        "ntasks_per_node",
+        "time_limit_s",
+        "output",
+        "error",
+        "workdir",
+    }
+)
+"""Keys of `merge`'s result that are `JobRequest` fields, with values of the field's type."""
+
+EXTRA_KEYS: Final = frozenset(
+    {
+        "cpus_per_task",  # int: as given (cpus already includes it)
+        "ntasks",  # int: as given (ntasks_per_node already derived from it)
+        "export",  # ExportSpec
+        "exclusive",  # True
+        "array",  # the rest: raw strings, for features to come
+        "dependency",
+        "fabric",
+        "image",
+        "main_node",
+        "launch_mode",
+    }
+)
+"""The other keys `merge` may return: not `JobRequest` fields; the caller decides."""
+
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # as models.ENV_NAME_RE
+_DIRECTIVE_RE = re.compile(r"#(SBATCH|HPCBATCH)(?=[ \t]|$)")
+_BLANK = " \t\r\v\f"
+_SHLEX_SPACE = " \t\r\n"
+_MERGE_ORIGIN = "job options"
+
+
+class DirectiveError(ValueError):
+    """A directive or option that cannot be used: `job.sh:7: --mem: '4Q' is not ...`."""
+
+    def __init__(self, path: str, line: int | None, message: str) -> None:
+        super().__init__(path, line, message)
+        self.path = path
+        self.line = line
+        self.message = message
+
+    def __str__(self) -> str:
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class ParsedOptions:
+    """Options from one source (a script's directives, or the command line).
+
+    `values` uses the keys of `JOB_REQUEST_KEYS` and `EXTRA_KEYS`, plus
+    `mem_per_cpu_mb` and `gpus_per_job`, which `merge` turns into `memory_mb`
+    and `gpus`. `warnings` are complete lines, each naming where it comes from.
+    """
+
+    values: dict[str, object] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """`--export`: which of the submitter's environment variables the job gets.
+
+    `everything` is ALL (the whole submit environment, the default in Slurm);
+    otherwise only `names` (copied from the submit environment where set there)
+    and `values` (set as given). NONE alone is `ExportSpec(everything=False)`.
+    """
+
+    everything: bool
+    names: tuple[str, ...] = ()
+    values: tuple[tuple[str, str], ...] = ()
+
+    def environment(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The variables to send with the job, taken from `environ` (the submitter's).
+
+        Variables whose names a job environment cannot hold (say `BASH_FUNC_x%%`)
+        or whose values contain NUL are left out of ALL.
+        """
+        env: dict[str, str] = {}
+        if self.everything:
+            env = {
+                key: value
+                for key, value in environ.items()
+                if _ENV_NAME_RE.fullmatch(key) and "\0" not in value
+            }
+        for name in self.names:
+            if name in environ:
+                env[name] = environ[name]
+        env.update(self.values)
+        return env
+
+
+# --------------------------------------------------------------------------- values
+
+
+class _BadValue(Exception):
+    """A converter's complaint about a value; the parser adds where and which option."""
+
+
+_Warn = Callable[[str], None]
+_Converter = Callable[[str, _Warn], object]
+_UNSET: Final = object()  # a converter's "store nothing" (e.g. --gres=nvme:1)
+
+
+def _integer(low: int, high: int) -> _Converter:
+    def convert(value: str, warn: _Warn) -> object:
+        if not re.fullmatch(r"[0-9]{1,12}", value):
+            raise _BadValue(f"{value!r} is not a whole number")
+        number = int(value)
+        if number < low:
+            raise _BadValue(f"{value!r} is less than {low}")
+        if number > high:
+            raise _BadValue(f"{value!r} is more than {high}")
+        return number
+
+    return convert
+
+
+_MAX_GPUS = 1024
+
+
+def _text(value: str, warn: _Warn) -> object:
+    return value
+
+
+def _time(value: str, warn: _Warn) -> object:
+    return parse_time(value)
+
+
+def _memory(value: str, warn: _Warn) -> object:
+    return parse_memory_mb(value)
+
+
+def _nodes(value: str, warn: _Warn) -> object:
+    low, dash, high = value.partition("-")
+    count = _integer(1, 10_000)
+    try:
+        first, last = count(low, warn), count(high, warn) if dash else None
+    except _BadValue as exc:
+        raise _BadValue(f"{value!r} is not a node count (e.g. 2): {exc}") from None
+    if dash and last != first:
+        raise _BadValue(f"{value!r}: node ranges are not supported (give one number, e.g. 2)")
+    return first
+
+
+def _gpu_count(value: str, warn: _Warn, shown: str, high: int) -> int:
+    """`[type:]count` (as in Slurm's --gpus): the count; a type is ignored with a warning."""
+    gpu_type, colon, count = value.rpartition(":")
+    if (colon and (not gpu_type or ":" in gpu_type)) or not re.fullmatch(r"[0-9]{1,12}", count):
+        raise _BadValue(f"{value!r} is not a GPU count (e.g. 2 or a100:2)")
+    if gpu_type:
+        warn(f"ignored: GPU type {gpu_type!r} in {shown} (any GPU of a host is used)")
+    number = int(count)
+    if number > high:
+        raise _BadValue(f"{value!r} is more than {high} GPUs")
+    return number
+
+
+def _gpus_per_node(value: str, warn: _Warn) -> object:
+    return _gpu_count(value, warn, f"--gpus-per-node={value}", _MAX_GPUS)
+
+
+def _gpus_per_job(value: str, warn: _Warn) -> object:
+    return _gpu_count(value, warn, f"--gpus={value}", _MAX_GPUS * 10_000)
+
+
+def _gres(value: str, warn: _Warn) -> object:
+    """`gpu`, `gpu:N`, `gpu:TYPE`, `gpu:TYPE:N`, with others (ignored) after commas.
+
+    `none` is no GPUs; a list without gpu sets nothing.
+    """
+    gpus: int | None = None
+    seen_gpu = False
+    for entry in value.split(","):
+        name, colon, rest = entry.partition(":")
+        if entry.lower() == "none":
+            gpus = gpus or 0
+        elif not name:
+            raise _BadValue(f"{entry!r} in {value!r} is not a resource (e.g. gpu:2)")
+        elif name != "gpu":
+            warn(f"ignored: --gres {entry} (only gpu resources are scheduled)")
+        elif seen_gpu:
+            raise _BadValue(f"{value!r} names gpu more than once")
+        else:
+            seen_gpu = True
+            if not colon:
+                gpus = 1
+            elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", rest):  # gpu:TYPE, one GPU
+                warn(f"ignored: GPU type {rest!r} in --gres={value} (any GPU of a host is used)")
+                gpus = 1
+            else:
+                gpus = _gpu_count(rest, warn, f"--gres={value}", _MAX_GPUS)
+    return _UNSET if gpus is None else gpus
+
+
+def _partition(value: str, warn: _Warn) -> object:
+    names = value.split(",")
+    if not all(names):
+        raise _BadValue(f"{value!r} is not a queue name")
+    if len(names) > 1:
+        warn(f"only the first of the partitions {value!r} is used: {names[0]}")
+    return names[0]
+
+
+def _export(value: str, warn: _Warn) -> object:
+    everything = False
+    names: list[str] = []
+    assigned: list[tuple[str, str]] = []
+    for entry in value.split(","):
+        if entry.upper() in ("ALL", "NONE"):
+            everything = entry.upper() == "ALL"
+            continue
+        name, equals, setting = entry.partition("=")
+        if not _ENV_NAME_RE.fullmatch(name):
+            raise _BadValue(
+                f"{entry!r} is not a variable name or NAME=value (values cannot contain commas)"
+            )
+        if equals:
+            assigned.append((name, setting))
+        else:
+            names.append(name)
+    return ExportSpec(everything=everything, names=tuple(names), values=tuple(assigned))
+
+
+def _exclusive(value: str, warn: _Warn) -> object:
+    warn(f"ignored: the {value!r} in --exclusive={value} (the job gets whole hosts)")
+    return True
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class _Option:
+    names: tuple[str, ...]
+    key: str
+    arity: Literal["value", "flag", "optional"] = "value"
+    convert: _Converter | None = _text
+    ignored: str | None = None  # why it is accepted but has no effect here
+
+
+_OPTIONS: Final = (
+    _Option(("-J", "--job-name"), "name"),
+    _Option(("-c", "--cpus-per-task"), "cpus_per_task", convert=_integer(1, 100_000)),
+    _Option(("--mem",), "memory_mb", convert=_memory),
+    _Option(("--mem-per-cpu",), "mem_per_cpu_mb", convert=_memory),
+    _Option(("--gres",), "gpus", convert=_gres),
+    _Option(("--gpus-per-node",), "gpus", convert=_gpus_per_node),
+    _Option(("-G", "--gpus"), "gpus_per_job", convert=_gpus_per_job),
+    _Option(("-t", "--time"), "time_limit_s", convert=_time),
+    _Option(("-o", "--output"), "output"),
+    _Option(("-e", "--error"), "error"),
+    _Option(("-D", "--chdir"), "workdir"),
+    _Option(("-p", "--partition"), "queue", convert=_partition),
+    _Option(("--queue",), "queue", convert=_partition),
+    _Option(("-N", "--nodes"), "nodes", convert=_nodes),
+    _Option(("--ntasks-per-node",), "ntasks_per_node", convert=_integer(1, 100_000)),
+    _Option(("-n", "--ntasks"), "ntasks", convert=_integer(1, 1_000_000)),
+    _Option(("--export",), "export", convert=_export),
+    _Option(("--exclusive",), "exclusive", arity="optional", convert=_exclusive),
+    _Option(("-a", "--array"), "array"),
+    _Option(("-d", "--dependency"), "dependency"),
+    _Option(("--fabric",), "fabric"),
+    _Option(("--image",), "image"),
+    _Option(("--main-node",), "main_node"),
+    _Option(("--launch-mode",), "launch_mode"),
+    _Option(
+        ("--signal",),
+        "signal",
+        ignored="no early signal is sent; at the time limit the job gets TERM, then KILL",
+    ),
+    _Option(("--mail-type",), "mail_type", ignored="hpcbatch sends no mail"),
+    _Option(("--mail-user",), "mail_user", ignored="hpcbatch sends no mail"),
+    _Option(("-A", "--account"), "account", ignored="hpcbatch keeps no accounts"),
+    _Option(("--qos",), "qos", ignored="there are no QOS levels; queues have priorities"),
+    _Option(
+        ("-C", "--constraint"),
+        "constraint",
+        ignored="there are no node features; use a queue whose hosts have them",
+    ),
+    _Option(("--nice",), "nice", arity="optional", ignored="there is no per-job priority"),
+    _Option(("--requeue",), "requeue", arity="flag", ignored="jobs are never requeued"),
+    _Option(("--no-requeue",), "requeue", arity="flag", ignored="jobs are never requeued"),
+    _Option(("--open-mode",), "open_mode", ignored="not supported"),
+)
+
+_BY_NAME: Final = {name: option for option in _OPTIONS for name in option.names}
+_SEPARATE_VALUE: Final = frozenset(
+    name for name, option in _BY_NAME.items() if option.arity == "value"
+)
+_EXCLUSIVE_KEYS: Final = (
+    frozenset({"memory_mb", "mem_per_cpu_mb"}),
+    frozenset({"gpus", "gpus_per_job"}),
+)
+
+
+def _store(values: dict[str, object], key: str, value: object) -> None:
+    """Set key, dropping the keys it excludes (a later --mem-per-cpu replaces --mem)."""
+    for group in _EXCLUSIVE_KEYS:
+        if key in group:
+            for other in group:
+                values.pop(other, None)
+    values[key] = value
+
+
+def _overlay(base: Mapping[str, object], top: Mapping[str, object]) -> dict[str, object]:
+    merged = dict(base)
+    for key, value in top.items():
+        _store(merged, key, value)
+    return merged
+
+
+def _suggest(name: str) -> str:
+    import difflib  # only on this error path
+
+    close = difflib.get_close_matches(name, list(_BY_NAME), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_args(
+    tokens: list[str],
+    origin: str = "command line",
+    line: int | None = None,
+    *,
+    strict: bool = True,
+) -> ParsedOptions:
+    """Parse option tokens (`--mem=4G`, `--mem 4G`, `-c4`, `-c 4`).
+
+    `origin` and `line` name the place in messages. With `strict` (the command
+    line) an unknown option or a stray argument is a `DirectiveError`; without
+    (a script line) it is a warning, and the rest of the line is still read.
+    """
+    where = origin if line is None else f"{origin}:{line}"
+    result = ParsedOptions()
+
+    def fail(message: str) -> DirectiveError:
+        return DirectiveError(origin, line, message)
+
+    def warn(message: str) -> None:
+        result.warnings.append(f"{where}: {message}")
+
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        index += 1
+        if token == "--" or not token.startswith("-") or token == "-":
+            stray = tokens[index:] if token == "--" else tokens[index - 1 :]
+            if not stray:
+                break
+            message = f"unexpected argument {stray[0]!r}"
+            if strict:
+                raise fail(message + " (options go before the script)")
+            warn(message + " ignored")
+            if token == "--":
+                break
+            continue
+        if token.startswith("--"):
+            name, equals, inline = token.partition("=")
+            has_inline = bool(equals)
+        else:
+            name, inline = token[:2], token[2:]
+            has_inline = bool(inline)
+        option = _BY_NAME.get(name)
+        if option is None:
+            message = f"unknown option {name}"
+            if strict:
+                raise fail(message + _suggest(name))
+            warn(message + " ignored" + _suggest(name))
+            if not has_inline and index < len(tokens) and not tokens[index].startswith("-"):
+                index += 1  # most likely the unknown option's value
+            continue
+        raw: str | None
+        if option.arity == "flag":
+            if has_inline:
+                raise fail(f"{name} takes no value (got {inline!r})")
+            raw = None
+        elif option.arity == "optional":
+            raw = inline if has_inline else None
+        elif has_inline:
+            raw = inline
+        elif index < len(tokens):
+            raw = tokens[index]
+            index += 1
+        else:
+            raise fail(f"{name} needs a value")
+        if raw is not None and "\0" in raw:
+            raise fail(f"{name}: the value contains a NUL byte")
+        if option.ignored is not None:
+            shown = name if raw is None else f"{name}={raw}" if name[1] == "-" else f"{name} {raw}"
+            warn(f"ignored: {shown} ({option.ignored})")
+            continue
+        if raw == "":
+            raise fail(f"{name} needs a value")
+        if raw is None or option.convert is None:
+            value: object = True
+        else:
+            try:
+                value = option.convert(raw, warn)
+            except (_BadValue, UnitError) as exc:
+                raise fail(f"{name}: {exc}") from None
+        if value is not _UNSET:
+            _store(result.values, option.key, value)
+    return result
+
+
+def split_submit_argv(
+    argv: list[str],
+    *,
+    flags: Collection[str] = (),
+    valued: Collection[str] = (),
+) -> tuple[list[str], list[str]]:
+    """Split `submit`'s arguments as sbatch does: options, then the script and its args.
+
+    Options end at the first token that is not an option (the script path; `-`
+    counts as one) or at `--` (dropped). Options that take a value in the next
+    token (`-c 4`, `--mem 4G`) are known from the option table; `valued` adds
+    the caller's own (say `--wait-timeout`), `flags` its own flags. An unknown
+    option is taken as a flag; `parse_args` will complain about it.
+    """
+    separate = _SEPARATE_VALUE | frozenset(valued)
+    own_flags = frozenset(flags)
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if token == "--":
+            return argv[:index], argv[index + 1 :]
+        if token == "-" or not token.startswith("-"):
+            return argv[:index], argv[index:]
+        if token.startswith("--"):
+            takes_next = "=" not in token and token in separate and token not in own_flags
+        else:
+            takes_next = len(token) == 2 and token in separate and token not in own_flags
+        index += 2 if takes_next else 1
+    return list(argv), []
+
+
+def _strip_comment(text: str) -> str:
+    """Cut a directive line at a `#` that starts a word outside quotes, as the shell does."""
+    quote = ""
+    escaped = False
+    word_start = True
+    for index, char in enumerate(text):
+        if escaped:
+            escaped = word_start = False
+            continue
+        if quote:
+            if char == quote:
+                quote = ""
+            elif char == "\\" and quote == '"':
+                escaped = True
+            continue
+        elif char == "\\":
+            escaped = True
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and word_start:
+            return text[:index]
+        word_start = char in _SHLEX_SPACE
+    return text
+
+
+def parse_script(text: str, path: str = "script") -> tuple[ParsedOptions, str]:
+    """The options in a script's directives, and the script text unchanged.
+
+    Raises `DirectiveError` (never anything else) for a malformed value, a line
+    `shlex` cannot split, or DOS line breaks (the job would fail on the host).
+    """
+    if "\r\n" in text:
+        line = text.count("\n", 0, text.index("\r\n")) + 1
+        raise DirectiveError(
+            path, line, "the script has DOS line breaks (\\r\\n); convert it with dos2unix"
+        )
+    layers: dict[str, dict[str, object]] = {"SBATCH": {}, "HPCBATCH": {}}
+    warnings: list[str] = []
+    first_command: int | None = None
+    late: list[int] = []
+    for number, line_text in enumerate(text.split("\n"), start=1):
+        match = _DIRECTIVE_RE.match(line_text)
+        if match is None:
+            stripped = line_text.strip(_BLANK)
+            if first_command is None and stripped and not stripped.startswith("#"):
+                first_command = number
+            continue
+        if first_command is not None:
+            late.append(number)
+            continue
+        try:
+            tokens = shlex.split(_strip_comment(line_text[match.end() :]))
+        except ValueError as exc:
+            raise DirectiveError(
+                path, number, f"cannot split the #{match[1]} line: {exc}"
+            ) from None
+        parsed = parse_args(tokens, path, number, strict=False)
+        layer = layers[match[1]]
+        for key, value in parsed.values.items():
+            _store(layer, key, value)
+        warnings.extend(parsed.warnings)
+    if late:
+        count = "a directive line" if len(late) == 1 else f"{len(late)} directive lines"
+        warnings.append(
+            f"{path}:{late[0]}: ignored: {count} after the first command (line {first_command});"
+            " directives must come before any command, as in Slurm"
+        )
+    values = _overlay(layers["SBATCH"], layers["HPCBATCH"])
+    return ParsedOptions(values=values, warnings=warnings), text
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def _get_int(values: Mapping[str, object], key: str) -> int | None:
+    value = values.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def merge(script_opts: ParsedOptions, cli_opts: ParsedOptions) -> dict[str, object]:
+    """Command-line options over script directives, then the derived values.
+
+    Derived after the merge: `cpus`, `ntasks_per_node` (from `ntasks` when not
+    given), `memory_mb` (from `--mem-per-cpu`), `gpus` (from `--gpus`, per job).
+    Keys are those of `JOB_REQUEST_KEYS` and `EXTRA_KEYS`; a key is present only
+    when something set it. Warnings are not merged: the caller keeps both lists.
+    """
+    values = _overlay(script_opts.values, cli_opts.values)
+    nodes = _get_int(values, "nodes") or 1
+    cpus_per_task = _get_int(values, "cpus_per_task")
+    ntasks = _get_int(values, "ntasks")
+    tasks_per_node = _get_int(values, "ntasks_per_node")
+    if ntasks is not None and ntasks < nodes:
+        raise DirectiveError(
+            _MERGE_ORIGIN,
+            None,
+            f"--ntasks={ntasks} is fewer than --nodes={nodes} (each node runs a task at least)",
+        )
+    if tasks_per_node is None and ntasks is not None:
+        tasks_per_node = -(-ntasks // nodes)
+        values["ntasks_per_node"] = tasks_per_node
+    if cpus_per_task is not None or tasks_per_node is not None:
+        values["cpus"] = (cpus_per_task or 1) * (tasks_per_node or 1)
+    mem_per_cpu = _get_int(values, "mem_per_cpu_mb")
+    values.pop("mem_per_cpu_mb", None)
+    if mem_per_cpu is not None:
+        values["memory_mb"] = mem_per_cpu * (_get_int(values, "cpus") or 1)
+    gpus_per_job = _get_int(values, "gpus_per_job")
+    values.pop("gpus_per_job", None)
+    if gpus_per_job is not None:
+        if gpus_per_job % nodes:
+            raise DirectiveError(
+                _MERGE_ORIGIN,
+                None,
+                f"--gpus={gpus_per_job} (per job) does not divide evenly over --nodes={nodes};"
+                " use --gpus-per-node",
+            )
+        values["gpus"] = gpus_per_job // nodes
+    return values
+
+
+# --------------------------------------------------------------------------- output names
+
+_PATTERN_RE = re.compile(r"%([0-9]{1,9})?([%AajxNu])")
+_NUMERIC = frozenset("Aaj")
+
+
+def expand_output_pattern(
+    pattern: str,
+    job_id: int | str,
+    array_job_id: int | str | None,
+    array_index: int | None,
+    job_name: str,
+    node_name: str,
+    user: str,
+) -> str:
+    """Fill in Slurm's filename patterns: `%j %A %a %x %N %u %%`.
+
+    A number between `%` and a numeric pattern zero-pads it (`%4j` -> `0042`,
+    at most 10 wide). Outside an array, `%A` is the job id and `%a` is `0`.
+    Unknown patterns stay as they are. As in Slurm, a pattern containing a
+    backslash is not expanded at all; its backslashes are removed.
+    """
+    if "\\" in pattern:
+        return pattern.replace("\\", "")
+    fields = {
+        "%": "%",
+        "j": str(job_id),
+        "A": str(job_id if array_job_id is None else array_job_id),
+        "a": "0" if array_index is None else str(array_index),
+        "x": job_name,
+        "N": node_name,
+        "u": user,
+    }
+
+    def replace(match: re.Match[str]) -> str:
+        width, letter = match[1], match[2]
+        value = fields[letter]
+        if width and letter in _NUMERIC and value.isdigit():
+            return value.zfill(min(int(width), 10))
+        if width and letter == "%":
+            return match[0]
+        return value
+
+    return _PATTERN_RE.sub(replace, pattern)

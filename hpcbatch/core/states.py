@@ -1,0 +1,103 @@
+"""Job and host states, and the only transitions allowed between them.
+
+States are `str` enums so they serialise as themselves in SQL, JSON and logs.
+The transition table is the single authority on what may follow what: the store
+refuses any write that is not in it (compare-and-set on the old state), so a
+race between, say, a cancel and an exit can never produce an impossible history.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    """Where a job is in its life, as in AWS Batch."""
+
+    SUBMITTED = "SUBMITTED"
+    """Accepted and durable, not yet examined for dependencies."""
+
+    PENDING = "PENDING"
+    """Waiting on other jobs (dependencies); not yet eligible for resources."""
+
+    RUNNABLE = "RUNNABLE"
+    """Eligible to run, waiting for resources (or a throttle, or a disabled queue)."""
+
+    STARTING = "STARTING"
+    """Resources allocated and written down; the launch is on its way to the host(s)."""
+
+    RUNNING = "RUNNING"
+    """The host agent reported the attempt's process started."""
+
+    SUCCEEDED = "SUCCEEDED"
+    """Final: the (last) attempt exited with code 0."""
+
+    FAILED = "FAILED"
+    """Final: non-zero exit, signal, timeout, cancel, host failure or failed dependency."""
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+    @property
+    def is_active(self) -> bool:
+        """Holds resources on some host."""
+        return self in (JobState.STARTING, JobState.RUNNING)
+
+
+FINAL_STATES: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.FAILED})
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.SUBMITTED: frozenset({JobState.PENDING, JobState.RUNNABLE, JobState.FAILED}),
+    JobState.PENDING: frozenset({JobState.RUNNABLE, JobState.FAILED}),
+    # RUNNABLE -> PENDING is not allowed: dependencies are settled before RUNNABLE.
+    JobState.RUNNABLE: frozenset({JobState.STARTING, JobState.FAILED}),
+    # STARTING/RUNNING -> RUNNABLE is a retry (a new attempt) or a requeue.
+    JobState.STARTING: frozenset(
+        {JobState.RUNNING, JobState.RUNNABLE, JobState.SUCCEEDED, JobState.FAILED}
+    ),
+    JobState.RUNNING: frozenset({JobState.RUNNABLE, JobState.SUCCEEDED, JobState.FAILED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+}
+
+
+class IllegalTransition(ValueError):
+    """A transition the table does not allow."""
+
+
+def check_transition(old: JobState, new: JobState) -> None:
+    """Raise IllegalTransition unless `old -> new` is in the table."""
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(f"job state {old} cannot become {new}")
+
+
+class HostState(StrEnum):
+    """What the controller knows of a host, as `sinfo` would show it."""
+
+    UNKNOWN = "UNKNOWN"
+    """Listed in the inventory; no connection attempted yet."""
+
+    CONNECTING = "CONNECTING"
+    """Opening SSH, uploading or starting the agent, probing facts."""
+
+    UP = "UP"
+    """Agent connected and heartbeating; takes work unless drained."""
+
+    UNREACHABLE = "UNREACHABLE"
+    """Could not be reached (connect failure, refused key); retried with backoff.
+    Jobs that were running there are kept and collected when it returns."""
+
+    DOWN = "DOWN"
+    """Given up on: silent past the heartbeat limit, or set down by an operator.
+    Its attempts were failed; any still alive there are fenced when it returns."""
+
+
+class AdminState(StrEnum):
+    """The operator's wish for a host, orthogonal to reachability."""
+
+    ACTIVE = "ACTIVE"
+    """Takes new work."""
+
+    DRAIN = "DRAIN"
+    """Running work finishes; nothing new starts."""

@@ -1,0 +1,587 @@
+"""Load, validate and resolve the TOML inventory that describes a cluster.
+
+`load_inventory(path)` reads the file with `tomllib`, validates it against the
+strict models of `hpcbatch.models` (strict types: `port = "22"` is an error,
+not a silent conversion), then resolves it:
+
+* every host gets its effective connection settings (`[defaults]` applied,
+  the current user, port 22, local key/known_hosts/ssh_config paths with `~`
+  expanded and relative paths taken from the inventory file's directory);
+* every compute environment becomes a tuple of host names (hostlist
+  expressions expanded, label selectors matched);
+* queues are checked against the compute environments, and a `default` queue
+  (and an `all` compute environment) is made up when none is declared.
+
+Every problem in the file is reported, not just the first, in one
+`InventoryError` whose lines each name the file, the entry and the field::
+
+    inventory.toml: hosts[2] (name "gpu1"): field "port": Input should be less than or
+    equal to 65535
+    inventory.toml: compute_environments[0] (name "cpu"): hosts: unknown host "nodeX"
+
+(each problem is one line; the first is wrapped here).
+
+No input, however malformed, produces anything but a returned inventory or an
+`InventoryError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import getpass
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from hpcbatch.core.hostlist import HostlistError, expand
+from hpcbatch.models import (
+    ComputeEnvSpec,
+    HostDefaults,
+    HostSpec,
+    Inventory,
+    QueueSpec,
+)
+
+__all__ = [
+    "DEFAULT_ENV_NAME",
+    "DEFAULT_QUEUE_NAME",
+    "InventoryError",
+    "ResolvedComputeEnv",
+    "ResolvedHost",
+    "ResolvedInventory",
+    "ResolvedQueue",
+    "load_inventory",
+    "parse_inventory",
+    "resolve_inventory",
+]
+
+DEFAULT_ENV_NAME = "all"
+"""The compute environment made up (over every host) when the file declares none."""
+
+DEFAULT_QUEUE_NAME = "default"
+"""The queue made up (over every compute environment) when the file declares none."""
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "hosts": HostSpec,
+    "compute_environments": ComputeEnvSpec,
+    "queues": QueueSpec,
+}
+_TYPE_ERRORS_SHOWING_INPUT = ("_type", "_parsing", "literal_error")
+_MAX_UNKNOWN_SHOWN = 5
+_DIGITS_RE = re.compile(r"[0-9]+")
+
+
+class InventoryError(ValueError):
+    """The inventory cannot be used. `problems` holds one line per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# --------------------------------------------------------------------------- resolved shapes
+
+
+@dataclass(frozen=True)
+class ResolvedHost:
+    """A host with every setting decided. Treat `labels` as read-only.
+
+    `address`, `port` and `user` are what the SSH client connects to.
+    `identity`, `known_hosts` and `ssh_config` are absolute local paths, or
+    None for the SSH client's defaults (host-key checking is never turned off).
+    `work_dir` and `python` are used on the host, so `~` in them is the remote
+    home and is left as written. `cpus`, `memory_mb` and `gpus` are the declared
+    resources (None: use what the host reports, see `core.facts`).
+    """
+
+    name: str
+    address: str
+    port: int
+    user: str
+    identity: Path | None
+    known_hosts: Path | None
+    ssh_config: Path | None
+    work_dir: str
+    python: str
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
+    fabric: str | None = None
+    cpus: int | None = None
+    memory_mb: int | None = None
+    gpus: int | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedComputeEnv:
+    """A compute environment as the names of its hosts, in a stable order."""
+
+    name: str
+    hosts: tuple[str, ...]
+    enabled: bool = True
+    max_vcpus: int | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedQueue:
+    """A queue (the fields of `models.QueueSpec`, `state` as `enabled`)."""
+
+    name: str
+    compute_environments: tuple[str, ...]
+    priority: int = 1
+    enabled: bool = True
+    policy: Literal["FIFO", "FAIRSHARE"] = "FIFO"
+    default_time_limit_s: int | None = None
+    max_running: int | None = None
+    max_vcpus: int | None = None
+    fabric: str | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedInventory:
+    """The whole cluster, checked and resolved. Treat the dicts as read-only.
+
+    The dicts keep the file's order (made-up `all`/`default` entries last).
+    """
+
+    path: Path
+    hosts: dict[str, ResolvedHost] = field(hash=False)
+    compute_environments: dict[str, ResolvedComputeEnv] = field(hash=False)
+    queues: dict[str, ResolvedQueue] = field(hash=False)
+    default_queue: str
+
+    def queue_hosts(self, queue: str) -> tuple[str, ...]:
+        """Every host a queue can use (through any of its compute environments), in order."""
+        seen: dict[str, None] = {}
+        for env in self.queues[queue].compute_environments:
+            for host in self.compute_environments[env].hosts:
+                seen.setdefault(host, None)
+        return tuple(seen)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_inventory(path: Path | str) -> ResolvedInventory:
+    """Read, validate and resolve the TOML inventory at `path`.
+
+    Raises `InventoryError` (a `ValueError`) for a missing or unreadable file,
+    bad TOML, or any invalid entry; the message names the file, entry and field.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InventoryError([f"{path}: inventory file not found"]) from None
+    except IsADirectoryError:
+        raise InventoryError([f"{path}: is a directory, not an inventory file"]) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise InventoryError([f"{path}: cannot read inventory: {reason}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InventoryError(
+            [f"{path}: not valid UTF-8 (line {line}, byte {exc.start}): TOML files are UTF-8"]
+        ) from None
+    return parse_inventory(text, path)
+
+
+def parse_inventory(text: str, path: Path | str = Path("<inventory>")) -> ResolvedInventory:
+    """Validate and resolve inventory TOML given as text.
+
+    `path` names the file in messages, and its directory is where relative
+    local paths (identity, known_hosts, ssh_config) are taken from.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InventoryError([f"{path}: invalid TOML: {exc}"]) from None
+    except RecursionError:
+        raise InventoryError([f"{path}: invalid TOML: nested too deeply"]) from None
+    try:
+        model = Inventory.model_validate(raw, strict=True)
+    except ValidationError as exc:
+        raise InventoryError(_validation_problems(path, raw, exc)) from None
+    except RecursionError:
+        raise InventoryError([f"{path}: nested too deeply"]) from None
+    return resolve_inventory(model, path=path)
+
+
+# --------------------------------------------------------------------------- pydantic errors
+
+
+def _show(value: object) -> str:
+    """A short TOML-like rendering of a bad value, for messages."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, dict):
+        text = "a table"
+    elif isinstance(value, list):
+        text = "an array"
+    else:
+        text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _loc_text(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _entry_label(section: str, index: int, raw: Mapping[str, Any]) -> str:
+    label = f"{section}[{index}]"
+    entries = raw.get(section)
+    if isinstance(entries, list) and 0 <= index < len(entries):
+        entry = entries[index]
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            label += f" (name {_show(entry['name'])})"
+    return label
+
+
+def _suggest(word: str, choices: Iterable[str], *, names: bool = False) -> str:
+    """A `(did you mean "x"?)` hint, or "".
+
+    For field names any close match helps. For host, environment and queue
+    names, which often differ only in a number (`node3`, `node1`), only a very
+    close match that is not just another number is suggested.
+    """
+    cutoff = 0.85 if names else 0.6
+    for match in difflib.get_close_matches(word, list(choices), n=3, cutoff=cutoff):
+        if names and _DIGITS_RE.sub("#", match) == _DIGITS_RE.sub("#", word):
+            continue
+        return f' (did you mean "{match}"?)'
+    return ""
+
+
+def _message(
+    err: Mapping[str, Any], model: type[BaseModel] | None, rest: Sequence[int | str]
+) -> str:
+    kind = str(err.get("type", ""))
+    msg = str(err.get("msg", "invalid"))
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    elif kind == "extra_forbidden":
+        msg = "unknown field"
+        if model is not None and len(rest) == 1 and isinstance(rest[0], str):
+            msg += _suggest(rest[0], model.model_fields)
+    elif kind == "string_pattern_mismatch" and rest and rest[-1] == "name":
+        msg = (
+            f"{_show(err.get('input'))} is not a valid name: use letters, digits, '_', '.', '-'"
+            " (starting with a letter or digit, at most 64 characters)"
+        )
+    elif kind.endswith(_TYPE_ERRORS_SHOWING_INPUT):
+        msg += f" (got {_show(err.get('input'))})"
+    return msg
+
+
+def _validation_problems(path: Path, raw: Mapping[str, Any], exc: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for err in exc.errors():
+        loc: tuple[int | str, ...] = tuple(err["loc"])
+        head = loc[0] if loc else ""
+        if head in _SECTIONS and len(loc) >= 2 and isinstance(loc[1], int):
+            where = _entry_label(str(head), loc[1], raw)
+            rest = loc[2:]
+            model: type[BaseModel] | None = _SECTIONS[str(head)]
+        elif head == "defaults" and len(loc) >= 2:
+            where, rest, model = "defaults", loc[1:], HostDefaults
+        else:
+            where, rest, model = "", loc, Inventory
+        msg = _message(err, model, rest)
+        if head in _SECTIONS and len(loc) == 1 and err.get("type") == "list_type":
+            msg += f"; write [[{head}]] (an array of tables), not [{head}]"
+        parts = [str(path)]
+        if where:
+            parts.append(where)
+        if rest:
+            parts.append(f'field "{_loc_text(rest)}"')
+        parts.append(msg)
+        problems.append(": ".join(parts))
+    return problems
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+class _Problems:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: list[str] = []
+
+    def add(self, where: str, what: str) -> None:
+        self.lines.append(f"{self.path}: {where}: {what}")
+
+
+def _label(section: str, index: int, name: str) -> str:
+    return f'{section}[{index}] (name "{name}")'
+
+
+def _local_path(value: str | None, base: Path) -> Path | None:
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _current_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError, ImportError):
+        return None
+
+
+def resolve_inventory(model: Inventory, *, path: Path | str) -> ResolvedInventory:
+    """Resolve an already validated `Inventory`; `path` is the file it came from.
+
+    Raises `InventoryError` listing every cross-reference problem.
+    """
+    path = Path(path)
+    base = path.absolute().parent
+    problems = _Problems(path)
+    hosts = _resolve_hosts(model, base, problems)
+    envs = _resolve_envs(model, hosts, problems)
+    queues = _resolve_queues(model, hosts, envs, problems)
+
+    declared_queues = [spec.name for spec in model.queues] or [DEFAULT_QUEUE_NAME]
+    default_queue = model.default_queue
+    if default_queue is None:
+        default_queue = declared_queues[0]
+    elif default_queue not in declared_queues and model.queues:
+        problems.add(
+            "default_queue",
+            f'unknown queue "{default_queue}"{_suggest(default_queue, declared_queues, names=True)}',
+        )
+    elif default_queue not in declared_queues:
+        problems.add(
+            "default_queue",
+            f'unknown queue "{default_queue}" (no queues are declared, so the only queue'
+            f' is "{DEFAULT_QUEUE_NAME}")',
+        )
+
+    if problems.lines:
+        raise InventoryError(problems.lines)
+    return ResolvedInventory(
+        path=path,
+        hosts=hosts,
+        compute_environments=envs,
+        queues=queues,
+        default_queue=default_queue,
+    )
+
+
+_HOST_STRINGS = ("address", "user", "identity", "known_hosts", "ssh_config", "work_dir", "python")
+
+
+def _check_not_empty(spec: BaseModel, keys: Sequence[str], where: str, problems: _Problems) -> None:
+    for key in keys:
+        value = getattr(spec, key, None)
+        if isinstance(value, str) and not value.strip():
+            problems.add(where, f'field "{key}": must not be empty')
+
+
+def _resolve_hosts(model: Inventory, base: Path, problems: _Problems) -> dict[str, ResolvedHost]:
+    d = model.defaults
+    _check_not_empty(d, _HOST_STRINGS[1:], "defaults", problems)
+    hosts: dict[str, ResolvedHost] = {}
+    first_index: dict[str, int] = {}
+    endpoints: dict[tuple[str, int], int] = {}
+    current_user: str | None = None
+    for i, spec in enumerate(model.hosts):
+        where = _label("hosts", i, spec.name)
+        _check_not_empty(spec, _HOST_STRINGS, where, problems)
+        if spec.name in first_index:
+            j = first_index[spec.name]
+            problems.add(where, f"name: duplicate host name (also hosts[{j}])")
+            continue
+        first_index[spec.name] = i
+
+        user = spec.user if spec.user is not None else d.user
+        if user is None:
+            if current_user is None:
+                current_user = _current_user()
+            if current_user is None:
+                problems.add(where, 'field "user": not set, and the current user is unknown')
+                continue
+            user = current_user
+        address = spec.address if spec.address is not None else spec.name
+        port = spec.port if spec.port is not None else d.port
+        endpoint = (address.lower(), port)
+        if endpoint in endpoints:
+            j = endpoints[endpoint]
+            problems.add(
+                where,
+                f"address: {address} port {port} is also used by "
+                f"{_label('hosts', j, model.hosts[j].name)}",
+            )
+        else:
+            endpoints[endpoint] = i
+
+        hosts[spec.name] = ResolvedHost(
+            name=spec.name,
+            address=address,
+            port=port,
+            user=user,
+            identity=_local_path(spec.identity if spec.identity is not None else d.identity, base),
+            known_hosts=_local_path(
+                spec.known_hosts if spec.known_hosts is not None else d.known_hosts, base
+            ),
+            ssh_config=_local_path(
+                spec.ssh_config if spec.ssh_config is not None else d.ssh_config, base
+            ),
+            work_dir=spec.work_dir if spec.work_dir is not None else d.work_dir,
+            python=spec.python if spec.python is not None else d.python,
+            labels=dict(spec.labels),
+            fabric=spec.fabric,
+            cpus=spec.cpus,
+            memory_mb=spec.memory_mb,
+            gpus=spec.gpus,
+        )
+    return hosts
+
+
+def _resolve_envs(
+    model: Inventory, hosts: Mapping[str, ResolvedHost], problems: _Problems
+) -> dict[str, ResolvedComputeEnv]:
+    if not model.compute_environments:
+        return {DEFAULT_ENV_NAME: ResolvedComputeEnv(name=DEFAULT_ENV_NAME, hosts=tuple(hosts))}
+    known = {spec.name for spec in model.hosts}
+    envs: dict[str, ResolvedComputeEnv] = {}
+    first_index: dict[str, int] = {}
+    for i, spec in enumerate(model.compute_environments):
+        where = _label("compute_environments", i, spec.name)
+        if spec.name in first_index:
+            j = first_index[spec.name]
+            problems.add(
+                where, f"name: duplicate compute environment name (also compute_environments[{j}])"
+            )
+            continue
+        first_index[spec.name] = i
+
+        chosen: dict[str, None] = {}
+        unknown: list[str] = []
+        bad = False
+        for expr in spec.hosts:
+            try:
+                names = expand(expr)
+            except HostlistError as exc:
+                problems.add(where, f"hosts: bad hostlist expression {_show(expr)}: {exc}")
+                bad = True
+                continue
+            for name in names:
+                if name in known:
+                    chosen.setdefault(name, None)
+                elif name not in unknown:
+                    unknown.append(name)
+        for name in unknown[:_MAX_UNKNOWN_SHOWN]:
+            problems.add(where, f'hosts: unknown host "{name}"{_suggest(name, known, names=True)}')
+        if len(unknown) > _MAX_UNKNOWN_SHOWN:
+            problems.add(
+                where, f"hosts: and {len(unknown) - _MAX_UNKNOWN_SHOWN} more unknown hosts"
+            )
+        bad = bad or bool(unknown)
+        if spec.selector:
+            for name, host in hosts.items():
+                if all(host.labels.get(k) == v for k, v in spec.selector.items()):
+                    chosen.setdefault(name, None)
+        if bad:
+            continue
+        if not chosen:
+            if spec.selector and not spec.hosts:
+                problems.add(where, f"selector: {_selector_text(spec.selector)} matches no host")
+            else:
+                problems.add(where, "matches no host")
+            continue
+        envs[spec.name] = ResolvedComputeEnv(
+            name=spec.name,
+            hosts=tuple(chosen),
+            enabled=spec.state == "ENABLED",
+            max_vcpus=spec.max_vcpus,
+        )
+    return envs
+
+
+def _selector_text(selector: Mapping[str, str]) -> str:
+    return "{" + ", ".join(f"{k} = {_show(v)}" for k, v in selector.items()) + "}"
+
+
+def _resolve_queues(
+    model: Inventory,
+    hosts: Mapping[str, ResolvedHost],
+    envs: Mapping[str, ResolvedComputeEnv],
+    problems: _Problems,
+) -> dict[str, ResolvedQueue]:
+    if not model.queues:
+        return {
+            DEFAULT_QUEUE_NAME: ResolvedQueue(
+                name=DEFAULT_QUEUE_NAME, compute_environments=tuple(envs)
+            )
+        }
+    declared_envs = {spec.name for spec in model.compute_environments} or {DEFAULT_ENV_NAME}
+    queues: dict[str, ResolvedQueue] = {}
+    first_index: dict[str, int] = {}
+    for i, spec in enumerate(model.queues):
+        where = _label("queues", i, spec.name)
+        if spec.name in first_index:
+            j = first_index[spec.name]
+            problems.add(where, f"name: duplicate queue name (also queues[{j}])")
+            continue
+        first_index[spec.name] = i
+
+        seen: set[str] = set()
+        bad = False
+        for env in spec.compute_environments:
+            if env in seen:
+                problems.add(where, f'compute_environments: "{env}" is listed twice')
+                bad = True
+            elif env not in declared_envs:
+                hint = _suggest(env, declared_envs, names=True)
+                if not model.compute_environments:
+                    hint = f' (none are declared, so the only one is "{DEFAULT_ENV_NAME}")'
+                problems.add(
+                    where, f'compute_environments: unknown compute environment "{env}"{hint}'
+                )
+                bad = True
+            seen.add(env)
+        if bad:
+            continue
+        if spec.fabric is not None and all(env in envs for env in spec.compute_environments):
+            fabrics = {
+                hosts[h].fabric
+                for env in spec.compute_environments
+                for h in envs[env].hosts
+                if h in hosts
+            }
+            if spec.fabric not in fabrics:
+                known_fabrics = sorted(f for f in fabrics if f is not None)
+                problems.add(
+                    where,
+                    f'fabric: no host of this queue is on fabric "{spec.fabric}"'
+                    + (f" (its hosts are on: {', '.join(known_fabrics)})" if known_fabrics else ""),
+                )
+                continue
+        queues[spec.name] = ResolvedQueue(
+            name=spec.name,
+            compute_environments=tuple(spec.compute_environments),
+            priority=spec.priority,
+            enabled=spec.state == "ENABLED",
+            policy=spec.policy,
+            default_time_limit_s=spec.default_time_limit_s,
+            max_running=spec.max_running,
+            max_vcpus=spec.max_vcpus,
+            fabric=spec.fabric,
+        )
+    return queues

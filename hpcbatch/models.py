@@ -1,0 +1,153 @@
+"""Validated shapes of everything a user or operator hands to hpcbatch.
+
+Every model is strict (`extra="forbid"`): a misspelt field is an error naming
+the field, not a silently ignored key. The inventory models describe the
+cluster; `JobRequest` is one submission after directives and command-line
+options have been merged. These are the controller's input contracts; the CLI
+never imports this module (pydantic costs start-up time), it sends plain JSON.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_RE)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- inventory
+
+
+class HostDefaults(StrictModel):
+    """Values every host inherits unless it sets its own."""
+
+    user: str | None = None
+    port: int = Field(default=22, ge=1, le=65535)
+    identity: str | None = None
+    known_hosts: str | None = None
+    ssh_config: str | None = None
+    work_dir: str = "~/.hpcbatch"
+    python: str = "python3"
+
+
+class HostSpec(StrictModel):
+    """One host of the inventory. Declared resources override probed facts."""
+
+    name: Name
+    address: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    user: str | None = None
+    identity: str | None = None
+    known_hosts: str | None = None
+    ssh_config: str | None = None
+    work_dir: str | None = None
+    python: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    fabric: str | None = None
+    cpus: int | None = Field(default=None, ge=1)
+    memory_mb: int | None = Field(default=None, ge=1)
+    gpus: int | None = Field(default=None, ge=0)
+
+
+class ComputeEnvSpec(StrictModel):
+    """A named set of hosts: listed (hostlist expressions) or selected by labels."""
+
+    name: Name
+    hosts: list[str] = Field(default_factory=list)
+    selector: dict[str, str] = Field(default_factory=dict)
+    state: Literal["ENABLED", "DISABLED"] = "ENABLED"
+    max_vcpus: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _some_hosts(self) -> ComputeEnvSpec:
+        if not self.hosts and not self.selector:
+            raise ValueError("needs 'hosts' or 'selector' (or both)")
+        return self
+
+
+class QueueSpec(StrictModel):
+    """A job queue: priority 0-1000 (higher first), compute environments in order."""
+
+    name: Name
+    priority: int = Field(default=1, ge=0, le=1000)
+    compute_environments: list[str] = Field(min_length=1)
+    state: Literal["ENABLED", "DISABLED"] = "ENABLED"
+    policy: Literal["FIFO", "FAIRSHARE"] = "FIFO"
+    default_time_limit_s: int | None = Field(default=None, ge=1)
+    max_running: int | None = Field(default=None, ge=1)
+    max_vcpus: int | None = Field(default=None, ge=1)
+    fabric: str | None = None
+
+
+class Inventory(StrictModel):
+    """A whole cluster description, as loaded from one TOML file."""
+
+    defaults: HostDefaults = Field(default_factory=HostDefaults)
+    hosts: list[HostSpec] = Field(min_length=1)
+    compute_environments: list[ComputeEnvSpec] = Field(default_factory=list)
+    queues: list[QueueSpec] = Field(default_factory=list)
+    default_queue: str | None = None
+
+
+# --------------------------------------------------------------------------- jobs
+
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class JobRequest(StrictModel):
+    """One submission, after merging script directives and command-line options.
+
+    `script` is the full text the host runs (a shebang line picks the
+    interpreter, `/bin/sh` otherwise); `args` are passed to it literally.
+    """
+
+    name: str = Field(default="job", min_length=1, max_length=200)
+    queue: str | None = None
+    script: str = Field(min_length=1)
+    args: list[str] = Field(default_factory=list)
+    cpus: int = Field(default=1, ge=1, le=100_000)
+    memory_mb: int | None = Field(default=None, ge=1)
+    gpus: int = Field(default=0, ge=0, le=1024)
+    nodes: int = Field(default=1, ge=1, le=10_000)
+    ntasks: int | None = Field(default=None, ge=1)
+    ntasks_per_node: int | None = Field(default=None, ge=1)
+    exclusive: bool = False
+    fabric: str | None = None
+    time_limit_s: int | None = Field(default=None, ge=1)
+    output: str | None = None
+    error: str | None = None
+    workdir: str | None = None
+    submit_dir: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    script_path: str | None = None
+    # Parsed by the directives but carried out by later parts of hpcbatch; the
+    # controller refuses them with a clear message until it supports them.
+    array: str | None = None
+    dependency: str | None = None
+    image: str | None = None
+    main_node: int | None = None
+    launch_mode: str | None = None
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            if not ENV_NAME_RE.match(key):
+                raise ValueError(f"environment variable name {key!r} is not valid")
+            if "\0" in value:
+                raise ValueError(f"environment variable {key} contains a NUL byte")
+        return env
+
+    @field_validator("name")
+    @classmethod
+    def _name_printable(cls, name: str) -> str:
+        if "\0" in name:
+            raise ValueError("job name contains a NUL byte")
+        return name

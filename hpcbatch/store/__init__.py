@@ -1,0 +1,1 @@
+"""The controller's store: the only package that speaks SQL."""

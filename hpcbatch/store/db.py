@@ -1,0 +1,437 @@
+"""The controller's durable state: SQLite on disk in WAL mode, through aiosqlite.
+
+This is the only module that speaks SQL. Every state change goes through a
+compare-and-set (`UPDATE ... WHERE id=? AND state=?`) inside a transaction and
+is committed before the controller acts on it, so a crash at any moment leaves
+a history the controller can resume from.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+
+from hpcbatch.core.records import AttemptRecord, AttemptState, JobRecord, Placement
+from hpcbatch.core.states import FINAL_STATES, JobState, check_transition
+from hpcbatch.store.schema import MIGRATIONS
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or written; the message says why in plain words."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    name: str
+    user: str
+    uid: int
+    queue: str
+    request: dict[str, Any]
+    submitted: float
+
+
+@dataclass(frozen=True, slots=True)
+class StartOrder:
+    """Move one job RUNNABLE -> STARTING with a new attempt on these placements."""
+
+    job_id: int
+    attempt: int
+    placements: tuple[Placement, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    job_id: int
+    ts: float
+    old: str | None
+    new: str
+    reason: str | None
+
+
+JOB_COLUMNS = (
+    "id, name, user, uid, queue, state, reason, request, submitted, started, ended, "
+    "exit_code, attempt"
+)
+ATTEMPT_COLUMNS = (
+    "job_id, attempt, node, host, cpus, memory_mb, gpus, state, created, started, ended, "
+    "exit_code, signal, reason, stdout, stderr"
+)
+
+
+def _job(row: sqlite3.Row | tuple[Any, ...]) -> JobRecord:
+    return JobRecord(
+        id=row[0],
+        name=row[1],
+        user=row[2],
+        uid=row[3],
+        queue=row[4],
+        state=JobState(row[5]),
+        reason=row[6],
+        request=json.loads(row[7]),
+        submitted=row[8],
+        started=row[9],
+        ended=row[10],
+        exit_code=row[11],
+        attempt=row[12],
+    )
+
+
+def _attempt(row: sqlite3.Row | tuple[Any, ...]) -> AttemptRecord:
+    return AttemptRecord(
+        job_id=row[0],
+        attempt=row[1],
+        node=row[2],
+        host=row[3],
+        cpus=row[4],
+        memory_mb=row[5],
+        gpus=tuple(json.loads(row[6])),
+        state=AttemptState(row[7]),
+        created=row[8],
+        started=row[9],
+        ended=row[10],
+        exit_code=row[11],
+        signal=row[12],
+        reason=row[13],
+        stdout=row[14],
+        stderr=row[15],
+    )
+
+
+SyncMode = Literal["OFF", "NORMAL", "FULL"]
+
+
+class Store:
+    """Async access to the jobs, attempts and hosts tables. Open with `Store.open`."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path, *, sync: SyncMode = "NORMAL") -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = await aiosqlite.connect(str(path), isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store {path}: {exc}") from exc
+        store = cls(conn, path)
+        try:
+            await conn.execute("PRAGMA busy_timeout = 5000")
+            mode = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise StoreError(f"{path}: could not switch the store to WAL mode ({mode})")
+            await conn.execute(f"PRAGMA synchronous = {sync}")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await store._migrate()
+        except sqlite3.Error as exc:
+            await conn.close()
+            raise StoreError(f"cannot use the store {path}: {exc}") from exc
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def _migrate(self) -> None:
+        row = await (await self._conn.execute("PRAGMA user_version")).fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"{self.path}: store schema version {version} is newer than this hpcbatch "
+                f"({len(MIGRATIONS)}); upgrade hpcbatch"
+            )
+        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+            async with self._tx() as db:
+                for sql in statements:
+                    await db.execute(sql)
+                await db.execute(f"PRAGMA user_version = {number}")
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; rolled back on any error, which is re-raised as StoreError."""
+        try:
+            await self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot start a write: {exc}") from exc
+        try:
+            yield self._conn
+            await self._conn.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                await self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: write failed, nothing was changed: {exc}") from exc
+            raise
+
+    # ------------------------------------------------------------------ jobs
+
+    async def insert_jobs(
+        self, jobs: Sequence[NewJob], state: JobState, reason: str | None
+    ) -> list[int]:
+        """Insert jobs in one transaction, recording SUBMITTED and then `state`."""
+        ids: list[int] = []
+        async with self._tx() as db:
+            for job in jobs:
+                cur = await db.execute(
+                    "INSERT INTO jobs (name, user, uid, queue, state, reason, request, submitted)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        job.name,
+                        job.user,
+                        job.uid,
+                        job.queue,
+                        str(state),
+                        reason,
+                        json.dumps(job.request, separators=(",", ":")),
+                        job.submitted,
+                    ),
+                )
+                assert cur.lastrowid is not None
+                ids.append(cur.lastrowid)
+            rows: list[tuple[Any, ...]] = []
+            for job_id, job in zip(ids, jobs, strict=True):
+                rows.append((job_id, job.submitted, None, str(JobState.SUBMITTED), "submitted"))
+                if state != JobState.SUBMITTED:
+                    rows.append((job_id, job.submitted, str(JobState.SUBMITTED), str(state), reason))
+            await db.executemany(
+                "INSERT INTO transitions (job_id, ts, old, new, reason) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+        return ids
+
+    async def start_jobs(self, orders: Sequence[StartOrder], ts: float) -> list[int]:
+        """RUNNABLE -> STARTING for each order, with its attempt rows; one transaction.
+
+        Returns the ids whose compare-and-set succeeded (a job cancelled meanwhile is skipped).
+        """
+        started: list[int] = []
+        async with self._tx() as db:
+            for order in orders:
+                cur = await db.execute(
+                    "UPDATE jobs SET state = ?, reason = ?, attempt = ? WHERE id = ? AND state = ?",
+                    (
+                        str(JobState.STARTING),
+                        order.reason,
+                        order.attempt,
+                        order.job_id,
+                        str(JobState.RUNNABLE),
+                    ),
+                )
+                if cur.rowcount != 1:
+                    continue
+                started.append(order.job_id)
+                await db.execute(
+                    "INSERT INTO transitions (job_id, ts, old, new, reason) VALUES (?, ?, ?, ?, ?)",
+                    (order.job_id, ts, str(JobState.RUNNABLE), str(JobState.STARTING), order.reason),
+                )
+                await db.executemany(
+                    f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+                    [
+                        (
+                            order.job_id,
+                            order.attempt,
+                            node,
+                            p.host,
+                            p.cpus,
+                            p.memory_mb,
+                            json.dumps(list(p.gpus)),
+                            str(AttemptState.STARTING),
+                            ts,
+                        )
+                        for node, p in enumerate(order.placements)
+                    ],
+                )
+        return started
+
+    async def transition(
+        self,
+        job_id: int,
+        old: JobState,
+        new: JobState,
+        reason: str | None,
+        ts: float,
+        *,
+        started: float | None = None,
+        ended: float | None = None,
+        exit_code: int | None = None,
+        attempt_updates: Iterable[AttemptUpdate] = (),
+    ) -> bool:
+        """Compare-and-set one job's state (and its attempts) in one transaction.
+
+        Returns False, changing nothing, if the job is no longer in `old`.
+        """
+        check_transition(old, new)
+        sets = ["state = ?", "reason = ?"]
+        params: list[Any] = [str(new), reason]
+        if started is not None:
+            sets.append("started = ?")
+            params.append(started)
+        if ended is not None:
+            sets.append("ended = ?")
+            params.append(ended)
+        if exit_code is not None:
+            sets.append("exit_code = ?")
+            params.append(exit_code)
+        params += [job_id, str(old)]
+        async with self._tx() as db:
+            cur = await db.execute(
+                f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state = ?", params
+            )
+            if cur.rowcount != 1:
+                return False
+            await db.execute(
+                "INSERT INTO transitions (job_id, ts, old, new, reason) VALUES (?, ?, ?, ?, ?)",
+                (job_id, ts, str(old), str(new), reason),
+            )
+            for upd in attempt_updates:
+                await upd.apply(db)
+        return True
+
+    async def update_attempts(self, updates: Iterable[AttemptUpdate]) -> None:
+        async with self._tx() as db:
+            for upd in updates:
+                await upd.apply(db)
+
+    async def load_active(self) -> list[JobRecord]:
+        """Every job not in a final state, with the attempt rows of its current attempt."""
+        finals = tuple(str(s) for s in FINAL_STATES)
+        cur = await self._conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state NOT IN (?, ?) ORDER BY id", finals
+        )
+        jobs = [_job(r) for r in await cur.fetchall()]
+        by_id = {j.id: j for j in jobs}
+        cur = await self._conn.execute(
+            f"SELECT a.{ATTEMPT_COLUMNS.replace(', ', ', a.')} FROM attempts a JOIN jobs j"
+            " ON a.job_id = j.id AND a.attempt = j.attempt WHERE j.state NOT IN (?, ?)"
+            " ORDER BY a.job_id, a.node",
+            finals,
+        )
+        for row in await cur.fetchall():
+            by_id[row[0]].attempts.append(_attempt(row))
+        return jobs
+
+    async def get_job(self, job_id: int) -> JobRecord | None:
+        cur = await self._conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        job = _job(row)
+        cur = await self._conn.execute(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ? ORDER BY attempt, node",
+            (job_id,),
+        )
+        job.attempts = [_attempt(r) for r in await cur.fetchall()]
+        return job
+
+    async def transitions(self, job_id: int) -> list[Transition]:
+        cur = await self._conn.execute(
+            "SELECT job_id, ts, old, new, reason FROM transitions WHERE job_id = ? ORDER BY rowid",
+            (job_id,),
+        )
+        return [Transition(*r) for r in await cur.fetchall()]
+
+    async def list_jobs(
+        self,
+        *,
+        states: Sequence[str] = (),
+        user: str | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        ids: Sequence[int] = (),
+        limit: int = 10_000,
+    ) -> list[JobRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, values in (("state", states), ("id", ids)):
+            if values:
+                where.append(f"{column} IN ({', '.join('?' * len(values))})")
+                params += list(values)
+        for column, value in (("user", user), ("queue", queue), ("name", name)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit)
+        cur = await self._conn.execute(sql, params)
+        jobs = [_job(r) for r in await cur.fetchall()]
+        jobs.reverse()
+        return jobs
+
+    async def live_attempts_on(self, host: str) -> list[AttemptRecord]:
+        """Attempts on `host` the controller still counts as starting or running."""
+        cur = await self._conn.execute(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE host = ? AND state IN (?, ?)",
+            (host, str(AttemptState.STARTING), str(AttemptState.RUNNING)),
+        )
+        return [_attempt(r) for r in await cur.fetchall()]
+
+    # ------------------------------------------------------------------ hosts
+
+    async def host_admin_states(self) -> dict[str, tuple[str, str | None]]:
+        cur = await self._conn.execute("SELECT name, admin_state, admin_reason FROM hosts")
+        return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+
+    async def set_host_admin(self, name: str, state: str, reason: str | None, ts: float) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO hosts (name, admin_state, admin_reason, updated) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET admin_state = excluded.admin_state,"
+                " admin_reason = excluded.admin_reason, updated = excluded.updated",
+                (name, state, reason, ts),
+            )
+
+    async def save_facts(self, name: str, facts: dict[str, Any], ts: float) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO hosts (name, facts, updated) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET facts = excluded.facts,"
+                " updated = excluded.updated",
+                (name, json.dumps(facts), ts),
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptUpdate:
+    """Set fields of one attempt row (one node of one attempt)."""
+
+    job_id: int
+    attempt: int
+    node: int
+    state: AttemptState
+    started: float | None = None
+    ended: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+
+    async def apply(self, db: aiosqlite.Connection) -> None:
+        sets = ["state = ?"]
+        params: list[Any] = [str(self.state)]
+        for column in ("started", "ended", "exit_code", "signal", "reason", "stdout", "stderr"):
+            value = getattr(self, column)
+            if value is not None:
+                sets.append(f"{column} = ?")
+                params.append(value)
+        params += [self.job_id, self.attempt, self.node]
+        await db.execute(
+            f"UPDATE attempts SET {', '.join(sets)} WHERE job_id = ? AND attempt = ? AND node = ?",
+            params,
+        )

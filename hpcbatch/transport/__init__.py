@@ -1,0 +1,1 @@
+"""The SSH transport: the only package that imports asyncssh."""

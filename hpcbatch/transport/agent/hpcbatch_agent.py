@@ -1,0 +1,871 @@
+#!/usr/bin/env python3
+"""hpcbatch host agent: runs on each host, speaks JSON lines over an SSH channel.
+
+Why it exists: the controller reaches hosts only over SSH, yet a job must outlive
+both the SSH connection and this agent. So the agent never waits on jobs itself.
+For each `launch` it forks a *shepherd* that leaves the SSH session (setsid, no
+inherited descriptors), starts the job in its own process group, enforces the
+timeout and `kill` requests, and writes the exit status to disk atomically. The
+agent only watches shepherds (pidfds: no polling) and reports their ends. A new
+agent, after a reconnect, finds everything again on disk:
+
+    <root>/attempts/<attempt>/  script env.json meta.json stdout stderr
+                                pid kill exit collected
+
+The protocol is in docs/architecture.md, "Host agent protocol". This file is
+uploaded to hosts as is: standard library only, Python 3.8+, one file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import pwd
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+ATTEMPT_RE = re.compile(r"[A-Za-z0-9_.-]+")
+OUTPUT_CAP = 64 * 1024
+DEFAULT_GRACE_S = 10.0
+LOST = "lost: shepherd died without an exit status"
+RUNTIMES = ("podman", "docker", "apptainer", "singularity", "ch-run", "bwrap")
+NVIDIA_SMI_ARGS = ("--query-gpu=index,name,memory.total,uuid", "--format=csv,noheader")
+
+
+class BadRequest(Exception):
+    """A request the agent refuses: the message goes back as `error`."""
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def read_json(path: str) -> Any:
+    """The JSON in `path`, or None if it is missing or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: str, obj: Any, mode: int = 0o644) -> None:
+    """Write `obj` to `path` atomically (a temporary file, then rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) of a process, from /proc; None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rindex(b")") + 2 :].split()
+        return fields[0].decode(), int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def alive(pid: int | None, start: int | None) -> bool:
+    """Whether `pid` runs and is the process that started at `start` (no pid reuse)."""
+    if not pid:
+        return False
+    if not os.path.isdir("/proc/self"):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    stat = proc_stat(pid)
+    if stat is None or stat[0] in ("Z", "X"):
+        return False
+    return start is None or stat[1] == start
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def close_fds(keep: set[int]) -> None:
+    """Close every descriptor above 2 not in `keep`."""
+    try:
+        fds: list[int] = [int(x) for x in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, min(os.sysconf("SC_OPEN_MAX"), 65536)))
+    for fd in fds:
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def read_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            os.close(fd)
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def utf8_cut(data: bytes) -> int:
+    """How many bytes at the end of `data` form an incomplete UTF-8 sequence."""
+    for i in range(1, min(4, len(data)) + 1):
+        c = data[-i]
+        if c & 0xC0 != 0x80:  # a lead byte (or ASCII)
+            need = 2 if 0xC0 <= c < 0xE0 else 3 if 0xE0 <= c < 0xF0 else 4 if c >= 0xF0 else 1
+            return i if need > i else 0
+    return 0
+
+
+def exit_fields(status: int) -> tuple[int | None, int | None]:
+    """(code, signal) from a wait status."""
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    return os.WEXITSTATUS(status), None
+
+
+# --------------------------------------------------------------------------- request fields
+
+
+def want(req: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    """Field `name` of `req`, checked to be of `kind`; `default` if missing or null."""
+    value = req.get(name)
+    if value is None:
+        return default
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise BadRequest(f"field {name!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def want_attempt(value: Any) -> str:
+    if not isinstance(value, str) or not ATTEMPT_RE.fullmatch(value) or value in (".", ".."):
+        raise BadRequest(f"bad attempt id {value!r}: use characters [A-Za-z0-9_.-]")
+    return value
+
+
+def want_strings(req: dict[str, Any], name: str) -> list[str]:
+    value = want(req, name, list, [])
+    if not all(isinstance(v, str) and "\0" not in v for v in value):
+        raise BadRequest(f"field {name!r} must be a list of strings without NUL")
+    return list(value)
+
+
+def want_env(req: dict[str, Any]) -> dict[str, str]:
+    env = want(req, "env", dict, {})
+    for k, v in env.items():
+        if not k or "=" in k or "\0" in k or not isinstance(v, str) or "\0" in v:
+            raise BadRequest(f"bad environment variable {k!r}={v!r}")
+    return dict(env)
+
+
+# --------------------------------------------------------------------------- the shepherd
+
+
+class _Flags:
+    term = False
+
+
+def _on_term(signum: int, frame: Any) -> None:
+    _Flags.term = True
+
+
+def _on_nothing(signum: int, frame: Any) -> None:
+    """A handler only so that the signal wakes the loop through the wakeup fd."""
+
+
+def shepherd(adir: str, spec: dict[str, Any], out_fd: int, err_fd: int, report: int) -> NoReturn:
+    """The shepherd process: start the job, wait for it, write `exit`. Never returns."""
+    try:
+        signal.set_wakeup_fd(-1)
+        os.setsid()
+        for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        close_fds({out_fd, err_fd, report})
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGTERM, _on_term)
+        signal.signal(signal.SIGCHLD, _on_nothing)
+        supervise(adir, spec, out_fd, err_fd, report, wake_r)
+    finally:
+        os._exit(0)
+
+
+def start_job(spec: dict[str, Any], out_fd: int, err_fd: int, exec_w: int) -> NoReturn:
+    """In the job's child process: set up descriptors and exec the script."""
+    try:
+        os.setpgid(0, 0)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGPIPE, signal.SIGHUP, signal.SIGINT, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        close_fds({exec_w})
+        os.chdir(spec["cwd"])
+        argv = spec["argv"]
+        os.execve(argv[0], argv, spec["env"])
+    except BaseException as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        for fd, text in ((exec_w, message), (2, f"hpcbatch: cannot start the job: {message}\n")):
+            with contextlib.suppress(OSError):
+                os.write(fd, text.encode(errors="replace"))
+    os._exit(127)
+
+
+def supervise(
+    adir: str, spec: dict[str, Any], out_fd: int, err_fd: int, report: int, wake: int
+) -> None:
+    exec_r, exec_w = os.pipe()  # close-on-exec: EOF without data means exec succeeded
+    started = time.time()
+    job = os.fork()
+    if job == 0:
+        start_job(spec, out_fd, err_fd, exec_w)
+    with contextlib.suppress(OSError):  # the child may have done it first
+        os.setpgid(job, job)
+    os.close(exec_w)
+    os.close(out_fd)
+    if err_fd != out_fd:
+        os.close(err_fd)
+    exec_error = read_all(exec_r).decode(errors="replace")
+    rec: dict[str, Any] = {"shepherd": os.getpid(), "job": job, "started": started}
+    rec["shepherd_start"] = (proc_stat(os.getpid()) or ("", None))[1]
+    rec["job_start"] = (proc_stat(job) or ("", None))[1]
+    write_json(os.path.join(adir, "pid"), rec)
+    with contextlib.suppress(OSError):  # if the agent is gone, the job runs on regardless
+        os.write(report, (json.dumps(rec) + "\n").encode())
+    os.close(report)
+    status, reason, timed_out = wait_job(adir, job, spec, wake)
+    signal_group(job, signal.SIGKILL)  # leftover background processes of the job
+    code, sig = exit_fields(status)
+    if exec_error:
+        reason = f"exec failed: {exec_error}"
+    result = {"code": code, "signal": sig, "reason": reason, "timed_out": timed_out,
+              "started": started, "ended": time.time()}  # fmt: skip
+    write_json(os.path.join(adir, "exit"), result)
+
+
+def wait_job(adir: str, job: int, spec: dict[str, Any], wake: int) -> tuple[int, str | None, bool]:
+    """Wait for the job; on timeout or SIGTERM (a `kill`): TERM its group, KILL after grace."""
+    timeout = spec["timeout_s"]
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    kill_at: float | None = None
+    reason: str | None = None
+    timed_out = False
+    while True:
+        pid, status = os.waitpid(job, os.WNOHANG)
+        if pid:
+            return status, reason, timed_out
+        now = time.monotonic()
+        grace: float | None = None
+        if _Flags.term:
+            _Flags.term = False
+            req = read_json(os.path.join(adir, "kill"))
+            req = req if isinstance(req, dict) else {}
+            reason = reason or str(req.get("reason") or "killed")
+            grace = req.get("grace_s")
+            grace = float(grace) if isinstance(grace, (int, float)) else spec["grace_s"]
+        if deadline is not None and now >= deadline and not timed_out:
+            timed_out = True
+            reason = reason or f"timed out after {timeout:g} s"
+            grace = spec["grace_s"]
+        if grace is not None:
+            signal_group(job, signal.SIGTERM)
+            signal_group(job, signal.SIGCONT)
+            kill_at = min(kill_at if kill_at is not None else now + grace, now + grace)
+        if kill_at is not None and now >= kill_at:
+            signal_group(job, signal.SIGKILL)
+        waits = [t - now for t in (deadline, kill_at) if t is not None and t > now]
+        selectors_wait(wake, min(waits) if waits else None)
+
+
+def selectors_wait(fd: int, timeout: float | None) -> None:
+    """Wait until `fd` (a signal wakeup pipe) is readable or `timeout` passes; drain it."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        if sel.select(timeout):
+            os.read(fd, 4096)
+
+
+# --------------------------------------------------------------------------- host facts
+
+
+def nvidia_smi() -> tuple[str | None, str | None]:
+    """(output, error) of nvidia-smi's GPU query; (None, None) when it is not installed."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None, None
+    try:
+        proc = subprocess.run(
+            [exe, *NVIDIA_SMI_ARGS], stdin=subprocess.DEVNULL, capture_output=True, timeout=10
+        )
+    except subprocess.TimeoutExpired:
+        return None, "nvidia-smi timed out after 10 s"
+    except OSError as exc:
+        return None, f"cannot run nvidia-smi: {exc}"
+    out = proc.stdout.decode(errors="replace")
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip() or out.strip()
+        return None, f"nvidia-smi exited with {proc.returncode}: {err[:2000]}"
+    return out, None
+
+
+def host_facts() -> dict[str, Any]:
+    ib_dir = "/sys/class/infiniband"
+    try:
+        ib = sorted(os.listdir(ib_dir))
+    except OSError:
+        ib = []
+    drivers = {d: os.path.realpath(f"{ib_dir}/{d}/device/driver") for d in ib}
+    efa = [d for d in ib if "efa" in os.path.basename(drivers[d])]
+    memory_mb = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    memory_mb = int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = os.environ.get("USER", str(os.getuid()))
+    smi, smi_error = nvidia_smi()
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    return {
+        "hostname": socket.gethostname(),
+        "cpus": len(getaffinity(0)) if getaffinity else os.cpu_count(),
+        "memory_mb": memory_mb,
+        "nvidia_smi": smi,
+        "nvidia_smi_error": smi_error,
+        "infiniband": ib,
+        "efa": efa,
+        "dev_infiniband": os.path.isdir("/dev/infiniband"),
+        "runtimes": {n: p for n in RUNTIMES for p in [shutil.which(n)] if p},
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "user": user,
+        "home": os.path.expanduser("~"),
+    }
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+class Watch:
+    """A process whose end we wait for: by pidfd, else by polling (`fd` is None)."""
+
+    def __init__(self, pid: int, start: int | None, child: bool, on_end: Callable[[], None]):
+        self.pid, self.start, self.child, self.on_end = pid, start, child, on_end
+        self.fd: int | None = None
+
+    def ended(self) -> bool:
+        """Polling check. For our children: exited (not yet reaped: WNOWAIT)."""
+        if not self.child:
+            return not alive(self.pid, self.start)
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+
+class Agent:
+    def __init__(self, root: str, heartbeat: float, use_pidfd: bool = True) -> None:
+        self.root = os.path.abspath(root)
+        self.attempts = os.path.join(self.root, "attempts")
+        os.makedirs(self.attempts, exist_ok=True)
+        self.heartbeat = heartbeat
+        self.use_pidfd = use_pidfd and hasattr(os, "pidfd_open")
+        with open(os.path.abspath(__file__), "rb") as f:
+            self.version = hashlib.sha256(f.read()).hexdigest()[:16]
+        self.sel = selectors.DefaultSelector()
+        self.running: dict[str, dict[str, Any]] = {}  # attempt -> its pid record
+        self.reported: set[str] = set()
+        self.polled: list[Watch] = []
+        self.timers: list[tuple[float, Callable[[], None]]] = []
+        self.inbuf = b""
+        self.stopping = False
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, _on_nothing)
+        self.sel.register(wake_r, selectors.EVENT_READ, lambda: os.read(wake_r, 4096))
+        self.sel.register(0, selectors.EVENT_READ, self.on_stdin)
+        self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
+            "hello": self.op_hello, "launch": self.op_launch, "kill": self.op_kill,
+            "ack": self.op_ack, "read": self.op_read, "fence": self.op_fence,
+            "exec": self.op_exec, "shutdown": self.op_shutdown,
+        }  # fmt: skip
+        self.scan()
+
+    # ----------------------------------------------------------------- loop and I/O
+
+    def run(self) -> int:
+        if self.heartbeat > 0:
+            self.after(self.heartbeat, self.send_heartbeat)
+        while not self.stopping:
+            now = time.monotonic()
+            waits = [t - now for t, _ in self.timers] + ([1.0] if self.polled else [])
+            for key, _ in self.sel.select(max(0.0, min(waits)) if waits else None):
+                current = self.sel.get_map().get(key.fd)
+                if current is not None and current.data is key.data:  # not closed meanwhile
+                    self.guard(key.data)
+                if self.stopping:
+                    break
+            for when, fn in sorted(self.timers, key=lambda t: t[0]):
+                if when <= time.monotonic():
+                    self.timers.remove((when, fn))
+                    self.guard(fn)
+            for w in list(self.polled):
+                if w.ended():
+                    self.fire(w)
+        return 0
+
+    def guard(self, fn: Callable[[], Any]) -> None:
+        """Run a callback; an unexpected error is reported, never fatal."""
+        try:
+            fn()
+        except (BrokenPipeError, ConnectionResetError):
+            self.stopping = True
+        except Exception as exc:
+            self.send({"ev": "error", "error": f"internal error: {type(exc).__name__}: {exc}"})
+
+    def after(self, delay: float, fn: Callable[[], None]) -> None:
+        self.timers.append((time.monotonic() + delay, fn))
+
+    def send(self, obj: dict[str, Any]) -> None:
+        data = (json.dumps(obj) + "\n").encode()
+        while data:
+            data = data[os.write(1, data) :]
+
+    def send_heartbeat(self) -> None:
+        self.send({"ev": "heartbeat", "t": time.time(), "running": len(self.running)})
+        self.after(self.heartbeat, self.send_heartbeat)
+
+    def on_stdin(self) -> None:
+        chunk = os.read(0, 65536)
+        if not chunk:
+            self.stopping = True  # the controller hung up: jobs keep running
+            return
+        self.inbuf += chunk
+        *lines, self.inbuf = self.inbuf.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self.handle(line)
+                if self.stopping:
+                    return
+        if len(self.inbuf) > 64 * 1024 * 1024:
+            self.inbuf = b""
+            self.send({"ev": "error", "error": "request line longer than 64 MiB: dropped"})
+
+    def handle(self, line: bytes) -> None:
+        try:
+            req = json.loads(line)
+        except ValueError as exc:
+            self.send({"ev": "error", "error": f"malformed request line ({exc}): {line[:200]!r}"})
+            return
+        rid = req.get("id") if isinstance(req, dict) else None
+        if not isinstance(rid, int) or isinstance(rid, bool):
+            self.send({"ev": "error", "error": f"request without an integer id: {line[:200]!r}"})
+            return
+        handler = self.ops.get(req.get("op"))
+        try:
+            if handler is None:
+                raise BadRequest(f"unknown op {req.get('op')!r}; known: {', '.join(self.ops)}")
+            result = handler(req)
+        except BadRequest as exc:
+            self.send({"id": rid, "ok": False, "error": str(exc)})
+        except Exception as exc:
+            error = f"internal error in {req.get('op')}: {type(exc).__name__}: {exc}"
+            self.send({"id": rid, "ok": False, "error": error})
+        else:
+            if result is not None:  # None: the handler replies later
+                self.send({"id": rid, "ok": True, **result})
+
+    # ----------------------------------------------------------------- watching processes
+
+    def watch(self, pid: int, start: int | None, child: bool, on_end: Callable[[], None]) -> None:
+        w = Watch(pid, start, child, on_end)
+        if self.use_pidfd:
+            try:
+                w.fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                self.after(0, on_end)
+                return
+            except OSError:
+                self.use_pidfd = False  # old kernel: SIGCHLD and liveness polling instead
+            else:
+                if child or alive(pid, start):  # (re)checked after opening: no pid reuse
+                    self.sel.register(w.fd, selectors.EVENT_READ, lambda: self.fire(w))
+                else:
+                    os.close(w.fd)
+                    self.after(0, on_end)
+                return
+        self.polled.append(w)
+
+    def fire(self, w: Watch) -> None:
+        if w.fd is not None:
+            self.sel.unregister(w.fd)
+            os.close(w.fd)
+        if w in self.polled:
+            self.polled.remove(w)
+        w.on_end()
+
+    def track(self, attempt: str, rec: dict[str, Any], child: bool) -> None:
+        """Watch a running attempt's shepherd; or its job if the shepherd is gone."""
+        self.running[attempt] = rec
+        if child or alive(rec.get("shepherd"), rec.get("shepherd_start")):
+            end = lambda: self.shepherd_ended(attempt, child)  # noqa: E731
+            self.watch(rec["shepherd"], rec.get("shepherd_start"), child, end)
+        else:
+            rec["adopted"] = True
+            end = lambda: self.finish(attempt, self.lost_record(attempt))  # noqa: E731
+            self.watch(rec["job"], rec.get("job_start"), False, end)
+
+    def shepherd_ended(self, attempt: str, child: bool) -> None:
+        rec = self.running[attempt]
+        if child:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(rec["shepherd"], 0)
+        result = read_json(self.path(attempt, "exit"))
+        if isinstance(result, dict):
+            self.finish(attempt, result)
+        elif alive(rec.get("job"), rec.get("job_start")):
+            self.track(attempt, rec, child=False)
+        else:
+            self.finish(attempt, self.lost_record(attempt))
+
+    def finish(self, attempt: str, result: dict[str, Any]) -> None:
+        self.running.pop(attempt, None)
+        if attempt not in self.reported:
+            self.reported.add(attempt)
+            self.send({"ev": "exit", "attempt": attempt, **result})
+
+    def lost_record(self, attempt: str) -> dict[str, Any]:
+        rec = read_json(self.path(attempt, "pid"))
+        kill = read_json(self.path(attempt, "kill"))
+        reason = LOST
+        if isinstance(kill, dict) and kill.get("reason"):
+            reason = f"{LOST} (killed: {kill['reason']})"
+        started = rec.get("started") if isinstance(rec, dict) else None
+        return {"code": None, "signal": None, "reason": reason, "timed_out": False,
+                "started": started, "ended": time.time()}  # fmt: skip
+
+    # ----------------------------------------------------------------- attempts on disk
+
+    def path(self, attempt: str, *names: str) -> str:
+        return os.path.join(self.attempts, attempt, *names)
+
+    def listed(self) -> list[str]:
+        """Attempt ids on disk not yet acknowledged."""
+        names = sorted(os.listdir(self.attempts))
+        return [
+            n for n in names
+            if ATTEMPT_RE.fullmatch(n) and not os.path.exists(self.path(n, "collected"))
+        ]  # fmt: skip
+
+    def scan(self) -> None:
+        """Find running attempts this agent does not watch yet (started by an earlier agent)."""
+        for attempt in self.listed():
+            if attempt in self.running or os.path.exists(self.path(attempt, "exit")):
+                continue
+            rec = read_json(self.path(attempt, "pid"))
+            if isinstance(rec, dict) and (
+                alive(rec.get("shepherd"), rec.get("shepherd_start"))
+                or alive(rec.get("job"), rec.get("job_start"))
+            ):
+                self.track(attempt, rec, child=False)
+
+    def state(self, attempt: str) -> tuple[str, dict[str, Any] | None]:
+        result = read_json(self.path(attempt, "exit"))
+        if isinstance(result, dict):
+            return "exited", result
+        if attempt in self.running:
+            return "running", None
+        lost = self.lost_record(attempt)
+        lost["ended"] = None
+        return "lost", lost
+
+    # ----------------------------------------------------------------- ops
+
+    def op_hello(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.scan()
+        attempts = []
+        for attempt in self.listed():
+            state, result = self.state(attempt)
+            rec = read_json(self.path(attempt, "pid"))
+            pid = rec.get("job") if isinstance(rec, dict) else None
+            attempts.append({"attempt": attempt, "state": state, "pid": pid, "exit": result})
+        return {"agent_version": self.version, "pid": os.getpid(), "facts": host_facts(),
+                "attempts": attempts}  # fmt: skip
+
+    def op_launch(self, req: dict[str, Any]) -> dict[str, Any]:
+        attempt = want_attempt(req.get("attempt"))
+        script = want(req, "script", str)
+        if script is None:
+            raise BadRequest("field 'script' is required")
+        adir = self.path(attempt)
+        if os.path.lexists(adir):
+            raise BadRequest(f"attempt {attempt} already exists")
+        cwd = os.path.expanduser(want(req, "cwd", str) or "~")
+        if not os.path.isdir(cwd):
+            raise BadRequest(f"working directory {cwd} does not exist (or is not a directory)")
+        spec: dict[str, Any] = {
+            "cwd": os.path.abspath(cwd),
+            "env": {**os.environ, **want_env(req)},
+            "timeout_s": want(req, "timeout_s", float),
+            "grace_s": want(req, "kill_grace_s", float, DEFAULT_GRACE_S),
+        }
+        if spec["timeout_s"] is not None and spec["timeout_s"] <= 0:
+            raise BadRequest(f"timeout_s must be positive (or null), got {spec['timeout_s']}")
+        paths = {s: self.output_path(req, s, spec["cwd"], adir) for s in ("stdout", "stderr")}
+        args = want_strings(req, "args")
+        try:
+            os.mkdir(adir)
+        except FileExistsError:
+            raise BadRequest(f"attempt {attempt} already exists") from None
+        try:
+            return self.start(attempt, adir, req, script, args, spec, paths)
+        except BaseException:
+            shutil.rmtree(adir, ignore_errors=True)
+            raise
+
+    def output_path(self, req: dict[str, Any], stream: str, cwd: str, adir: str) -> str:
+        value = want(req, stream, str)
+        if value is None:
+            return os.path.join(adir, stream)
+        path = os.path.join(cwd, os.path.expanduser(value))
+        if not os.path.isdir(os.path.dirname(path)):
+            raise BadRequest(f"{stream} directory {os.path.dirname(path)} does not exist")
+        if os.path.isdir(path):
+            raise BadRequest(f"{stream} path {path} is a directory")
+        return os.path.abspath(path)
+
+    def start(
+        self, attempt: str, adir: str, req: dict[str, Any], script: str, args: list[str],
+        spec: dict[str, Any], paths: dict[str, str],
+    ) -> dict[str, Any]:  # fmt: skip
+        script_path = os.path.join(adir, "script")
+        fd = os.open(script_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+        with os.fdopen(fd, "wb") as f:
+            f.write(script.encode())
+        shebang = script.startswith("#!")
+        spec["argv"] = [script_path, *args] if shebang else ["/bin/sh", script_path, *args]
+        write_json(os.path.join(adir, "env.json"), want_env(req))
+        meta = {k: v for k, v in req.items() if k not in ("id", "op", "script")}
+        meta.update(cwd_resolved=spec["cwd"], stdout_path=paths["stdout"])
+        meta.update(stderr_path=paths["stderr"], argv=spec["argv"])
+        write_json(os.path.join(adir, "meta.json"), meta)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+        fds: list[int] = []
+        try:
+            for stream in ("stdout", "stderr"):
+                same = stream == "stderr" and (
+                    os.path.realpath(paths["stderr"]) == os.path.realpath(paths["stdout"])
+                )
+                try:
+                    fds.append(fds[0] if same else os.open(paths[stream], flags, 0o644))
+                except OSError as exc:
+                    raise BadRequest(f"cannot open {stream} file: {exc}") from None
+            rec = self.fork_shepherd(adir, spec, fds[0], fds[1])
+        finally:
+            for fd in set(fds):
+                os.close(fd)
+        self.track(attempt, rec, child=True)
+        return {"pid": rec["job"], "started": rec["started"]}
+
+    def fork_shepherd(self, adir: str, spec: dict[str, Any], out: int, err: int) -> dict[str, Any]:
+        report_r, report_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            shepherd(adir, spec, out, err, report_w)
+        os.close(report_w)
+        line = read_all(report_r)  # the shepherd reports once the job has started
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            os.waitpid(pid, 0)
+            raise RuntimeError("the shepherd failed before starting the job") from None
+        return dict(rec)
+
+    def op_kill(self, req: dict[str, Any]) -> dict[str, Any]:
+        attempt = want_attempt(req.get("attempt"))
+        reason = want(req, "reason", str, "killed")
+        grace = want(req, "grace_s", float, DEFAULT_GRACE_S)
+        found = attempt in self.running
+        if found:
+            self.kill(attempt, reason, grace)
+        return {"found": found}
+
+    def kill(self, attempt: str, reason: str, grace: float) -> None:
+        write_json(self.path(attempt, "kill"), {"reason": reason, "grace_s": grace})
+        rec = self.running[attempt]
+        if not rec.get("adopted") and alive(rec["shepherd"], rec.get("shepherd_start")):
+            try:
+                os.kill(rec["shepherd"], signal.SIGTERM)  # it reads the kill file
+                return
+            except ProcessLookupError:
+                pass
+        job, start = rec["job"], rec.get("job_start")
+        if alive(job, start):  # no shepherd: do its work
+            signal_group(job, signal.SIGTERM)
+            signal_group(job, signal.SIGCONT)
+            self.after(grace, lambda: signal_group(job, signal.SIGKILL))
+
+    def op_ack(self, req: dict[str, Any]) -> dict[str, Any]:
+        acked = []
+        for attempt in map(want_attempt, want(req, "attempts", list, [])):
+            if os.path.isdir(self.path(attempt)) and attempt not in self.running:
+                with open(self.path(attempt, "collected"), "w") as f:
+                    f.write(f"{time.time()}\n")
+                acked.append(attempt)
+        return {"acked": acked}
+
+    def op_read(self, req: dict[str, Any]) -> dict[str, Any]:
+        attempt = want_attempt(req.get("attempt"))
+        stream = want(req, "stream", str, "stdout")
+        if stream not in ("stdout", "stderr"):
+            raise BadRequest(f"stream must be stdout or stderr, got {stream!r}")
+        offset = want(req, "offset", int, 0)
+        limit = max(1, min(want(req, "limit", int, OUTPUT_CAP), 16 * 1024 * 1024))
+        meta = read_json(self.path(attempt, "meta.json"))
+        if not isinstance(meta, dict):
+            raise BadRequest(f"no attempt {attempt}")
+        exited = self.state(attempt)[0] != "running"  # before reading: no output after it
+        try:
+            with open(meta[f"{stream}_path"], "rb") as f:
+                f.seek(max(0, offset))
+                data = f.read(limit)
+                size = os.fstat(f.fileno()).st_size
+        except FileNotFoundError:
+            data, size = b"", 0
+        done = exited and offset + len(data) >= size
+        cut = 0 if done else utf8_cut(data)
+        if cut < len(data):
+            data = data[: len(data) - cut]
+        text = data.decode("utf-8", errors="replace")
+        return {"data": text, "offset": offset + len(data), "done": done}
+
+    def op_fence(self, req: dict[str, Any]) -> dict[str, Any]:
+        keep = set(want_strings(req, "keep"))
+        grace = want(req, "grace_s", float, DEFAULT_GRACE_S)
+        killed = [a for a in sorted(self.running) if a not in keep]
+        for attempt in killed:
+            self.kill(attempt, "fenced", grace)
+        return {"killed": killed}
+
+    def op_exec(self, req: dict[str, Any]) -> None:
+        argv = want_strings(req, "argv")
+        if not argv:
+            raise BadRequest("field 'argv' must be a non-empty list")
+        env = {**os.environ, **want_env(req)}
+        timeout = want(req, "timeout_s", float, 30.0)
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=env, start_new_session=True,
+            )  # fmt: skip
+        except OSError as exc:
+            raise BadRequest(f"cannot run {argv[0]}: {exc}") from None
+        ExecRun(self, req["id"], proc, timeout)
+        return None
+
+    def op_shutdown(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.stopping = True
+        return {}
+
+
+class ExecRun:
+    """One `exec` request: collects output without blocking the loop, then replies."""
+
+    def __init__(self, agent: Agent, rid: int, proc: subprocess.Popen[bytes], timeout: float):
+        self.agent, self.rid, self.proc = agent, rid, proc
+        self.out: dict[int, bytearray] = {}
+        self.exited = self.timed_out = self.replied = False
+        for pipe in (proc.stdout, proc.stderr):
+            assert pipe is not None
+            fd = pipe.fileno()
+            os.set_blocking(fd, False)
+            self.out[fd] = bytearray()
+            agent.sel.register(fd, selectors.EVENT_READ, lambda fd=fd: self.on_read(fd))
+        agent.watch(proc.pid, None, True, self.on_exit)
+        agent.after(timeout, self.on_timeout)
+
+    def on_read(self, fd: int) -> None:
+        chunk = os.read(fd, 65536)
+        if chunk:
+            buf = self.out[fd]
+            buf += chunk[: max(0, OUTPUT_CAP - len(buf))]
+            return
+        self.agent.sel.unregister(fd)
+        self.maybe_reply()
+
+    def on_exit(self) -> None:
+        self.proc.wait()
+        self.exited = True
+        self.maybe_reply()
+
+    def on_timeout(self) -> None:
+        if not self.replied:
+            self.timed_out = True
+            if not self.exited:
+                signal_group(self.proc.pid, signal.SIGKILL)
+            self.maybe_reply()
+
+    def maybe_reply(self) -> None:
+        open_fds = [fd for fd in self.out if fd in self.agent.sel.get_map()]
+        if self.replied or not self.exited or (open_fds and not self.timed_out):
+            return
+        for fd in open_fds:
+            self.agent.sel.unregister(fd)
+        self.replied = True
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            assert pipe is not None
+            pipe.close()
+        rc = self.proc.returncode
+        stdout, stderr = (bytes(b).decode(errors="replace") for b in self.out.values())
+        self.agent.send({
+            "id": self.rid, "ok": True, "code": rc if rc >= 0 else None,
+            "signal": -rc if rc < 0 else None, "timed_out": self.timed_out,
+            "stdout": stdout, "stderr": stderr,
+        })  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="hpcbatch host agent (JSON lines on stdio)")
+    parser.add_argument("--root", required=True, help="the host's hpcbatch work directory")
+    parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds; 0: none")
+    parser.add_argument("--no-pidfd", action="store_true", help="(tests) poll as on old kernels")
+    opts = parser.parse_args(argv)
+    try:
+        return Agent(opts.root, opts.heartbeat, use_pidfd=not opts.no_pidfd).run()
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

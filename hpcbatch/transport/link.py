@@ -1,0 +1,331 @@
+"""One host's persistent SSH connection and the host agent running over it.
+
+A `HostLink` connects (host-key checking always on), uploads the agent if the
+host lacks this version (content-addressed file name), starts it over an SSH
+channel and then carries JSON-lines requests and events until the connection
+drops; it then reconnects with exponential backoff and jitter. Whoever owns
+the link hears about it through a `LinkListener`. This module and `pool` are
+the only ones that import asyncssh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import shlex
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol
+
+import asyncssh
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SshTarget:
+    """How to reach one host. `address` None means: let the ssh_config resolve `name`."""
+
+    name: str
+    address: str | None
+    port: int | None
+    user: str | None
+    identity: str | None
+    known_hosts: str | None
+    ssh_config: str | None
+    work_dir: str
+    python: str = "python3"
+
+    def describe(self) -> str:
+        where = self.address or self.name
+        return f"{self.user + '@' if self.user else ''}{where}{':' + str(self.port) if self.port else ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    connect_timeout_s: float = 10.0
+    keepalive_s: float = 5.0
+    keepalive_count: int = 3
+    heartbeat_s: float = 5.0
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 30.0
+    request_timeout_s: float = 60.0
+
+
+class HostUnavailable(ConnectionError):
+    """The host's agent is not connected; the request was not delivered."""
+
+
+class AgentError(RuntimeError):
+    """The agent answered `ok: false`."""
+
+
+class LinkListener(Protocol):
+    async def link_up(self, link: HostLink, hello: dict[str, Any]) -> None: ...
+
+    async def link_down(self, link: HostLink, reason: str) -> None: ...
+
+    def agent_event(self, link: HostLink, event: dict[str, Any]) -> None: ...
+
+
+def agent_source() -> bytes:
+    return (resources.files("hpcbatch.transport.agent") / "hpcbatch_agent.py").read_bytes()
+
+
+def agent_digest(source: bytes) -> str:
+    return hashlib.sha256(source).hexdigest()[:16]
+
+
+def _remote_path(path: str) -> str:
+    """Quote a remote path for sh, keeping a leading `~/` meaning the login's home."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+class HostLink:
+    """A supervised connection to one host's agent. Start with `start()`, end with `close()`."""
+
+    def __init__(
+        self,
+        target: SshTarget,
+        listener: LinkListener,
+        *,
+        settings: LinkSettings | None = None,
+        source: bytes | None = None,
+    ) -> None:
+        self.target = target
+        self.name = target.name
+        self._listener = listener
+        self._settings = settings or LinkSettings()
+        self._source = source if source is not None else agent_source()
+        self._digest = agent_digest(self._source)
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._proc: asyncssh.SSHClientProcess[str] | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_id = 0
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._kick = asyncio.Event()
+        self.connected = False
+        self.last_error: str | None = None
+        self.last_seen: float = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"link-{self.name}")
+
+    def kick(self) -> None:
+        """Retry a connection now instead of waiting out the backoff."""
+        self._kick.set()
+
+    async def close(self, *, shutdown_agent: bool = False) -> None:
+        """Stop reconnecting and close the connection; jobs keep running on the host."""
+        self._closing = True
+        self._kick.set()
+        if shutdown_agent and self.connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.request("shutdown"), 2.0)
+        if self._conn is not None:
+            self._conn.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.wait_closed()
+
+    async def drop(self) -> None:
+        """Close the current connection (the link reconnects by itself)."""
+        if self._conn is not None:
+            self._conn.close()
+
+    # ------------------------------------------------------------------ requests
+
+    async def request(self, op: str, *, timeout: float | None = None, **fields: Any) -> dict[str, Any]:
+        """Send one request to the agent and wait for its reply."""
+        proc = self._proc
+        if proc is None or not self.connected:
+            raise HostUnavailable(f"{self.name}: not connected ({self.last_error or 'connecting'})")
+        self._next_id += 1
+        rid = self._next_id
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            proc.stdin.write(json.dumps({"id": rid, "op": op, **fields}) + "\n")
+            reply = await asyncio.wait_for(fut, timeout or self._settings.request_timeout_s)
+        except (OSError, asyncssh.Error) as exc:
+            raise HostUnavailable(f"{self.name}: {exc}") from exc
+        except TimeoutError as exc:
+            raise HostUnavailable(f"{self.name}: agent did not answer {op} in time") from exc
+        finally:
+            self._pending.pop(rid, None)
+        if not reply.get("ok", False):
+            raise AgentError(f"{self.name}: {op}: {reply.get('error', 'failed')}")
+        return reply
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _run(self) -> None:
+        delay = self._settings.backoff_min_s
+        while not self._closing:
+            reason = "connection closed"
+            try:
+                hello = await self._connect()
+                delay = self._settings.backoff_min_s
+                self.connected = True
+                self.last_error = None
+                reader = asyncio.create_task(self._read_loop())
+                try:
+                    await self._listener.link_up(self, hello)
+                    reason = await reader
+                finally:
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+            except asyncio.CancelledError:
+                raise
+            except asyncssh.HostKeyNotVerifiable as exc:
+                reason = (
+                    f"host key of {self.target.describe()} is not trusted by "
+                    f"{self.target.known_hosts or '~/.ssh/known_hosts'} "
+                    f"(missing or changed): refused ({exc.reason})"
+                )
+            except asyncssh.PermissionDenied as exc:
+                reason = f"SSH login to {self.target.describe()} refused: {exc.reason}"
+            except (OSError, asyncssh.Error, TimeoutError, HostUnavailable, AgentError) as exc:
+                reason = f"cannot reach {self.target.describe()}: {_describe_exc(exc)}"
+            except Exception as exc:  # the link must survive anything and keep retrying
+                log.exception("link %s failed", self.name)
+                reason = f"unexpected error: {exc!r}"
+            was_connected = self.connected
+            self.connected = False
+            self.last_error = reason
+            self._fail_pending(reason)
+            self._teardown()
+            await self._listener.link_down(self, reason)
+            if self._closing:
+                break
+            if was_connected:
+                delay = self._settings.backoff_min_s
+            sleep = delay * (0.5 + random.random())
+            delay = min(delay * 2, self._settings.backoff_max_s)
+            self._kick.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), sleep)
+
+    async def _connect(self) -> dict[str, Any]:
+        t = self.target
+        s = self._settings
+        options: dict[str, Any] = {
+            "connect_timeout": s.connect_timeout_s,
+            "keepalive_interval": s.keepalive_s,
+            "keepalive_count_max": s.keepalive_count,
+            "agent_path": None,
+        }
+        if t.known_hosts is not None:
+            options["known_hosts"] = t.known_hosts
+        if t.identity is not None:
+            options["client_keys"] = [t.identity]
+        if t.user is not None:
+            options["username"] = t.user
+        if t.port is not None:
+            options["port"] = t.port
+        if t.ssh_config is not None:
+            options["config"] = [t.ssh_config]
+        conn = await asyncio.wait_for(
+            asyncssh.connect(t.address or t.name, **options), s.connect_timeout_s + 5
+        )
+        self._conn = conn
+        root = _remote_path(t.work_dir)
+        script = f"{root}/agent-{self._digest}.py"
+        upload = (
+            f"mkdir -p {root} && chmod 700 {root} && "
+            f"{{ test -f {script} || {{ cat > {script}.$$ && mv {script}.$$ {script}; }}; }}"
+        )
+        result = await asyncio.wait_for(
+            conn.run(upload, input=self._source.decode(), check=False), s.request_timeout_s
+        )
+        if result.exit_status != 0:
+            raise AgentError(f"uploading the agent failed: {str(result.stderr).strip()}")
+        command = (
+            f"exec {shlex.quote(t.python)} {script} --root {root} --heartbeat {s.heartbeat_s:g}"
+        )
+        self._proc = await conn.create_process(command, encoding="utf-8")
+        return await asyncio.wait_for(self._first_reply(), s.request_timeout_s)
+
+    async def _first_reply(self) -> dict[str, Any]:
+        """Send `hello` and read lines until its reply (the read loop is not running yet)."""
+        assert self._proc is not None
+        self._proc.stdin.write(json.dumps({"id": 0, "op": "hello"}) + "\n")
+        while True:
+            line = await self._proc.stdout.readline()
+            if not line:
+                err = ""
+                with contextlib.suppress(Exception):
+                    err = (await asyncio.wait_for(self._proc.stderr.read(), 1.0)).strip()
+                raise AgentError(f"the agent exited at start: {err[-500:] or 'no output'}")
+            msg = json.loads(line)
+            if msg.get("id") == 0:
+                if not msg.get("ok"):
+                    raise AgentError(f"hello failed: {msg.get('error')}")
+                self.last_seen = asyncio.get_running_loop().time()
+                return dict(msg)
+
+    async def _read_loop(self) -> str:
+        assert self._proc is not None
+        stdout = self._proc.stdout
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                line = await stdout.readline()
+            except (OSError, asyncssh.Error) as exc:
+                return f"connection lost: {_describe_exc(exc)}"
+            if not line:
+                return "agent channel closed"
+            self.last_seen = loop.time()
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                log.warning("%s: agent sent a malformed line: %r", self.name, line[:200])
+                continue
+            rid = msg.get("id")
+            if rid is not None:
+                fut = self._pending.get(rid)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+            elif "ev" in msg:
+                try:
+                    self._listener.agent_event(self, msg)
+                except Exception:
+                    log.exception("%s: handling agent event %r failed", self.name, msg)
+
+    def _fail_pending(self, reason: str) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(HostUnavailable(f"{self.name}: {reason}"))
+        self._pending.clear()
+
+    def _teardown(self) -> None:
+        self._proc = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _describe_exc(exc: BaseException) -> str:
+    if isinstance(exc, asyncssh.Error):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
