@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from hpcbatch.core.hostlist import HostlistError, expand
+from hpcbatch.core.hostlist import MAX_HOSTS, HostlistError, expand
 from hpcbatch.models import (
     ComputeEnvSpec,
     HostDefaults,
@@ -361,10 +361,8 @@ def resolve_inventory(model: Inventory, *, path: Path | str) -> ResolvedInventor
     if default_queue is None:
         default_queue = declared_queues[0]
     elif default_queue not in declared_queues and model.queues:
-        problems.add(
-            "default_queue",
-            f'unknown queue "{default_queue}"{_suggest(default_queue, declared_queues, names=True)}',
-        )
+        hint = _suggest(default_queue, declared_queues, names=True)
+        problems.add("default_queue", f'unknown queue "{default_queue}"{hint}')
     elif default_queue not in declared_queues:
         problems.add(
             "default_queue",
@@ -472,8 +470,9 @@ def _resolve_envs(
         first_index[spec.name] = i
 
         chosen: dict[str, None] = {}
-        unknown: list[str] = []
+        unknown: dict[str, None] = {}
         bad = False
+        total = 0
         for expr in spec.hosts:
             try:
                 names = expand(expr)
@@ -481,12 +480,17 @@ def _resolve_envs(
                 problems.add(where, f"hosts: bad hostlist expression {_show(expr)}: {exc}")
                 bad = True
                 continue
+            total += len(names)
+            if total > MAX_HOSTS:
+                problems.add(where, f"hosts: more than {MAX_HOSTS} names in all")
+                bad = True
+                break
             for name in names:
                 if name in known:
                     chosen.setdefault(name, None)
-                elif name not in unknown:
-                    unknown.append(name)
-        for name in unknown[:_MAX_UNKNOWN_SHOWN]:
+                else:
+                    unknown.setdefault(name, None)
+        for name in list(unknown)[:_MAX_UNKNOWN_SHOWN]:
             problems.add(where, f'hosts: unknown host "{name}"{_suggest(name, known, names=True)}')
         if len(unknown) > _MAX_UNKNOWN_SHOWN:
             problems.add(

@@ -35,6 +35,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -55,6 +56,7 @@ __all__ = [
     "sandbox_up",
     "start_host",
     "stop_host",
+    "temporary_sandbox",
 ]
 
 SANDBOX_USER = "hpcbatch"
@@ -326,6 +328,28 @@ def stop_host(sb: Sandbox, name: str, kill_sessions: bool = False) -> None:
         _stop(sb.host(name), kill_sessions=kill_sessions)
 
 
+@contextlib.contextmanager
+def temporary_sandbox(
+    hosts: int = 4,
+    gpu_hosts: int = 1,
+    gpus_per_host: int = 2,
+    base_address: int = 2,
+    keep: bool = False,
+) -> Iterator[Sandbox]:
+    """A sandbox in a fresh /tmp directory, brought down (and removed unless `keep`) on exit.
+
+    The directory gets mode 0755: as root, the login user must reach it.
+    """
+    root = Path(tempfile.mkdtemp(prefix="hpcbatch-sbx-", dir="/tmp"))
+    root.chmod(0o755)
+    try:
+        yield sandbox_up(root, hosts, gpu_hosts, gpus_per_host, base_address)
+    finally:
+        sandbox_down(root)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- bringing up
 
 
@@ -351,7 +375,10 @@ def _prepare_root(root: Path) -> Path:
             f"sandbox root {root} contains {bad[0]!r}; sshd and ssh config files "
             "cannot quote it reliably: choose a plainer path"
         )
-    root.mkdir(parents=True, exist_ok=True)
+    missing = [d for d in [root, *root.parents] if not d.exists()]
+    for directory in reversed(missing):  # whatever the umask: as root, others must enter
+        directory.mkdir(exist_ok=True)
+        directory.chmod(0o755)
     st = root.stat()
     if st.st_uid != os.geteuid():
         raise SandboxError(f"sandbox root {root} is owned by uid {st.st_uid}, not by you")
@@ -454,7 +481,7 @@ def _check_traversable(root: Path, user: str) -> None:
             raise SandboxError(
                 f"the sandbox's login user {user!r} cannot enter {directory} "
                 f"(mode {stat.S_IMODE(st.st_mode):04o}), so it cannot reach {root}: "
-                "choose a root outside it (e.g. under /tmp or /var/lib), or chmod o+x it"
+                f"choose a root that user can reach, or `chmod o+x {directory}`"
             )
 
 
@@ -497,8 +524,9 @@ def _make_files(sb: Sandbox) -> None:
     for host in sb.hosts:
         host.dir.mkdir(mode=0o755, exist_ok=True)
         host.dir.chmod(0o755)
-        host.bin_dir.mkdir(mode=0o755, exist_ok=True)
-        host.work_dir.mkdir(mode=0o755, exist_ok=True)
+        for directory in (host.bin_dir, host.work_dir):
+            directory.mkdir(mode=0o755, exist_ok=True)
+            directory.chmod(0o755)  # whatever the umask: the login user needs them
         if as_root:
             os.chown(host.work_dir, pw.pw_uid, pw.pw_gid)
         if not host.host_key.exists():
@@ -909,9 +937,10 @@ def _start(sb: Sandbox, host: SandboxHost) -> None:
 
 
 def _accepts(address: str, port: int) -> bool:
+    """True if an SSH server answers on `address:port` (it sends its banner first)."""
     try:
-        with socket.create_connection((address, port), timeout=1.0):
-            return True
+        with socket.create_connection((address, port), timeout=2.0) as conn:
+            return conn.recv(256).startswith(b"SSH-")
     except OSError:
         return False
 

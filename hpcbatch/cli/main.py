@@ -64,6 +64,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
     settings = ControllerSettings.build(
         inventory=inventory.expanduser(),
         home=home,
@@ -75,12 +76,13 @@ def cmd_controller(args: argparse.Namespace) -> int:
         from hpcbatch.cli.daemon import detach
 
         return detach(settings, args.log_level)
+    from hpcbatch.controller.app import ControllerError
     from hpcbatch.inventory import InventoryError
     from hpcbatch.store.db import StoreError
 
     try:
         asyncio.run(run_controller(settings))
-    except (InventoryError, StoreError) as exc:
+    except (InventoryError, StoreError, ControllerError) as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:
         pass
@@ -278,7 +280,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from hpcbatch.demo import run_demo
 
-    return run_demo(keep=args.keep, hosts=args.hosts)
+    return run_demo(keep=not args.stop, hosts=args.hosts)
 
 
 # --------------------------------------------------------------------------- parser
@@ -363,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--gpu-hosts", type=int, default=1)
 
     sp = add("demo", cmd_demo, "sandbox + controller + example jobs, end to end")
-    sp.add_argument("--keep", action="store_true", help="leave the sandbox and controller running")
+    sp.add_argument("--stop", action="store_true", help="stop the sandbox and controller at the end")
     sp.add_argument("--hosts", type=int, default=4)
     return p
 

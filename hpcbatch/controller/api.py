@@ -319,7 +319,7 @@ class ApiServer:
             if job_id not in self.c.jobs.active and await self.c.store.get_job(job_id) is None:
                 raise ApiError("not_found", f"job {job_id} not found")
         await self.c.jobs.wait_final(ids, float(timeout) if timeout else None)
-        return [j.summary() for j in await self.c.store.list_jobs(ids=ids)]
+        return [(await self._job(job_id)).summary() for job_id in ids]
 
     async def op_shutdown(self, args: dict[str, Any], caller: Caller) -> Any:
         if not caller.admin:

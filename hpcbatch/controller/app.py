@@ -9,9 +9,12 @@ the SSH links (jobs keep running on the hosts), close the store.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import logging
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from hpcbatch.controller.api import ApiServer
@@ -28,7 +31,7 @@ from hpcbatch.transport.link import HostLink, LinkSettings, SshTarget
 log = logging.getLogger(__name__)
 
 
-def ssh_target(spec: Any) -> SshTarget:
+def ssh_target(spec: Any, namespace: str) -> SshTarget:
     return SshTarget(
         name=spec.name,
         address=spec.address,
@@ -39,7 +42,27 @@ def ssh_target(spec: Any) -> SshTarget:
         ssh_config=str(spec.ssh_config) if spec.ssh_config else None,
         work_dir=spec.work_dir,
         python=spec.python,
+        namespace=f"c-{namespace}",
     )
+
+
+class ControllerError(RuntimeError):
+    """The controller cannot start; the message says why."""
+
+
+def _lock_store(database: Path) -> int:
+    """One controller per store: a second one would launch every job twice."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    path = database.with_name(database.name + ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ControllerError(
+            f"another controller is already using the store {database} (lock {path})"
+        ) from None
+    return fd
 
 
 class Controller:
@@ -60,6 +83,7 @@ class Controller:
         self.api = ApiServer(self, settings.socket)
         self.started_at = time.time()
         self._stop = asyncio.Event()
+        self._lock_fd: int | None = None
 
     def _wake(self) -> None:
         self.scheduler.wake()
@@ -67,8 +91,11 @@ class Controller:
     @classmethod
     async def create(cls, settings: ControllerSettings) -> Controller:
         inventory = load_inventory(settings.inventory)
+        lock = _lock_store(settings.database)
         store = await Store.open(settings.database, sync=settings.sync)  # type: ignore[arg-type]
-        return cls(settings, inventory, store)
+        controller = cls(settings, inventory, store)
+        controller._lock_fd = lock
+        return controller
 
     async def start(self) -> None:
         await self.jobs.load()
@@ -77,9 +104,10 @@ class Controller:
         link_settings = LinkSettings(
             connect_timeout_s=self.settings.connect_timeout_s,
             heartbeat_s=self.settings.heartbeat_s,
+            backoff_max_s=self.settings.reconnect_max_s,
         )
         for name, spec in self.inventory.hosts.items():
-            link = HostLink(ssh_target(spec), self.hosts, settings=link_settings)
+            link = HostLink(ssh_target(spec, self.store.cluster_id), self.hosts, settings=link_settings)
             self.links[name] = link
             link.start()
         self.scheduler.start()
@@ -102,6 +130,9 @@ class Controller:
         await asyncio.gather(*(link.close() for link in self.links.values()))
         self.bus.close()
         await self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         log.info("controller stopped")
 
 

@@ -381,6 +381,14 @@ class JobService:
                 stale = False
                 state, reason = exit_reason(ev, job.request.get("time_limit_s"))
                 ended = float(ev.get("ended") or time.time())
+                started = ev.get("started")
+                if job.state == JobState.STARTING and started:
+                    # The exit overtook the launch reply: record that it did run.
+                    if await self.store.transition(
+                        job_id, JobState.STARTING, JobState.RUNNING, f"running on {host}",
+                        float(started), started=float(started),
+                    ):
+                        job.state, job.started = JobState.RUNNING, float(started)
                 upd = AttemptUpdate(
                     job_id, attempt, node, AttemptState.EXITED,
                     started=ev.get("started"), ended=ended, exit_code=ev.get("code"),

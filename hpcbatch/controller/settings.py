@@ -35,6 +35,7 @@ class ControllerSettings:
     heartbeat_s: float = 5.0
     connect_timeout_s: float = 10.0
     kill_grace_s: float = 10.0
+    reconnect_max_s: float = 30.0
     sync: str = "NORMAL"
 
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -114,6 +115,19 @@ class Store:
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
+        self.cluster_id = ""
+
+    async def _cluster_id(self) -> str:
+        """A random id made with the store: it namespaces this cluster's files on hosts,
+        so two controllers sharing a host login never see each other's attempts."""
+        cur = await self._conn.execute("SELECT value FROM meta WHERE key = 'cluster_id'")
+        row = await cur.fetchone()
+        if row is not None:
+            return str(row[0])
+        new = uuid.uuid4().hex[:12]
+        async with self._tx() as db:
+            await db.execute("INSERT INTO meta (key, value) VALUES ('cluster_id', ?)", (new,))
+        return new
 
     @classmethod
     async def open(cls, path: Path, *, sync: SyncMode = "NORMAL") -> Store:
@@ -131,6 +145,7 @@ class Store:
             await conn.execute(f"PRAGMA synchronous = {sync}")
             await conn.execute("PRAGMA foreign_keys = ON")
             await store._migrate()
+            store.cluster_id = await store._cluster_id()
         except sqlite3.Error as exc:
             await conn.close()
             raise StoreError(f"cannot use the store {path}: {exc}") from exc

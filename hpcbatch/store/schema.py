@@ -10,6 +10,7 @@ from __future__ import annotations
 MIGRATIONS: list[list[str]] = [
     # 1: jobs, their transitions, attempts (one row per node of an attempt), hosts.
     [
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         """
         CREATE TABLE jobs (
             id          INTEGER PRIMARY KEY,

@@ -39,6 +39,7 @@ class SshTarget:
     ssh_config: str | None
     work_dir: str
     python: str = "python3"
+    namespace: str = "default"  # the agent's root is <work_dir>/<namespace>
 
     def describe(self) -> str:
         where = self.address or self.name
@@ -196,7 +197,7 @@ class HostLink:
                 raise
             except asyncssh.HostKeyNotVerifiable as exc:
                 reason = (
-                    f"host key of {self.target.describe()} is not trusted by "
+                    f"host key of {self.name} ({self.target.describe()}) is not trusted by "
                     f"{self.target.known_hosts or '~/.ssh/known_hosts'} "
                     f"(missing or changed): refused ({exc.reason})"
                 )
@@ -246,10 +247,11 @@ class HostLink:
             asyncssh.connect(t.address or t.name, **options), s.connect_timeout_s + 5
         )
         self._conn = conn
-        root = _remote_path(t.work_dir)
-        script = f"{root}/agent-{self._digest}.py"
+        base = _remote_path(t.work_dir)
+        root = _remote_path(f"{t.work_dir.rstrip('/')}/{t.namespace}")
+        script = f"{base}/agent-{self._digest}.py"
         upload = (
-            f"mkdir -p {root} && chmod 700 {root} && "
+            f"mkdir -p {root} && chmod 700 {base} {root} && "
             f"{{ test -f {script} || {{ cat > {script}.$$ && mv {script}.$$ {script}; }}; }}"
         )
         result = await asyncio.wait_for(

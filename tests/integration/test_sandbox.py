@@ -35,12 +35,8 @@ from hpcbatch.sandbox import (
     sandbox_up,
     start_host,
     stop_host,
+    temporary_sandbox,
 )
-
-try:
-    from sandbox_fixture import running_sandbox
-except ImportError:  # tests laid out as a package
-    from tests.integration.sandbox_fixture import running_sandbox
 
 MISSING = missing_prerequisites()
 pytestmark = [
@@ -55,7 +51,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def sbx() -> Iterator[Sandbox]:
-    with running_sandbox(hosts=4, base_address=BASE) as sb:
+    with temporary_sandbox(hosts=4, base_address=BASE) as sb:
         yield sb
 
 

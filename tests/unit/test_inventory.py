@@ -258,9 +258,13 @@ def test_queues_and_default_queue(tmp_path: Path) -> None:
 
 
 def test_default_queue_explicit(tmp_path: Path) -> None:
-    text = 'default_queue = "b"\n' + TWO_HOSTS + (
-        '[[queues]]\nname = "a"\ncompute_environments = ["all"]\n'
-        '[[queues]]\nname = "b"\ncompute_environments = ["all"]\n'
+    text = (
+        'default_queue = "b"\n'
+        + TWO_HOSTS
+        + (
+            '[[queues]]\nname = "a"\ncompute_environments = ["all"]\n'
+            '[[queues]]\nname = "b"\ncompute_environments = ["all"]\n'
+        )
     )
     inv = load(tmp_path, text)
     assert inv.default_queue == "b"
@@ -363,7 +367,9 @@ def test_unreadable(tmp_path: Path) -> None:
 def test_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "inventory.toml"
     path.write_bytes(b'[[hosts]]\nname = "\xff"\n')
-    with pytest.raises(InventoryError, match=r"inventory.toml: not valid UTF-8 \(line 2, byte 18\)"):
+    with pytest.raises(
+        InventoryError, match=r"inventory.toml: not valid UTF-8 \(line 2, byte 18\)"
+    ):
         load_inventory(path)
 
 
@@ -410,8 +416,14 @@ def test_defaults_port_out_of_range(tmp_path: Path) -> None:
         ("cpus = 0", 'field "cpus": Input should be greater than or equal to 1'),
         ("user = 5", 'field "user": Input should be a valid string (got 5)'),
         ('labels = "gpu"', 'field "labels": Input should be a valid dictionary (got "gpu")'),
-        ("labels = { gpu = true }", 'field "labels.gpu": Input should be a valid string (got true)'),
-        ("address = 1979-05-27", 'field "address": Input should be a valid string (got 1979-05-27)'),
+        (
+            "labels = { gpu = true }",
+            'field "labels.gpu": Input should be a valid string (got true)',
+        ),
+        (
+            "address = 1979-05-27",
+            'field "address": Input should be a valid string (got 1979-05-27)',
+        ),
     ],
 )
 def test_bad_host_field_types(tmp_path: Path, line: str, expected: str) -> None:
@@ -478,7 +490,8 @@ def test_bad_state_literal(tmp_path: Path) -> None:
 def test_env_without_hosts_or_selector(tmp_path: Path) -> None:
     text = TWO_HOSTS + '[[compute_environments]]\nname = "c"\n'
     assert one_problem(tmp_path, text) == (
-        "inventory.toml: compute_environments[0] (name \"c\"): needs 'hosts' or 'selector' (or both)"
+        'inventory.toml: compute_environments[0] (name "c"): '
+        "needs 'hosts' or 'selector' (or both)"
     )
 
 
@@ -513,7 +526,8 @@ def test_several_problems_all_reported(tmp_path: Path) -> None:
     assert lines == [
         'inventory.toml: hosts[0] (name "a"): field "port": '
         "Input should be greater than or equal to 1",
-        'inventory.toml: hosts[1] (name "b"): field "gpus": Input should be a valid integer (got "8")',
+        'inventory.toml: hosts[1] (name "b"): field "gpus": '
+        'Input should be a valid integer (got "8")',
     ]
 
 
@@ -602,8 +616,10 @@ def test_env_listed_twice_in_queue(tmp_path: Path) -> None:
 
 
 def test_unknown_default_queue(tmp_path: Path) -> None:
-    text = 'default_queue = "bach"\n' + TWO_HOSTS + (
-        '[[queues]]\nname = "batch"\ncompute_environments = ["all"]\n'
+    text = (
+        'default_queue = "bach"\n'
+        + TWO_HOSTS
+        + ('[[queues]]\nname = "batch"\ncompute_environments = ["all"]\n')
     )
     assert one_problem(tmp_path, text) == (
         'inventory.toml: default_queue: unknown queue "bach" (did you mean "batch"?)'
@@ -704,7 +720,9 @@ def test_unknown_current_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def _toml_value(value: Any) -> str:
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return (
+            "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        )
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
@@ -714,40 +732,44 @@ def _toml_value(value: Any) -> str:
     return str(value)
 
 
-_keys = st.sampled_from(
-    [
-        "name",
-        "address",
-        "port",
-        "user",
-        "identity",
-        "known_hosts",
-        "ssh_config",
-        "work_dir",
-        "python",
-        "labels",
-        "fabric",
-        "cpus",
-        "memory_mb",
-        "gpus",
-        "hosts",
-        "selector",
-        "state",
-        "max_vcpus",
-        "priority",
-        "compute_environments",
-        "policy",
-        "max_running",
-        "default_time_limit_s",
-    ]
-) | st.text(min_size=1, max_size=6)
-_names = st.sampled_from(["n1", "n2", "node[1-3]", "all", "default", "q", "c", "", "x y"])
+_text = st.text(st.characters(codec="utf-8"), max_size=8)  # TOML strings cannot hold surrogates
+_keys = (
+    st.sampled_from(
+        [
+            "name",
+            "address",
+            "port",
+            "user",
+            "identity",
+            "known_hosts",
+            "ssh_config",
+            "work_dir",
+            "python",
+            "labels",
+            "fabric",
+            "cpus",
+            "memory_mb",
+            "gpus",
+            "hosts",
+            "selector",
+            "state",
+            "max_vcpus",
+            "priority",
+            "compute_environments",
+            "policy",
+            "max_running",
+            "default_time_limit_s",
+        ]
+    )
+    | _text
+)
+_names = st.sampled_from(["n1", "n2", "n3", "node[1-3]", "all", "default", "q", "c", "", "x y"])
 _scalars = (
     _names
     | st.integers(-(2**63), 2**63 - 1)
     | st.booleans()
     | st.sampled_from(["ENABLED", "DISABLED", "FIFO", "~", "../k", "a,b", "[", "\x00"])
-    | st.text(max_size=8)
+    | _text
 )
 _values = st.recursive(
     _scalars,
@@ -755,7 +777,7 @@ _values = st.recursive(
     max_leaves=12,
 )
 _entries = st.lists(st.dictionaries(_keys, _values, max_size=6), max_size=4)
-_documents = st.fixed_dictionaries(
+_random_documents = st.fixed_dictionaries(
     {},
     optional={
         "hosts": _entries,
@@ -765,6 +787,48 @@ _documents = st.fixed_dictionaries(
         "default_queue": _names,
     },
 )
+
+# Mostly well-formed documents, so that resolution (not only validation) is exercised.
+_host_names = st.sampled_from(["n1", "n2", "n3", "n4"])
+_labels = st.dictionaries(st.sampled_from(["gpu", "kind"]), st.sampled_from(["a", "b"]), max_size=2)
+_plausible_host = st.fixed_dictionaries(
+    {"name": _host_names},
+    optional={
+        "address": st.sampled_from(["10.0.0.1", "10.0.0.2", "n1", "N1"]),
+        "port": st.integers(0, 70000) | st.sampled_from([22, 2222]),
+        "labels": _labels,
+        "fabric": st.sampled_from(["ib-a", "ib-b"]),
+        "gpus": st.integers(-1, 9),
+        "identity": st.sampled_from(["~/k", "k", "/k", ""]),
+    },
+)
+_env_names = st.sampled_from(["c1", "c2", "all"])
+_plausible_env = st.fixed_dictionaries(
+    {"name": _env_names},
+    optional={
+        "hosts": st.lists(
+            st.sampled_from(["n[1-2]", "n3", "n[3-9]", "n[", "", "n1,n4"]), max_size=3
+        ),
+        "selector": _labels,
+        "state": st.sampled_from(["ENABLED", "DISABLED"]),
+    },
+)
+_plausible_queue = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["q1", "q2", "default"]),
+        "compute_environments": st.lists(_env_names),
+    },
+    optional={"fabric": st.sampled_from(["ib-a", "ib-b"]), "priority": st.integers(-1, 1001)},
+)
+_plausible_documents = st.fixed_dictionaries(
+    {"hosts": st.lists(_plausible_host, min_size=1, max_size=5)},
+    optional={
+        "compute_environments": st.lists(_plausible_env, max_size=3),
+        "queues": st.lists(_plausible_queue, max_size=3),
+        "default_queue": st.sampled_from(["q1", "q2", "default"]),
+    },
+)
+_documents = _random_documents | _plausible_documents
 
 
 def _check_hostile(tmp_path: Path, data: bytes) -> None:

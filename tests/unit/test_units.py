@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -180,7 +182,5 @@ def test_memory_round_trip(mb: int) -> None:
 @given(st.text(max_size=30))
 def test_parsers_only_raise_unit_error(text: str) -> None:
     for parse in (parse_time, parse_memory_mb):
-        try:
+        with contextlib.suppress(UnitError):
             parse(text)
-        except UnitError:
-            pass

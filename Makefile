@@ -1,0 +1,45 @@
+# The two commands: `make demo` and `make test`. Everything else is for developers.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: demo demo-down test test-fast lint typecheck check prereqs venv bench clean
+
+prereqs:
+	@bash scripts/install-prereqs.sh
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip >/dev/null
+	$(BIN)/pip install -q -e '.[dev,mpi]'
+	@touch $@
+
+venv: prereqs $(BIN)/.installed
+
+demo: venv
+	$(BIN)/hpcbatch demo
+
+demo-down:
+	-$(BIN)/hpcbatch stop
+	-$(BIN)/hpcbatch sandbox down
+
+test: venv
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-fast: venv
+	$(BIN)/pytest -q tests/unit
+
+lint: venv
+	$(BIN)/ruff check hpcbatch tests benchmarks
+	$(BIN)/ruff format --check hpcbatch tests benchmarks || true
+
+typecheck: venv
+	$(BIN)/mypy --strict hpcbatch
+
+check: lint typecheck test
+
+bench: venv
+	$(BIN)/python benchmarks/dispatch.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

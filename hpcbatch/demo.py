@@ -1,0 +1,114 @@
+"""`hpcbatch demo` (what `make demo` runs): a sandbox, a controller, real jobs.
+
+Brings up a sandbox of real sshd hosts, starts a controller on its inventory,
+submits the example job scripts, waits for them, and prints what happened and
+what to try next. It leaves the sandbox and controller running for the tour
+(`--stop` stops them at the end; `make demo-down` stops them later).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from hpcbatch.cli.format import table
+from hpcbatch.cli.submit import build_submission
+from hpcbatch.client import Client, ClientError
+from hpcbatch.controller.settings import ControllerSettings, default_home
+from hpcbatch.sandbox import SandboxError, default_root, missing_prerequisites, sandbox_down, sandbox_up
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "jobs"
+
+
+def _say(text: str) -> None:
+    print(f"==> {text}", flush=True)
+
+
+def _submit(client: Client, argv: list[str]) -> int:
+    sub = build_submission(argv, None)
+    for w in sub.warnings:
+        print(f"    warning: {w}")
+    return int(client.call("submit", request=sub.request)["job_id"])
+
+
+def _output(client: Client, job_id: int, stream: str) -> str:
+    try:
+        return str(client.call("logs", job_id=job_id, stream=stream)["data"])
+    except ClientError as exc:
+        return f"(output unavailable: {exc.message})"
+
+
+def run_demo(keep: bool = True, hosts: int = 4) -> int:
+    missing = missing_prerequisites()
+    if missing:
+        print("hpcbatch demo needs: " + ", ".join(missing), file=sys.stderr)
+        print("as root, `make demo` installs them; otherwise: "
+              "sudo apt-get install openssh-server openmpi-bin libopenmpi-dev", file=sys.stderr)
+        return 1
+    home = default_home()
+    root = default_root()
+    _say(f"starting a sandbox of {hosts} real sshd hosts on loopback ({root})")
+    try:
+        sb = sandbox_up(root, hosts=hosts)
+    except SandboxError as exc:
+        print(f"hpcbatch: {exc}", file=sys.stderr)
+        return 1
+    for h in sb.hosts:
+        gpus = f", {h.gpus} fake GPUs" if h.gpus else ""
+        print(f"    {h.name}: {h.address}:{h.port} ({h.fabric}{gpus})")
+    settings = ControllerSettings.build(inventory=sb.inventory, home=home)
+    _say(f"starting the controller (state in {home})")
+    from hpcbatch.cli.daemon import controller_running, detach
+
+    pid = controller_running(settings)
+    if pid is None:
+        if detach(settings, "info") != 0:
+            return 1
+    else:
+        print(f"    a controller is already running (pid {pid})")
+    with Client(settings.socket, timeout=120) as client:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            up = [h for h in client.call("hosts") if h["state"] == "UP"]
+            if len(up) == len(sb.hosts):
+                break
+            time.sleep(0.1)
+        print(f"    {len(up)}/{len(sb.hosts)} hosts connected")
+        _say("submitting example jobs (examples/jobs/*.sh, #SBATCH directives)")
+        jobs = {
+            "hello": _submit(client, [str(EXAMPLES / "hello.sh")]),
+            "fails with 3": _submit(client, [str(EXAMPLES / "fail.sh")]),
+            "GPU job": _submit(client, [str(EXAMPLES / "gpu.sh")]),
+        }
+        for what, job_id in jobs.items():
+            print(f"    job {job_id}: {what}")
+        _say("waiting for them")
+        final = client.call("wait", job_ids=list(jobs.values()), timeout_s=60)
+        rows = [[j["id"], j["name"], j["state"], j.get("exit_code"), ",".join(j["hosts"]),
+                 j.get("reason")] for j in final]
+        print(table(["JOB", "NAME", "STATE", "EXIT", "HOST", "REASON"], rows))
+        for j in final:
+            print(f"--- job {j['id']} ({j['name']}) stdout:")
+            print(_output(client, j["id"], "stdout").rstrip() or "(empty)")
+            err = _output(client, j["id"], "stderr").rstrip()
+            if err:
+                print(f"--- job {j['id']} stderr:\n{err}")
+    ok = [j["state"] for j in final] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
+    print(f"""
+==> done{'' if ok else ' (unexpected states: see above)'}. Things to try next:
+    .venv/bin/hpcbatch hosts                      # sinfo-like: state, CPUs/memory/GPUs, fabric
+    .venv/bin/hpcbatch jobs -a                    # squeue-like, with reasons
+    .venv/bin/hpcbatch show {jobs['fails with 3']}                     # history and attempts
+    .venv/bin/hpcbatch submit --wrap 'sleep 30; echo done' && .venv/bin/hpcbatch jobs
+    .venv/bin/hpcbatch run -p gpu --gpus 2 sh -c 'echo $CUDA_VISIBLE_DEVICES'
+    .venv/bin/hpcbatch logs -f JOBID
+    ssh -F {sb.ssh_config} node1                  # a sandbox host, by hand
+  The sandbox and controller keep running. Stop them with:  make demo-down
+""")
+    if not keep:
+        with Client(settings.socket) as client:
+            client.call("shutdown")
+        sandbox_down(root)
+        print("(stopped the controller and the sandbox)")
+    return 0 if ok else 1

@@ -1,0 +1,1 @@
+"""Shared pytest settings: nothing here starts a process; see tests/integration."""
