@@ -354,7 +354,7 @@ def resolve_inventory(model: Inventory, *, path: Path | str) -> ResolvedInventor
     problems = _Problems(path)
     hosts = _resolve_hosts(model, base, problems)
     envs = _resolve_envs(model, hosts, problems)
-    queues = _resolve_queues(model, hosts, envs, problems)
+    queues = _resolve_queues(model, envs, problems)
 
     declared_queues = [spec.name for spec in model.queues] or [DEFAULT_QUEUE_NAME]
     default_queue = model.default_queue
@@ -523,10 +523,7 @@ def _selector_text(selector: Mapping[str, str]) -> str:
 
 
 def _resolve_queues(
-    model: Inventory,
-    hosts: Mapping[str, ResolvedHost],
-    envs: Mapping[str, ResolvedComputeEnv],
-    problems: _Problems,
+    model: Inventory, envs: Mapping[str, ResolvedComputeEnv], problems: _Problems
 ) -> dict[str, ResolvedQueue]:
     if not model.queues:
         return {
@@ -562,21 +559,6 @@ def _resolve_queues(
             seen.add(env)
         if bad:
             continue
-        if spec.fabric is not None and all(env in envs for env in spec.compute_environments):
-            fabrics = {
-                hosts[h].fabric
-                for env in spec.compute_environments
-                for h in envs[env].hosts
-                if h in hosts
-            }
-            if spec.fabric not in fabrics:
-                known_fabrics = sorted(f for f in fabrics if f is not None)
-                problems.add(
-                    where,
-                    f'fabric: no host of this queue is on fabric "{spec.fabric}"'
-                    + (f" (its hosts are on: {', '.join(known_fabrics)})" if known_fabrics else ""),
-                )
-                continue
         queues[spec.name] = ResolvedQueue(
             name=spec.name,
             compute_environments=tuple(spec.compute_environments),

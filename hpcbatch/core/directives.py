@@ -91,6 +91,7 @@ _DIRECTIVE_RE = re.compile(r"#(SBATCH|HPCBATCH)(?=[ \t]|$)")
 _BLANK = " \t\r\v\f"
 _SHLEX_SPACE = " \t\r\n"
 _MERGE_ORIGIN = "job options"
+_MAX_GPUS = 1024  # per host, as JobRequest.gpus
 
 
 class DirectiveError(ValueError):
@@ -177,9 +178,6 @@ def _integer(low: int, high: int) -> _Converter:
         return number
 
     return convert
-
-
-_MAX_GPUS = 1024
 
 
 def _text(value: str, warn: _Warn) -> object:
