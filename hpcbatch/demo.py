@@ -16,7 +16,13 @@ from hpcbatch.cli.format import table
 from hpcbatch.cli.submit import build_submission
 from hpcbatch.client import Client, ClientError
 from hpcbatch.controller.settings import ControllerSettings, default_home
-from hpcbatch.sandbox import SandboxError, default_root, missing_prerequisites, sandbox_down, sandbox_up
+from hpcbatch.sandbox import (
+    SandboxError,
+    default_root,
+    missing_prerequisites,
+    sandbox_down,
+    sandbox_up,
+)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "jobs"
 
@@ -43,8 +49,11 @@ def run_demo(keep: bool = True, hosts: int = 4) -> int:
     missing = missing_prerequisites()
     if missing:
         print("hpcbatch demo needs: " + ", ".join(missing), file=sys.stderr)
-        print("as root, `make demo` installs them; otherwise: "
-              "sudo apt-get install openssh-server openmpi-bin libopenmpi-dev", file=sys.stderr)
+        print(
+            "as root, `make demo` installs them; otherwise: "
+            "sudo apt-get install openssh-server openmpi-bin libopenmpi-dev",
+            file=sys.stderr,
+        )
         return 1
     home = default_home()
     root = default_root()
@@ -85,8 +94,17 @@ def run_demo(keep: bool = True, hosts: int = 4) -> int:
             print(f"    job {job_id}: {what}")
         _say("waiting for them")
         final = client.call("wait", job_ids=list(jobs.values()), timeout_s=60)
-        rows = [[j["id"], j["name"], j["state"], j.get("exit_code"), ",".join(j["hosts"]),
-                 j.get("reason")] for j in final]
+        rows = [
+            [
+                j["id"],
+                j["name"],
+                j["state"],
+                j.get("exit_code"),
+                ",".join(j["hosts"]),
+                j.get("reason"),
+            ]
+            for j in final
+        ]
         print(table(["JOB", "NAME", "STATE", "EXIT", "HOST", "REASON"], rows))
         for j in final:
             print(f"--- job {j['id']} ({j['name']}) stdout:")
@@ -96,10 +114,10 @@ def run_demo(keep: bool = True, hosts: int = 4) -> int:
                 print(f"--- job {j['id']} stderr:\n{err}")
     ok = [j["state"] for j in final] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
     print(f"""
-==> done{'' if ok else ' (unexpected states: see above)'}. Things to try next:
+==> done{"" if ok else " (unexpected states: see above)"}. Things to try next:
     .venv/bin/hpcbatch hosts                      # sinfo-like: state, CPUs/memory/GPUs, fabric
     .venv/bin/hpcbatch jobs -a                    # squeue-like, with reasons
-    .venv/bin/hpcbatch show {jobs['fails with 3']}                     # history and attempts
+    .venv/bin/hpcbatch show {jobs["fails with 3"]}                     # history and attempts
     .venv/bin/hpcbatch submit --wrap 'sleep 30; echo done' && .venv/bin/hpcbatch jobs
     .venv/bin/hpcbatch run -p gpu --gpus 2 sh -c 'echo $CUDA_VISIBLE_DEVICES'
     .venv/bin/hpcbatch logs -f JOBID

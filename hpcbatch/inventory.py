@@ -78,10 +78,15 @@ _DIGITS_RE = re.compile(r"[0-9]+")
 
 
 class InventoryError(ValueError):
-    """The inventory cannot be used. `problems` holds one line per problem."""
+    """The inventory cannot be used. `problems` holds one line per problem.
 
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems: tuple[str, ...] = tuple(problems)
+    `str(error)` is those lines joined by newlines. A single string is one problem.
+    """
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems: tuple[str, ...] = (
+            (problems,) if isinstance(problems, str) else tuple(problems)
+        )
         super().__init__("\n".join(self.problems))
 
 
@@ -154,12 +159,14 @@ class ResolvedInventory:
     queues: dict[str, ResolvedQueue] = field(hash=False)
     default_queue: str
 
-    def queue_hosts(self, queue: str) -> tuple[str, ...]:
-        """Every host a queue can use (through any of its compute environments), in order."""
+    def queue_hosts(self, queue: str, *, include_disabled: bool = False) -> tuple[str, ...]:
+        """The hosts of a queue's (enabled) compute environments, in order, each once."""
         seen: dict[str, None] = {}
-        for env in self.queues[queue].compute_environments:
-            for host in self.compute_environments[env].hosts:
-                seen.setdefault(host, None)
+        for name in self.queues[queue].compute_environments:
+            env = self.compute_environments[name]
+            if env.enabled or include_disabled:
+                for host in env.hosts:
+                    seen.setdefault(host, None)
         return tuple(seen)
 
 
@@ -205,6 +212,9 @@ def parse_inventory(text: str, path: Path | str = Path("<inventory>")) -> Resolv
         raise InventoryError([f"{path}: invalid TOML: {exc}"]) from None
     except RecursionError:
         raise InventoryError([f"{path}: invalid TOML: nested too deeply"]) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        reason = str(exc).split(";")[0]
+        raise InventoryError([f"{path}: invalid TOML: {reason}"]) from None
     try:
         model = Inventory.model_validate(raw, strict=True)
     except ValidationError as exc:
@@ -330,11 +340,25 @@ def _label(section: str, index: int, name: str) -> str:
     return f'{section}[{index}] (name "{name}")'
 
 
-def _local_path(value: str | None, base: Path) -> Path | None:
-    if value is None:
-        return None
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else base / p
+_PATH_KEYS = ("identity", "known_hosts", "ssh_config")
+
+
+def _local_paths(
+    spec: HostSpec | HostDefaults, base: Path, where: str, problems: _Problems
+) -> dict[str, Path | None]:
+    """The local path fields a host or the defaults set: `~` expanded, relative to `base`."""
+    out: dict[str, Path | None] = {}
+    for key in _PATH_KEYS:
+        value = getattr(spec, key)
+        if value is None:
+            continue
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError:  # "~nosuchuser/...", or no home directory
+            problems.add(where, f'field "{key}": cannot expand "~" in {_show(value)}')
+            path = Path(value)
+        out[key] = path if path.is_absolute() else base / path
+    return out
 
 
 def _current_user() -> str | None:
@@ -394,6 +418,7 @@ def _check_not_empty(spec: BaseModel, keys: Sequence[str], where: str, problems:
 def _resolve_hosts(model: Inventory, base: Path, problems: _Problems) -> dict[str, ResolvedHost]:
     d = model.defaults
     _check_not_empty(d, _HOST_STRINGS[1:], "defaults", problems)
+    default_paths = _local_paths(d, base, "defaults", problems)
     hosts: dict[str, ResolvedHost] = {}
     first_index: dict[str, int] = {}
     endpoints: dict[tuple[str, int], int] = {}
@@ -413,8 +438,7 @@ def _resolve_hosts(model: Inventory, base: Path, problems: _Problems) -> dict[st
                 current_user = _current_user()
             if current_user is None:
                 problems.add(where, 'field "user": not set, and the current user is unknown')
-                continue
-            user = current_user
+            user = current_user or ""
         address = spec.address if spec.address is not None else spec.name
         port = spec.port if spec.port is not None else d.port
         endpoint = (address.lower(), port)
@@ -428,18 +452,15 @@ def _resolve_hosts(model: Inventory, base: Path, problems: _Problems) -> dict[st
         else:
             endpoints[endpoint] = i
 
+        paths = default_paths | _local_paths(spec, base, where, problems)
         hosts[spec.name] = ResolvedHost(
             name=spec.name,
             address=address,
             port=port,
             user=user,
-            identity=_local_path(spec.identity if spec.identity is not None else d.identity, base),
-            known_hosts=_local_path(
-                spec.known_hosts if spec.known_hosts is not None else d.known_hosts, base
-            ),
-            ssh_config=_local_path(
-                spec.ssh_config if spec.ssh_config is not None else d.ssh_config, base
-            ),
+            identity=paths.get("identity"),
+            known_hosts=paths.get("known_hosts"),
+            ssh_config=paths.get("ssh_config"),
             work_dir=spec.work_dir if spec.work_dir is not None else d.work_dir,
             python=spec.python if spec.python is not None else d.python,
             labels=dict(spec.labels),

@@ -30,10 +30,22 @@ def detach(settings: ControllerSettings, log_level: str) -> int:
     settings.home.mkdir(parents=True, exist_ok=True)
     log_path = settings.home / "controller.log"
     argv = [
-        sys.executable, "-m", "hpcbatch.cli.main", "--home", str(settings.home),
-        "--socket", str(settings.socket), "controller", "--inventory", str(settings.inventory),
-        "--heartbeat", str(settings.heartbeat_s), "--sync", settings.sync.lower(),
-        "--log-level", log_level,
+        sys.executable,
+        "-m",
+        "hpcbatch.cli.main",
+        "--home",
+        str(settings.home),
+        "--socket",
+        str(settings.socket),
+        "controller",
+        "--inventory",
+        str(settings.inventory),
+        "--heartbeat",
+        str(settings.heartbeat_s),
+        "--sync",
+        settings.sync.lower(),
+        "--log-level",
+        log_level,
     ]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
@@ -50,7 +62,9 @@ def detach(settings: ControllerSettings, log_level: str) -> int:
             print(f"controller running (pid {proc.pid}), socket {settings.socket}, log {log_path}")
             return 0
         time.sleep(0.05)
-    print(f"the controller did not answer within {START_TIMEOUT_S:.0f}s; see {log_path}",
-          file=sys.stderr)
+    print(
+        f"the controller did not answer within {START_TIMEOUT_S:.0f}s; see {log_path}",
+        file=sys.stderr,
+    )
     os.kill(proc.pid, 15)
     return 1

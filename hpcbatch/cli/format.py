@@ -64,11 +64,19 @@ def jobs_table(jobs: Sequence[dict[str, Any]]) -> str:
         detail = where if state in ("STARTING", "RUNNING") else (j.get("reason") or "")
         if state in ("SUCCEEDED", "FAILED"):
             detail = j.get("reason") or ""
-        rows.append([
-            j["id"], j["name"][:24], j["user"], j["queue"], state, j.get("nodes", 1),
-            elapsed(j, now), duration(j.get("time_limit_s")) if j.get("time_limit_s") else "-",
-            detail,
-        ])
+        rows.append(
+            [
+                j["id"],
+                j["name"][:24],
+                j["user"],
+                j["queue"],
+                state,
+                j.get("nodes", 1),
+                elapsed(j, now),
+                duration(j.get("time_limit_s")) if j.get("time_limit_s") else "-",
+                detail,
+            ]
+        )
     return table(
         ["JOBID", "NAME", "USER", "QUEUE", "STATE", "NODES", "TIME", "LIMIT", "NODELIST(REASON)"],
         rows,
@@ -82,17 +90,25 @@ def hosts_table(hosts: Sequence[dict[str, Any]]) -> str:
         if h.get("admin") == "DRAIN":
             state = "drain" if not h.get("jobs") else "draining"
         elif h["state"] == "UP":
-            state = "alloc" if h.get("alloc_cpus") and h["alloc_cpus"] >= (h.get("cpus") or 0) else (
-                "mix" if h.get("alloc_cpus") else "idle"
+            state = (
+                "alloc"
+                if h.get("alloc_cpus") and h["alloc_cpus"] >= (h.get("cpus") or 0)
+                else ("mix" if h.get("alloc_cpus") else "idle")
             )
         gpus = h.get("gpus") or []
         labels = ",".join(f"{k}={v}" for k, v in sorted((h.get("labels") or {}).items()))
-        rows.append([
-            h["name"], state,
-            f"{h.get('alloc_cpus', 0)}/{h['cpus'] if h.get('cpus') is not None else '?'}",
-            f"{memory(h.get('alloc_memory_mb'))}/{memory(h.get('memory_mb'))}",
-            f"{len(h.get('alloc_gpus') or [])}/{len(gpus)}",
-            h.get("fabric") or "-", labels or "-",
-            h.get("admin_reason") or h.get("reason") or "",
-        ])
-    return table(["HOST", "STATE", "CPUS(A/T)", "MEM(A/T)", "GPUS(A/T)", "FABRIC", "LABELS", "REASON"], rows)
+        rows.append(
+            [
+                h["name"],
+                state,
+                f"{h.get('alloc_cpus', 0)}/{h['cpus'] if h.get('cpus') is not None else '?'}",
+                f"{memory(h.get('alloc_memory_mb'))}/{memory(h.get('memory_mb'))}",
+                f"{len(h.get('alloc_gpus') or [])}/{len(gpus)}",
+                h.get("fabric") or "-",
+                labels or "-",
+                h.get("admin_reason") or h.get("reason") or "",
+            ]
+        )
+    return table(
+        ["HOST", "STATE", "CPUS(A/T)", "MEM(A/T)", "GPUS(A/T)", "FABRIC", "LABELS", "REASON"], rows
+    )

@@ -47,7 +47,6 @@ def follow(client: Client, job: int, stream: str, out: IO[str], **where: Any) ->
             out.flush()
             offset = chunk["offset"]
             continue
-        if chunk.get("done") or chunk.get("state") in ("SUCCEEDED", "FAILED"):
-            if chunk.get("state") in ("SUCCEEDED", "FAILED"):
-                return
+        if chunk.get("state") in ("SUCCEEDED", "FAILED"):
+            return
         time.sleep(FOLLOW_INTERVAL_S)

@@ -59,7 +59,9 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from hpcbatch.controller.settings import ControllerSettings
 
     home = _home(args)
-    inventory = Path(args.inventory or os.environ.get("HPCBATCH_INVENTORY") or home / "inventory.toml")
+    inventory = Path(
+        args.inventory or os.environ.get("HPCBATCH_INVENTORY") or home / "inventory.toml"
+    )
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -232,8 +234,11 @@ def cmd_queues(args: argparse.Namespace) -> int:
         return 0
     rows = [
         [
-            q["name"] + ("*" if q["default"] else ""), q["priority"], q["state"],
-            ",".join(q["compute_environments"]), len(q["hosts"]),
+            q["name"] + ("*" if q["default"] else ""),
+            q["priority"],
+            q["state"],
+            ",".join(q["compute_environments"]),
+            len(q["hosts"]),
             " ".join(f"{k}={v}" for k, v in sorted(q["counts"].items())) or "-",
         ]
         for q in queues
@@ -295,23 +300,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help="controller state directory (default $HPCBATCH_HOME)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.set_defaults(fn=fn)
         return sp
 
     sp = add("controller", cmd_controller, "run the controller (foreground, or --detach)")
-    sp.add_argument("-i", "--inventory", help="inventory TOML (default $HPCBATCH_HOME/inventory.toml)")
+    sp.add_argument(
+        "-i", "--inventory", help="inventory TOML (default $HPCBATCH_HOME/inventory.toml)"
+    )
     sp.add_argument("--heartbeat", type=float, default=5.0, help="agent heartbeat interval, s")
-    sp.add_argument("--sync", choices=["normal", "full"], default="normal",
-                    help="SQLite synchronous mode (full: durable across power loss)")
+    sp.add_argument(
+        "--sync",
+        choices=["normal", "full"],
+        default="normal",
+        help="SQLite synchronous mode (full: durable across power loss)",
+    )
     sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    sp.add_argument("--detach", action="store_true", help="run in the background; wait until it serves")
+    sp.add_argument(
+        "--detach", action="store_true", help="run in the background; wait until it serves"
+    )
 
-    sub.add_parser("submit", help="submit a job script (sbatch-like): submit [OPTIONS] SCRIPT [ARGS]",
-                   add_help=False)
-    sub.add_parser("run", help="run a command and stream its output (srun-like): run [OPTIONS] CMD...",
-                   add_help=False)
+    sub.add_parser(
+        "submit",
+        help="submit a job script (sbatch-like): submit [OPTIONS] SCRIPT [ARGS]",
+        add_help=False,
+    )
+    sub.add_parser(
+        "run",
+        help="run a command and stream its output (srun-like): run [OPTIONS] CMD...",
+        add_help=False,
+    )
 
     sp = add("jobs", cmd_jobs, "list jobs (squeue-like)")
     sp.add_argument("-t", "--states", help="comma-separated states, e.g. RUNNING,RUNNABLE")
@@ -365,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--gpu-hosts", type=int, default=1)
 
     sp = add("demo", cmd_demo, "sandbox + controller + example jobs, end to end")
-    sp.add_argument("--stop", action="store_true", help="stop the sandbox and controller at the end")
+    sp.add_argument(
+        "--stop", action="store_true", help="stop the sandbox and controller at the end"
+    )
     sp.add_argument("--hosts", type=int, default=4)
     return p
 

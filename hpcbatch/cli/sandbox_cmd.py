@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hpcbatch.sandbox import Sandbox, SandboxError, default_root, sandbox_down, sandbox_status, sandbox_up
+from hpcbatch.sandbox import (
+    Sandbox,
+    SandboxError,
+    default_root,
+    sandbox_down,
+    sandbox_status,
+    sandbox_up,
+)
 
 
 def sandbox_root(args: argparse.Namespace) -> Path:

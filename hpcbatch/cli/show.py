@@ -33,14 +33,22 @@ def render_job(job: dict[str, Any]) -> str:
         lines.append("Attempts:")
         rows = [
             [
-                a["attempt"], a["node"], a["host"], a["state"],
+                a["attempt"],
+                a["node"],
+                a["host"],
+                a["state"],
                 ",".join(str(g) for g in a.get("gpus") or []) or "-",
                 a["exit_code"] if a.get("exit_code") is not None else "-",
-                stamp(a.get("started")), stamp(a.get("ended")), a.get("reason") or "",
+                stamp(a.get("started")),
+                stamp(a.get("ended")),
+                a.get("reason") or "",
             ]
             for a in attempts
         ]
         lines.append(
-            table(["ATTEMPT", "NODE", "HOST", "STATE", "GPUS", "EXIT", "STARTED", "ENDED", "REASON"], rows)
+            table(
+                ["ATTEMPT", "NODE", "HOST", "STATE", "GPUS", "EXIT", "STARTED", "ENDED", "REASON"],
+                rows,
+            )
         )
     return "\n".join(lines)

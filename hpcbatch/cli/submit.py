@@ -26,8 +26,16 @@ from hpcbatch.core.directives import (
 
 OWN_FLAGS = ("--wait", "-W", "--json", "--parsable")
 OWN_VALUED = ("--wrap",)
-PASSED_EXTRAS = ("ntasks", "exclusive", "array", "dependency", "fabric", "image", "main_node",
-                 "launch_mode")
+PASSED_EXTRAS = (
+    "ntasks",
+    "exclusive",
+    "array",
+    "dependency",
+    "fabric",
+    "image",
+    "main_node",
+    "launch_mode",
+)
 
 
 @dataclass

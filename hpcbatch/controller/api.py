@@ -90,7 +90,9 @@ class ApiServer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_LINE)
+        self._server = await asyncio.start_unix_server(
+            self._serve, path=str(self.path), limit=MAX_LINE
+        )
         os.chmod(self.path, 0o666)
 
     async def stop(self) -> None:
@@ -113,7 +115,9 @@ class ApiServer:
                 try:
                     line = await reader.readline()
                 except (ValueError, asyncio.LimitOverrunError):
-                    await self._send(writer, {"ok": False, "kind": "bad_request", "error": "request too large"})
+                    await self._send(
+                        writer, {"ok": False, "kind": "bad_request", "error": "request too large"}
+                    )
                     break
                 if not line:
                     break
@@ -210,14 +214,19 @@ class ApiServer:
             states = [s for s in JobState if not s.is_final]
             out = [j.summary() for j in self.c.jobs.active.values()]
             return [
-                s for s in out
+                s
+                for s in out
                 if (args.get("user") is None or s["user"] == args["user"])
                 and (args.get("queue") is None or s["queue"] == args["queue"])
                 and (args.get("name") is None or s["name"] == args["name"])
             ]
         records = await self.c.store.list_jobs(
-            states=states, user=args.get("user"), queue=args.get("queue"),
-            name=args.get("name"), ids=ids, limit=int(args.get("limit") or 10_000),
+            states=states,
+            user=args.get("user"),
+            queue=args.get("queue"),
+            name=args.get("name"),
+            ids=ids,
+            limit=int(args.get("limit") or 10_000),
         )
         out = []
         for rec in records:
@@ -254,15 +263,25 @@ class ApiServer:
             raise ApiError("bad_request", "stream must be stdout or stderr")
         link = self.c.links.get(rec.host)
         if link is None or not link.connected:
-            raise ApiError("unavailable", f"host {rec.host} is not connected: {link and link.last_error}")
+            raise ApiError(
+                "unavailable", f"host {rec.host} is not connected: {link and link.last_error}"
+            )
         try:
             reply = await link.request(
-                "read", attempt=rec.attempt_id, stream=stream,
-                offset=int(args.get("offset") or 0), limit=int(args.get("limit") or 65536),
+                "read",
+                attempt=rec.attempt_id,
+                stream=stream,
+                offset=int(args.get("offset") or 0),
+                limit=int(args.get("limit") or 65536),
             )
         except AgentError as exc:
             if "no such attempt" in str(exc) or "unknown attempt" in str(exc):
-                return {"data": "", "offset": 0, "done": job.state.is_final, "state": str(job.state)}
+                return {
+                    "data": "",
+                    "offset": 0,
+                    "done": job.state.is_final,
+                    "state": str(job.state),
+                }
             raise ApiError("unavailable", str(exc)) from None
         except HostUnavailable as exc:
             raise ApiError("unavailable", str(exc)) from None
@@ -301,15 +320,19 @@ class ApiServer:
             per[str(job.state)] = per.get(str(job.state), 0) + 1
         out = []
         for name, q in self.c.inventory.queues.items():
-            out.append({
-                "name": name,
-                "priority": q.priority,
-                "state": "ENABLED" if self.c.cluster.queue_enabled.get(name, True) else "DISABLED",
-                "compute_environments": list(q.compute_environments),
-                "hosts": list(self.c.cluster.queue_hosts(name)),
-                "default": name == self.c.inventory.default_queue,
-                "counts": counts.get(name, {}),
-            })
+            out.append(
+                {
+                    "name": name,
+                    "priority": q.priority,
+                    "state": "ENABLED"
+                    if self.c.cluster.queue_enabled.get(name, True)
+                    else "DISABLED",
+                    "compute_environments": list(q.compute_environments),
+                    "hosts": list(self.c.cluster.queue_hosts(name)),
+                    "default": name == self.c.inventory.default_queue,
+                    "counts": counts.get(name, {}),
+                }
+            )
         return out
 
     async def op_wait(self, args: dict[str, Any], caller: Caller) -> Any:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import os
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -107,13 +107,17 @@ class Controller:
             backoff_max_s=self.settings.reconnect_max_s,
         )
         for name, spec in self.inventory.hosts.items():
-            link = HostLink(ssh_target(spec, self.store.cluster_id), self.hosts, settings=link_settings)
+            link = HostLink(
+                ssh_target(spec, self.store.cluster_id), self.hosts, settings=link_settings
+            )
             self.links[name] = link
             link.start()
         self.scheduler.start()
         log.info(
             "controller up: %d hosts, %d active jobs, socket %s",
-            len(self.links), len(self.jobs.active), self.settings.socket,
+            len(self.links),
+            len(self.jobs.active),
+            self.settings.socket,
         )
 
     def request_stop(self) -> None:

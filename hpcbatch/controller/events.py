@@ -7,6 +7,7 @@ dropped with a final `overflow` event rather than slowing the controller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 MAX_BACKLOG = 10_000
@@ -36,8 +37,6 @@ class EventBus:
 
     def close(self) -> None:
         for queue in list(self._subscribers):
-            try:
+            with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
-            except asyncio.QueueFull:
-                pass
         self._subscribers.clear()

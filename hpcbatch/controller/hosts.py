@@ -118,7 +118,11 @@ class HostService:
             a = None
             if job is not None and job.attempt == attempt:
                 a = next(
-                    (x for x in self.jobs.current_attempts(job) if x.node == node and x.host == name),
+                    (
+                        x
+                        for x in self.jobs.current_attempts(job)
+                        if x.node == node and x.host == name
+                    ),
                     None,
                 )
             live = a is not None and a.state in (AttemptState.STARTING, AttemptState.RUNNING)

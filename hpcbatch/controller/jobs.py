@@ -9,6 +9,7 @@ matches what was committed; the store's compare-and-set is the second guard.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -195,7 +196,8 @@ class JobService:
             raise ApiError("bad_request", f"unknown queue {queue!r} (queues: {known})")
         if req.nodes > 1:
             raise ApiError(
-                "bad_request", "multi-node jobs (--nodes > 1) are not supported by this controller yet"
+                "bad_request",
+                "multi-node jobs (--nodes > 1) are not supported by this controller yet",
             )
         hosts = [self.cluster.hosts[n] for n in self.cluster.queue_hosts(queue)]
         known_hosts = [h.capacity_view() for h in hosts if h.known]
@@ -335,16 +337,26 @@ class JobService:
             if a.state != AttemptState.STARTING or job.id not in self.active:
                 return
             upd = AttemptUpdate(
-                job.id, a.attempt, a.node, AttemptState.RUNNING, started=started,
-                stdout=stdout, stderr=stderr,
+                job.id,
+                a.attempt,
+                a.node,
+                AttemptState.RUNNING,
+                started=started,
+                stdout=stdout,
+                stderr=stderr,
             )
             all_started = all(
                 x.state == AttemptState.RUNNING or x is a for x in self.current_attempts(job)
             )
             if job.state == JobState.STARTING and all_started:
                 ok = await self.store.transition(
-                    job.id, JobState.STARTING, JobState.RUNNING, f"running on {a.host}",
-                    started, started=started, attempt_updates=[upd],
+                    job.id,
+                    JobState.STARTING,
+                    JobState.RUNNING,
+                    f"running on {a.host}",
+                    started,
+                    started=started,
+                    attempt_updates=[upd],
                 )
                 if not ok:
                     return
@@ -373,8 +385,10 @@ class JobService:
             a = None
             if job is not None and job.attempt == attempt:
                 a = next((x for x in self.current_attempts(job) if x.node == node), None)
-            if job is None or a is None or a.state not in (
-                AttemptState.STARTING, AttemptState.RUNNING
+            if (
+                job is None
+                or a is None
+                or a.state not in (AttemptState.STARTING, AttemptState.RUNNING)
             ):
                 stale = True
             else:
@@ -382,29 +396,54 @@ class JobService:
                 state, reason = exit_reason(ev, job.request.get("time_limit_s"))
                 ended = float(ev.get("ended") or time.time())
                 started = ev.get("started")
-                if job.state == JobState.STARTING and started:
-                    # The exit overtook the launch reply: record that it did run.
-                    if await self.store.transition(
-                        job_id, JobState.STARTING, JobState.RUNNING, f"running on {host}",
-                        float(started), started=float(started),
-                    ):
-                        job.state, job.started = JobState.RUNNING, float(started)
+                # The exit may overtake the launch reply: record that it did run.
+                if (
+                    job.state == JobState.STARTING
+                    and started
+                    and await self.store.transition(
+                        job_id,
+                        JobState.STARTING,
+                        JobState.RUNNING,
+                        f"running on {host}",
+                        float(started),
+                        started=float(started),
+                    )
+                ):
+                    job.state, job.started = JobState.RUNNING, float(started)
                 upd = AttemptUpdate(
-                    job_id, attempt, node, AttemptState.EXITED,
-                    started=ev.get("started"), ended=ended, exit_code=ev.get("code"),
-                    signal=ev.get("signal"), reason=reason,
+                    job_id,
+                    attempt,
+                    node,
+                    AttemptState.EXITED,
+                    started=ev.get("started"),
+                    ended=ended,
+                    exit_code=ev.get("code"),
+                    signal=ev.get("signal"),
+                    reason=reason,
                 )
                 ok = await self.store.transition(
-                    job_id, job.state, state, reason, ended, ended=ended,
-                    exit_code=ev.get("code"), attempt_updates=[upd],
+                    job_id,
+                    job.state,
+                    state,
+                    reason,
+                    ended,
+                    ended=ended,
+                    exit_code=ev.get("code"),
+                    attempt_updates=[upd],
                 )
                 if ok:
                     a.state = AttemptState.EXITED
                     a.ended, a.exit_code, a.signal, a.reason = (
-                        ended, ev.get("code"), ev.get("signal"), reason
+                        ended,
+                        ev.get("code"),
+                        ev.get("signal"),
+                        reason,
                     )
                     job.state, job.reason, job.ended, job.exit_code = (
-                        state, reason, ended, ev.get("code")
+                        state,
+                        reason,
+                        ended,
+                        ev.get("code"),
                     )
                     self._finished(job)
         self.spawn(self._ack(host, str(ev["attempt"])), f"ack-{ev['attempt']}")
@@ -415,10 +454,9 @@ class JobService:
         link = self.links.get(host)
         if link is None:
             return
-        try:
+        # On failure it is listed again by the next hello, and acked then.
+        with contextlib.suppress(HostUnavailable, AgentError):
             await link.request("ack", attempts=[attempt])
-        except (HostUnavailable, AgentError):
-            pass  # listed again by the next hello, and acked then
 
     # ------------------------------------------------------------------ cancel / fail
 
@@ -429,15 +467,23 @@ class JobService:
                 return False
             now = time.time()
             live = [
-                a for a in self.current_attempts(job)
+                a
+                for a in self.current_attempts(job)
                 if a.state in (AttemptState.STARTING, AttemptState.RUNNING)
             ]
             updates = [
-                AttemptUpdate(job.id, a.attempt, a.node, AttemptState.LOST, ended=now, reason=reason)
+                AttemptUpdate(
+                    job.id, a.attempt, a.node, AttemptState.LOST, ended=now, reason=reason
+                )
                 for a in live
             ]
             ok = await self.store.transition(
-                job.id, job.state, JobState.FAILED, reason, now, ended=now,
+                job.id,
+                job.state,
+                JobState.FAILED,
+                reason,
+                now,
+                ended=now,
                 attempt_updates=updates,
             )
             if not ok:
@@ -454,14 +500,14 @@ class JobService:
         link = self.links.get(a.host)
         if link is None or not link.connected:
             return
-        try:
+        with contextlib.suppress(HostUnavailable, AgentError):
             await link.request(
                 "kill", attempt=a.attempt_id, reason=reason, grace_s=self.settings.kill_grace_s
             )
-        except (HostUnavailable, AgentError):
-            pass
 
-    async def cancel(self, job_ids: Iterable[int], caller: Caller, reason: str | None) -> list[dict[str, Any]]:
+    async def cancel(
+        self, job_ids: Iterable[int], caller: Caller, reason: str | None
+    ) -> list[dict[str, Any]]:
         results = []
         for job_id in job_ids:
             job = self.active.get(job_id)
@@ -493,7 +539,9 @@ class JobService:
             if link is not None and link.connected:
                 try:
                     reply = await link.request(
-                        "kill", attempt=a.attempt_id, reason=reason,
+                        "kill",
+                        attempt=a.attempt_id,
+                        reason=reason,
                         grace_s=self.settings.kill_grace_s,
                     )
                     found = bool(reply.get("found"))

@@ -70,7 +70,9 @@ class SchedulerLoop:
         if not runnable:
             return 0
         cluster = jobs.cluster
-        plan = schedule(cluster.host_views(), cluster.queue_views(), [job_view(j) for j in runnable])
+        plan = schedule(
+            cluster.host_views(), cluster.queue_views(), [job_view(j) for j in runnable]
+        )
         for job_id, reason in plan.reasons.items():
             job = jobs.active.get(job_id)
             if job is not None and job.reason != reason:

@@ -31,7 +31,8 @@ NVIDIA_SMI_QUERY = "nvidia-smi --query-gpu=index,name,memory.total,uuid --format
 """The command whose output `parse_nvidia_smi` reads."""
 
 _NA = frozenset({"[N/A]", "N/A", "[Not Supported]", "[Unknown Error]", ""})
-_MEMORY_RE = re.compile(r"^(\d+)\s*([KMGT]i?B)?$", re.IGNORECASE)
+_MEMORY_RE = re.compile(r"^([0-9]{1,15})\s*([KMGT]i?B)?$", re.IGNORECASE)
+_INDEX_RE = re.compile(r"^[0-9]{1,6}$")
 _MEMORY_TO_MB = {
     "kib": 1 / 1024,
     "kb": 1 / 1024,
@@ -118,7 +119,7 @@ def parse_nvidia_smi(csv_text: str) -> tuple[GpuInfo, ...]:
             )
         index_text, memory_text, uuid = parts[0], parts[-2], parts[-1]
         name = ", ".join(parts[1:-2])
-        if not index_text.isdigit() or not index_text.isascii():
+        if not _INDEX_RE.match(index_text):
             raise FactsError(f"nvidia-smi line {line_no}: bad GPU index {index_text!r} in {line!r}")
         index = int(index_text)
         if index in gpus:
@@ -138,7 +139,7 @@ def parse_meminfo(text: str) -> int:
         key, _, value = line.partition(":")
         if key.strip() == "MemTotal":
             fields = value.split()
-            if fields and fields[0].isdigit() and fields[0].isascii():
+            if fields and re.fullmatch(r"[0-9]{1,18}", fields[0]):
                 unit = fields[1].lower() if len(fields) > 1 else "kb"
                 if unit not in ("kb", "kib"):
                     raise FactsError(f"meminfo: unexpected MemTotal unit {fields[1]!r}")

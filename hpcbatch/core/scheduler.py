@@ -117,9 +117,7 @@ class _Free:
         gpus = tuple(self.gpus[: job.gpus])
         del self.gpus[: job.gpus]
         if job.whole_hosts:
-            placement = Placement(
-                self.host.name, self.cpus, self.memory_mb, gpus, exclusive=True
-            )
+            placement = Placement(self.host.name, self.cpus, self.memory_mb, gpus, exclusive=True)
             self.cpus = 0
             self.memory_mb = 0
         else:

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -182,10 +182,8 @@ class Store:
             yield self._conn
             await self._conn.execute("COMMIT")
         except BaseException as exc:
-            try:
+            with suppress(sqlite3.Error):
                 await self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"{self.path}: write failed, nothing was changed: {exc}") from exc
             raise
@@ -219,7 +217,9 @@ class Store:
             for job_id, job in zip(ids, jobs, strict=True):
                 rows.append((job_id, job.submitted, None, str(JobState.SUBMITTED), "submitted"))
                 if state != JobState.SUBMITTED:
-                    rows.append((job_id, job.submitted, str(JobState.SUBMITTED), str(state), reason))
+                    rows.append(
+                        (job_id, job.submitted, str(JobState.SUBMITTED), str(state), reason)
+                    )
             await db.executemany(
                 "INSERT INTO transitions (job_id, ts, old, new, reason) VALUES (?, ?, ?, ?, ?)",
                 rows,
@@ -249,7 +249,13 @@ class Store:
                 started.append(order.job_id)
                 await db.execute(
                     "INSERT INTO transitions (job_id, ts, old, new, reason) VALUES (?, ?, ?, ?, ?)",
-                    (order.job_id, ts, str(JobState.RUNNABLE), str(JobState.STARTING), order.reason),
+                    (
+                        order.job_id,
+                        ts,
+                        str(JobState.RUNNABLE),
+                        str(JobState.STARTING),
+                        order.reason,
+                    ),
                 )
                 await db.executemany(
                     f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES "

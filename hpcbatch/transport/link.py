@@ -42,8 +42,9 @@ class SshTarget:
     namespace: str = "default"  # the agent's root is <work_dir>/<namespace>
 
     def describe(self) -> str:
-        where = self.address or self.name
-        return f"{self.user + '@' if self.user else ''}{where}{':' + str(self.port) if self.port else ''}"
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"{user}{self.address or self.name}{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +153,9 @@ class HostLink:
 
     # ------------------------------------------------------------------ requests
 
-    async def request(self, op: str, *, timeout: float | None = None, **fields: Any) -> dict[str, Any]:
+    async def request(
+        self, op: str, *, timeout: float | None = None, **fields: Any
+    ) -> dict[str, Any]:
         """Send one request to the agent and wait for its reply."""
         proc = self._proc
         if proc is None or not self.connected:
@@ -330,4 +333,3 @@ def _describe_exc(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__
-

@@ -75,8 +75,9 @@ async def controller_factory(sandbox: Sandbox) -> AsyncIterator[Callable[..., An
     started: list[Controller] = []
     homes: list[Path] = []
 
-    async def make(inventory: Path | None = None, up: int | None = None, home: Path | None = None,
-                   **kw: Any) -> tuple[Controller, Api]:
+    async def make(
+        inventory: Path | None = None, up: int | None = None, home: Path | None = None, **kw: Any
+    ) -> tuple[Controller, Api]:
         if home is None:
             home = short_home()
             homes.append(home)

@@ -30,6 +30,7 @@ AGENT = (
     Path(__file__).resolve().parents[2] / "hpcbatch" / "transport" / "agent" / "hpcbatch_agent.py"
 )
 HOME = os.path.expanduser("~")
+REAL_HOME = os.path.realpath(HOME)
 PYTHON = os.environ.get("HPCBATCH_TEST_AGENT_PYTHON", sys.executable)
 TIMEOUT = 10.0
 FACT_KEYS = {
@@ -52,13 +53,18 @@ class Agent:
 
     async def _read(self) -> None:
         assert self.proc.stdout is not None
-        while line := await self.proc.stdout.readline():
-            msg = json.loads(line)
-            if "id" in msg and msg["id"] in self.replies:
-                self.replies.pop(msg["id"]).set_result(msg)
-            else:
-                self.events.append(msg)
-                self.changed.set()
+        try:
+            while line := await self.proc.stdout.readline():
+                msg = json.loads(line)
+                if "id" in msg and msg["id"] in self.replies:
+                    self.replies.pop(msg["id"]).set_result(msg)
+                else:
+                    self.events.append(msg)
+                    self.changed.set()
+        finally:  # the agent's output ended (or was unreadable): fail whoever waits on it
+            for fut in self.replies.values():
+                if not fut.done():
+                    fut.set_exception(AssertionError("the agent's output ended"))
 
     async def send_line(self, line: bytes) -> None:
         assert self.proc.stdin is not None
@@ -111,8 +117,8 @@ class Agent:
         """SIGKILL the agent (its jobs are unaffected) and wait for it."""
         if self.proc.returncode is None:
             self.proc.kill()
-        await self.proc.wait()
-        await self.reader
+        await asyncio.wait_for(self.proc.wait(), TIMEOUT)
+        await asyncio.wait_for(self.reader, TIMEOUT)
 
 
 AgentFactory = Callable[..., Awaitable[Agent]]
@@ -127,7 +133,7 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[AgentFactory]:
     async def start(*extra: str) -> Agent:
         proc = await asyncio.create_subprocess_exec(
             PYTHON, str(AGENT), "--root", str(root), "--heartbeat", "0.2", *extra,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 24,
         )  # fmt: skip
         agent = Agent(proc)
         agents.append(agent)
@@ -265,7 +271,7 @@ async def test_job_env_extends_the_agent_env(start_agent: AgentFactory) -> None:
     await agent.exit_event("env.1.n")
     assert (await agent.read_all("env.1.n")).splitlines() == [
         f"{os.environ['PATH']}|x",
-        os.path.realpath(HOME),
+        REAL_HOME,
     ]
 
 
@@ -482,8 +488,8 @@ async def test_exec(start_agent: AgentFactory) -> None:
     )
     assert (reply["code"], reply["stdout"], reply["stderr"]) == (4, "out $(y)\n", "err\n")
     assert reply["timed_out"] is False
-    big = await agent.ok("exec", argv=["sh", "-c", "head -c 200000 /dev/zero"])
-    assert len(big["stdout"]) == 64 * 1024
+    big = await agent.ok("exec", argv=["sh", "-c", "head -c 200000 /dev/zero | tr '\\0' x"])
+    assert big["stdout"] == "x" * 64 * 1024
     missing = await agent.call("exec", argv=["/nonexistent/command"])
     assert not missing["ok"] and "/nonexistent/command" in missing["error"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -24,7 +25,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "jobs"
 
 
 async def test_example_jobs_single_exit3_gpu(cluster: tuple[Controller, Api]) -> None:
-    c, api = cluster
+    _c, api = cluster
     ids = []
     for name in ("hello.sh", "fail.sh", "gpu.sh"):
         sub = build_submission([str(EXAMPLES / name)], None)
@@ -42,7 +43,11 @@ async def test_example_jobs_single_exit3_gpu(cluster: tuple[Controller, Api]) ->
     assert visible in ("0", "1")
     shown = await api("show", job_id=fail["id"])
     assert [t["new"] for t in shown["transitions"]] == [
-        "SUBMITTED", "RUNNABLE", "STARTING", "RUNNING", "FAILED",
+        "SUBMITTED",
+        "RUNNABLE",
+        "STARTING",
+        "RUNNING",
+        "FAILED",
     ]
     assert shown["attempts"][0]["exit_code"] == 3
 
@@ -51,19 +56,23 @@ async def test_two_gpu_jobs_never_share_a_gpu(cluster: tuple[Controller, Api]) -
     c, api = cluster
     script = "#!/bin/sh\necho $CUDA_VISIBLE_DEVICES; sleep 1\n"
     ids = [await api.submit(script=script, queue="gpu", gpus=1) for _ in range(2)]
-    await until(lambda: all(c.jobs.active.get(i) is None or c.jobs.active[i].state == "RUNNING"
-                            for i in ids), what="both running")
+    await until(
+        lambda: all(
+            c.jobs.active.get(i) is None or c.jobs.active[i].state == "RUNNING" for i in ids
+        ),
+        what="both running",
+    )
     jobs = await api.wait(*ids)
     outs = {(await api.logs(j["id"])).strip() for j in jobs}
     assert outs == {"0", "1"}
     # a job that asked for no GPU on a GPU host sees none
-    plain = await api.submit(script="#!/bin/sh\necho \"[$CUDA_VISIBLE_DEVICES]\"\n", queue="gpu")
+    plain = await api.submit(script='#!/bin/sh\necho "[$CUDA_VISIBLE_DEVICES]"\n', queue="gpu")
     await api.wait(plain)
     assert (await api.logs(plain)).strip() == "[]"
 
 
 async def test_refusals_store_nothing(cluster: tuple[Controller, Api]) -> None:
-    c, api = cluster
+    _c, api = cluster
     before = await api("jobs", all=True)
     with pytest.raises(ClientError) as err:
         await api.submit(queue="nope")
@@ -87,10 +96,10 @@ async def test_refusals_store_nothing(cluster: tuple[Controller, Api]) -> None:
 
 
 async def test_hostile_strings_reach_the_job_literally(cluster: tuple[Controller, Api]) -> None:
-    c, api = cluster
+    _c, api = cluster
     canary = Path(tempfile.mkdtemp(prefix="hb-canary-")) / "pwned"
     nasty = [
-        "it's \"quoted\"",
+        'it\'s "quoted"',
         f"$(touch {canary})",
         f"`touch {canary}`",
         "two  spaces",
@@ -118,8 +127,9 @@ async def test_cancel_pending_and_running(cluster: tuple[Controller, Api]) -> No
     script = f"#!/bin/sh\nsleep 300 # {marker}\n"
     running = [await api.submit(script=script) for _ in range(total)]
     waiting = await api.submit(script=script)
-    await until(lambda: all(c.jobs.active[i].state == "RUNNING" for i in running),
-                what="all running")
+    await until(
+        lambda: all(c.jobs.active[i].state == "RUNNING" for i in running), what="all running"
+    )
     job = c.jobs.active[waiting]
     await until(lambda: job.reason and job.reason.startswith("Resources"), what="pending reason")
     assert "largest free is 0 CPUs" in (job.reason or "")
@@ -130,13 +140,15 @@ async def test_cancel_pending_and_running(cluster: tuple[Controller, Api]) -> No
     assert all(j["state"] == "FAILED" for j in finals)
     assert finals[0]["reason"].startswith("cancelled by")
     assert all(j["reason"].startswith("terminated by") for j in finals[1:])
-    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+    left = await asyncio.to_thread(
+        subprocess.run, ["pgrep", "-f", marker], capture_output=True, text=True
+    )
     assert left.stdout.strip() == "", "processes left behind after cancel"
     assert all(not h.holders for h in c.cluster.hosts.values())
 
 
 async def test_timeout_kills_the_job(cluster: tuple[Controller, Api]) -> None:
-    c, api = cluster
+    _c, api = cluster
     job = await api.submit(script="#!/bin/sh\necho start\nsleep 60\n", time_limit_s=1)
     (final,) = await api.wait(job, timeout=30)
     assert final["state"] == "FAILED" and final["reason"].startswith("timeout")
@@ -144,7 +156,7 @@ async def test_timeout_kills_the_job(cluster: tuple[Controller, Api]) -> None:
 
 
 async def test_missing_workdir_fails_with_reason(cluster: tuple[Controller, Api]) -> None:
-    c, api = cluster
+    _c, api = cluster
     job = await api.submit(workdir="/does/not/exist")
     (final,) = await api.wait(job)
     assert final["state"] == "FAILED" and "/does/not/exist" in final["reason"]
@@ -154,13 +166,16 @@ async def test_cli_end_to_end(cluster: tuple[Controller, Api], tmp_path: Path) -
     c, api = cluster
     env = {**os.environ, "HPCBATCH_SOCKET": str(c.settings.socket)}
     script = tmp_path / "job.sh"
-    script.write_text("#!/bin/sh\n#SBATCH -J from-cli\n#SBATCH --bogus\necho \"$1\"\n")
+    script.write_text('#!/bin/sh\n#SBATCH -J from-cli\n#SBATCH --bogus\necho "$1"\n')
 
     def cli(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "hpcbatch.cli.main", *argv], capture_output=True, text=True, env=env,
-                              timeout=60)
-
-    import asyncio
+        return subprocess.run(
+            [sys.executable, "-m", "hpcbatch.cli.main", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
 
     out = await asyncio.to_thread(cli, "submit", "--parsable", str(script), "arg one")
     assert out.returncode == 0, out.stderr
@@ -177,8 +192,9 @@ async def test_cli_end_to_end(cluster: tuple[Controller, Api], tmp_path: Path) -
     assert res.returncode != 0 and "bad.sh:2" in res.stderr and "Traceback" not in res.stderr
     hosts = await asyncio.to_thread(cli, "hosts")
     assert "node4" in hosts.stdout and "island-b" in hosts.stdout
-    run = await asyncio.to_thread(cli, "run", "-p", "gpu", "--gpus", "2", "sh", "-c",
-                                  "echo gpus=$CUDA_VISIBLE_DEVICES")
+    run = await asyncio.to_thread(
+        cli, "run", "-p", "gpu", "--gpus", "2", "sh", "-c", "echo gpus=$CUDA_VISIBLE_DEVICES"
+    )
     assert run.returncode == 0 and run.stdout == "gpus=0,1\n"
     run = await asyncio.to_thread(cli, "run", "sh", "-c", "exit 7")
     assert run.returncode == 7
@@ -195,8 +211,10 @@ async def test_host_key_mismatch_is_refused(
     lines = sandbox.known_hosts.read_text().splitlines()
     # node1's entry gets node2's key: a changed host key
     node2_key = next(ln for ln in lines if "127.0.0.3" in ln).split(None, 1)[1]
-    fixed = [ln.split(None, 1)[0] + " " + node2_key if "127.0.0.2" in ln.split()[0] else ln
-             for ln in lines]
+    fixed = [
+        ln.split(None, 1)[0] + " " + node2_key if "127.0.0.2" in ln.split()[0] else ln
+        for ln in lines
+    ]
     wrong.write_text("\n".join(fixed) + "\n")
     text = _sandbox_inventory(sandbox)
     inv = tmp_path / "inv.toml"

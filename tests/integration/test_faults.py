@@ -18,7 +18,7 @@ import pytest
 from hpcbatch.client import Client, ClientError
 from hpcbatch.controller.app import Controller
 from hpcbatch.sandbox import Sandbox, start_host, stop_host
-from tests.integration.conftest import Api, short_home, until
+from tests.integration.conftest import short_home, until
 
 pytestmark = pytest.mark.sshd
 
@@ -88,9 +88,23 @@ async def test_sshd_killed_while_job_runs(sandbox: Sandbox, controller_factory: 
 def _run_controller(inventory: Path, home: Path) -> subprocess.Popen[bytes]:
     with open(home / "controller.log", "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "hpcbatch.cli.main", "--home", str(home), "controller",
-             "--inventory", str(inventory), "--heartbeat", "1", "--log-level", "debug"],
-            stdout=log, stderr=log, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "hpcbatch.cli.main",
+                "--home",
+                str(home),
+                "controller",
+                "--inventory",
+                str(inventory),
+                "--heartbeat",
+                "1",
+                "--log-level",
+                "debug",
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
 
 
@@ -122,13 +136,20 @@ def test_controller_sigkill_loses_nothing_runs_nothing_twice(sandbox: Sandbox) -
             for i in range(12):
                 # short ones finish while the controller is dead, long ones outlive the restart
                 pause = 0 if i % 3 == 0 else (1.5 if i % 3 == 1 else 4)
-                script = (f"#!/bin/sh\necho $HPCBATCH_JOB_ID >> {ledger}/ran\nsleep {pause}\n"
-                          f"exit {i % 2}\n")
-                ids.append(client.call("submit", request={"script": script, "name": f"j{i}"})["job_id"])
+                script = (
+                    f"#!/bin/sh\necho $HPCBATCH_JOB_ID >> {ledger}/ran\nsleep {pause}\n"
+                    f"exit {i % 2}\n"
+                )
+                ids.append(
+                    client.call("submit", request={"script": script, "name": f"j{i}"})["job_id"]
+                )
             deadline = time.monotonic() + 30
             while True:
                 states = [j["state"] for j in client.call("jobs", ids=ids)]
-                if all(s in ("RUNNING", "SUCCEEDED", "FAILED") for s in states) and "RUNNING" in states:
+                if (
+                    all(s in ("RUNNING", "SUCCEEDED", "FAILED") for s in states)
+                    and "RUNNING" in states
+                ):
                     break
                 assert time.monotonic() < deadline, states
                 time.sleep(0.02)
@@ -159,7 +180,7 @@ async def test_store_survives_restart_in_process(sandbox: Sandbox, controller_fa
     job = await api.submit(script="#!/bin/sh\necho persisted\n")
     await api.wait(job)
     await c.stop()
-    c2, api2 = await controller_factory(home=home)
+    _c2, api2 = await controller_factory(home=home)
     shown = await api2("show", job_id=job)
     assert shown["state"] == "SUCCEEDED"
     assert await api2.logs(job) == "persisted\n"

@@ -75,6 +75,8 @@ def test_parse_nvidia_smi_crlf() -> None:
         ),
         ("0, A, 1 MiB, u\n\nx, A, 1 MiB, u", "nvidia-smi line 3: bad GPU index 'x'"),
         ("-1, A, 1 MiB, u", "bad GPU index '-1'"),
+        ("9" * 5000 + ", A, 1 MiB, u", "bad GPU index '9999"),
+        ("0, A, " + "9" * 5000 + " MiB, u", "bad memory '9999"),
         ("0, A, lots, u", "nvidia-smi line 1: bad memory 'lots'"),
         ("0, A, 12 parsecs, u", "bad memory '12 parsecs'"),
         ("0, A, 1 MiB, u\n0, B, 1 MiB, v", "nvidia-smi line 2: GPU index 0 appears twice"),
@@ -109,6 +111,7 @@ def test_parse_meminfo() -> None:
         ("MemFree: 1 kB\n", "no MemTotal"),
         ("MemTotal: lots\n", "unreadable MemTotal"),
         ("MemTotal: 12 pages\n", "unexpected MemTotal unit"),
+        ("MemTotal: " + "9" * 5000 + " kB\n", "unreadable MemTotal"),
     ],
 )
 def test_parse_meminfo_errors(text: str, needle: str) -> None:

@@ -162,6 +162,17 @@ def test_local_paths_resolved(tmp_path: Path) -> None:
     assert two.ssh_config == Path("/etc/hpcbatch/ssh_config")
 
 
+def test_tilde_of_unknown_user(tmp_path: Path) -> None:
+    text = '[defaults]\nidentity = "~nosuchuser-hpcbatch/k"\n[[hosts]]\nname = "a"\n'
+    assert one_problem(tmp_path, text) == (
+        'inventory.toml: defaults: field "identity": cannot expand "~" in "~nosuchuser-hpcbatch/k"'
+    )
+    text = '[[hosts]]\nname = "a"\nknown_hosts = "~nosuchuser-hpcbatch/kh"\n'
+    assert one_problem(tmp_path, text).startswith(
+        'inventory.toml: hosts[0] (name "a"): field "known_hosts": cannot expand "~"'
+    )
+
+
 def test_relative_inventory_path_gives_absolute_local_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -219,7 +230,13 @@ def test_compute_environments_hostlist_selector_union(tmp_path: Path) -> None:
     assert envs["both"].hosts == ("gpu1", "node01", "node02", "node03")
     assert list(inv.queues) == ["default"]
     assert inv.queues["default"].compute_environments == ("listed", "selected", "both")
-    assert inv.queue_hosts("default") == ("node02", "node03", "node01", "gpu1")
+    assert inv.queue_hosts("default") == ("node02", "node03", "node01", "gpu1")  # not "selected"
+    assert inv.queue_hosts("default", include_disabled=True) == (
+        "node02",
+        "node03",
+        "node01",
+        "gpu1",
+    )
 
 
 def test_queues_and_default_queue(tmp_path: Path) -> None:
@@ -336,11 +353,20 @@ def test_example_cluster_loads() -> None:
     assert len(inv.compute_environments) >= 3
     assert len(inv.queues) >= 3
     assert any(not env.enabled for env in inv.compute_environments.values())
-    for queue in inv.queues:
-        assert inv.queue_hosts(queue)
+    for name, queue in inv.queues.items():
+        assert inv.queue_hosts(name, include_disabled=True)
+        assert bool(inv.queue_hosts(name)) == any(
+            inv.compute_environments[env].enabled for env in queue.compute_environments
+        )
 
 
 # --------------------------------------------------------------------------- file errors
+
+
+def test_inventory_error_from_one_string() -> None:
+    err = InventoryError("inventory.toml: broken")
+    assert err.problems == ("inventory.toml: broken",)
+    assert str(err) == "inventory.toml: broken"
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -381,6 +407,11 @@ def test_toml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
 def test_toml_duplicate_key(tmp_path: Path) -> None:
     line = one_problem(tmp_path, '[[hosts]]\nname = "a"\nname = "b"\n')
     assert line.startswith("inventory.toml: invalid TOML: ") and "line 3" in line
+
+
+def test_huge_integer(tmp_path: Path) -> None:
+    line = one_problem(tmp_path, "x = " + "9" * 5000 + "\n")
+    assert line.startswith("inventory.toml: invalid TOML: Exceeds the limit")
 
 
 def test_deeply_nested_toml(tmp_path: Path) -> None:
@@ -763,7 +794,9 @@ _scalars = (
     _names
     | st.integers(-(2**63), 2**63 - 1)
     | st.booleans()
-    | st.sampled_from(["ENABLED", "DISABLED", "FIFO", "~", "../k", "a,b", "[", "\x00"])
+    | st.sampled_from(
+        ["ENABLED", "DISABLED", "FIFO", "~", "~nobody-x/k", "../k", "a,b", "[", "\x00"]
+    )
     | _text
 )
 _values = st.recursive(
@@ -794,7 +827,7 @@ _plausible_host = st.fixed_dictionaries(
         "labels": _labels,
         "fabric": st.sampled_from(["ib-a", "ib-b"]),
         "gpus": st.integers(-1, 9),
-        "identity": st.sampled_from(["~/k", "k", "/k", ""]),
+        "identity": st.sampled_from(["~/k", "k", "/k", "", "~nobody-x/k"]),
     },
 )
 _env_names = st.sampled_from(["c1", "c2", "all"])
@@ -873,6 +906,8 @@ _fragments = st.sampled_from(
         "\x00",
         "x = 1979-05-27T07:32:00Z",
         "x = inf",
+        "port = " + "9" * 5000,
+        "port = " + "9" * 4000,
     ]
 )
 
