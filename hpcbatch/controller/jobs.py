@@ -130,6 +130,14 @@ class JobService:
         self.lock = asyncio.Lock()
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # A job's request never changes: its scheduler view is built once, not every pass.
+        self._views: dict[int, JobView] = {}
+
+    def view(self, job: JobRecord) -> JobView:
+        view = self._views.get(job.id)
+        if view is None:
+            view = self._views[job.id] = job_view(job)
+        return view
 
     # ------------------------------------------------------------------ helpers
 
@@ -160,6 +168,7 @@ class JobService:
     def _finished(self, job: JobRecord) -> None:
         self.cluster.release(self.current_attempts(job))
         self.active.pop(job.id, None)
+        self._views.pop(job.id, None)
         for fut in self._waiters.pop(job.id, []):
             if not fut.done():
                 fut.set_result(None)

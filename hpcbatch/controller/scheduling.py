@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 
-from hpcbatch.controller.jobs import JobService, job_view
+from hpcbatch.controller.jobs import JobService
 from hpcbatch.core.records import AttemptRecord, AttemptState
 from hpcbatch.core.scheduler import schedule
 from hpcbatch.core.states import JobState
@@ -71,7 +71,7 @@ class SchedulerLoop:
             return 0
         cluster = jobs.cluster
         plan = schedule(
-            cluster.host_views(), cluster.queue_views(), [job_view(j) for j in runnable]
+            cluster.host_views(), cluster.queue_views(), [jobs.view(j) for j in runnable]
         )
         for job_id, reason in plan.reasons.items():
             job = jobs.active.get(job_id)

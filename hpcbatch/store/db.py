@@ -392,7 +392,24 @@ class Store:
         cur = await self._conn.execute(sql, params)
         jobs = [_job(r) for r in await cur.fetchall()]
         jobs.reverse()
+        await self._attach_current_attempts(jobs)
         return jobs
+
+    async def _attach_current_attempts(self, jobs: Sequence[JobRecord]) -> None:
+        """Load each job's current attempt rows (where it ran), a few queries in all."""
+        by_id = {j.id: j for j in jobs if j.attempt}
+        ids = list(by_id)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            cur = await self._conn.execute(
+                f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id IN "
+                f"({', '.join('?' * len(chunk))}) ORDER BY job_id, node",
+                chunk,
+            )
+            for row in await cur.fetchall():
+                job = by_id[row[0]]
+                if row[1] == job.attempt:
+                    job.attempts.append(_attempt(row))
 
     async def live_attempts_on(self, host: str) -> list[AttemptRecord]:
         """Attempts on `host` the controller still counts as starting or running."""

@@ -185,6 +185,7 @@ async def test_cli_end_to_end(cluster: tuple[Controller, Api], tmp_path: Path) -
     listing = json.loads((await asyncio.to_thread(cli, "jobs", "-a", "--json")).stdout)
     mine: dict[str, Any] = next(j for j in listing if j["id"] == job_id)
     assert (mine["name"], mine["state"]) == ("from-cli", "SUCCEEDED")
+    assert len(mine["hosts"]) == 1 and mine["hosts"][0].startswith("node")
     assert (await asyncio.to_thread(cli, "logs", str(job_id))).stdout == "arg one\n"
     bad = tmp_path / "bad.sh"
     bad.write_text("#!/bin/sh\n#SBATCH --mem=4Q\ntrue\n")

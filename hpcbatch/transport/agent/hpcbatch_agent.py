@@ -452,7 +452,10 @@ class Agent:
         except (BrokenPipeError, ConnectionResetError):
             self.stopping = True
         except Exception as exc:
-            self.send({"ev": "error", "error": f"internal error: {type(exc).__name__}: {exc}"})
+            try:
+                self.send({"ev": "error", "error": f"internal error: {type(exc).__name__}: {exc}"})
+            except OSError:
+                self.stopping = True
 
     def after(self, delay: float, fn: Callable[[], None]) -> None:
         self.timers.append((time.monotonic() + delay, fn))
@@ -645,7 +648,7 @@ class Agent:
         paths = {s: self.output_path(req, s, spec["cwd"], adir) for s in ("stdout", "stderr")}
         args = want_strings(req, "args")
         try:
-            os.mkdir(adir)
+            os.mkdir(adir, 0o700)
         except FileExistsError:
             raise BadRequest(f"attempt {attempt} already exists") from None
         try:
@@ -739,7 +742,7 @@ class Agent:
     def op_ack(self, req: dict[str, Any]) -> dict[str, Any]:
         acked = []
         for attempt in map(want_attempt, want(req, "attempts", list, [])):
-            if os.path.isdir(self.path(attempt)) and attempt not in self.running:
+            if os.path.isdir(self.path(attempt)) and self.state(attempt)[0] != "running":
                 with open(self.path(attempt, "collected"), "w") as f:
                     f.write(f"{time.time()}\n")
                 acked.append(attempt)
