@@ -155,7 +155,7 @@ def infeasible(job: JobView, hosts: Iterable[HostView]) -> str | None:
         for h in pool
         if h.cpus >= job.cpus and h.memory_mb >= job.memory_mb and len(h.gpus) >= job.gpus
     ]
-    if job.nodes == 1:
+    if job.nodes == 1 and not (job.exclusive and job.fabric):
         if fit:
             return None
         biggest = max(pool, key=lambda h: (len(h.gpus), h.cpus, h.memory_mb))
@@ -256,7 +256,7 @@ def schedule(
             for job in waiting:
                 plan.reasons[job.id] = f"QueueDisabled: queue {q.name} is disabled"
             continue
-        order = [free[name] for name in q.hosts if name in free]
+        order = [free[name] for name in dict.fromkeys(q.hosts) if name in free]
         failed: dict[tuple[object, ...], str] = {}
         for job in waiting:
             key = job.shape()

@@ -761,3 +761,20 @@ def test_scheduling_properties(cluster: Cluster) -> None:
     check_priority(queues, jobs, plan)
     check_waits_only_when_full(hosts, queues, jobs, plan)
     check_started_jobs_feasible(hosts, queues, jobs, plan)
+
+
+def test_exclusive_single_node_with_fabric_needs_an_island_host() -> None:
+    job = JobView(1, "q", exclusive=True, fabric="efa")
+    plain = HostView("a", 8, 1000, fabric=None)
+    assert "island" in (infeasible(job, [plain]) or "")  # refused, not left waiting forever
+    island = HostView("b", 8, 1000, fabric="ib-a")
+    assert infeasible(job, [plain, island]) is None
+    plan = schedule([plain, island], [QueueView("q", 1, ("a", "b"))], [job])
+    assert plan.starts and plan.starts[0][1][0].host == "b"
+
+
+def test_a_host_listed_twice_is_placed_once() -> None:
+    plan = schedule(
+        [HostView("a", 8, 1000)], [QueueView("q", 1, ("a", "a"))], [JobView(1, "q", nodes=2)]
+    )
+    assert plan.starts == [] and 1 in plan.reasons

@@ -1,0 +1,1 @@
+"""The host agent: a stdlib-only program uploaded to each host over SSH."""

@@ -32,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -786,16 +787,8 @@ class Agent:
         if not argv:
             raise BadRequest("field 'argv' must be a non-empty list")
         env = {**os.environ, **want_env(req)}
-        timeout = want(req, "timeout_s", float, 30.0)
-        try:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env=env, start_new_session=True,
-            )  # fmt: skip
-        except OSError as exc:
-            raise BadRequest(f"cannot run {argv[0]}: {exc}") from None
-        ExecRun(self, req["id"], proc, timeout)
-        return None
+        ExecRun(self, req["id"], argv, env, want(req, "timeout_s", float, 30.0))
+        return None  # ExecRun replies when the command ends
 
     def op_shutdown(self, req: dict[str, Any]) -> dict[str, Any]:
         self.stopping = True
@@ -803,59 +796,46 @@ class Agent:
 
 
 class ExecRun:
-    """One `exec` request: collects output without blocking the loop, then replies."""
+    """One `exec` request. Output goes to temporary files, so nothing here can block."""
 
-    def __init__(self, agent: Agent, rid: int, proc: subprocess.Popen[bytes], timeout: float):
-        self.agent, self.rid, self.proc = agent, rid, proc
-        self.out: dict[int, bytearray] = {}
-        self.exited = self.timed_out = self.replied = False
-        for pipe in (proc.stdout, proc.stderr):
-            assert pipe is not None
-            fd = pipe.fileno()
-            os.set_blocking(fd, False)
-            self.out[fd] = bytearray()
-            agent.sel.register(fd, selectors.EVENT_READ, lambda fd=fd: self.on_read(fd))
-        agent.watch(proc.pid, None, True, self.on_exit)
+    def __init__(
+        self, agent: Agent, rid: int, argv: list[str], env: dict[str, str], timeout: float
+    ):
+        self.agent, self.rid, self.done, self.timed_out = agent, rid, False, False
+        self.files = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=self.files[0], stderr=self.files[1],
+                env=env, start_new_session=True,
+            )  # fmt: skip
+        except OSError as exc:
+            self.close()
+            raise BadRequest(f"cannot run {argv[0]}: {exc}") from None
+        agent.watch(self.proc.pid, None, True, self.on_exit)
         agent.after(timeout, self.on_timeout)
 
-    def on_read(self, fd: int) -> None:
-        chunk = os.read(fd, 65536)
-        if chunk:
-            buf = self.out[fd]
-            buf += chunk[: max(0, OUTPUT_CAP - len(buf))]
-            return
-        self.agent.sel.unregister(fd)
-        self.maybe_reply()
+    def on_timeout(self) -> None:
+        if not self.done:
+            self.timed_out = True
+            signal_group(self.proc.pid, signal.SIGKILL)
 
     def on_exit(self) -> None:
-        self.proc.wait()
-        self.exited = True
-        self.maybe_reply()
-
-    def on_timeout(self) -> None:
-        if not self.replied:
-            self.timed_out = True
-            if not self.exited:
-                signal_group(self.proc.pid, signal.SIGKILL)
-            self.maybe_reply()
-
-    def maybe_reply(self) -> None:
-        open_fds = [fd for fd in self.out if fd in self.agent.sel.get_map()]
-        if self.replied or not self.exited or (open_fds and not self.timed_out):
-            return
-        for fd in open_fds:
-            self.agent.sel.unregister(fd)
-        self.replied = True
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            assert pipe is not None
-            pipe.close()
-        rc = self.proc.returncode
-        stdout, stderr = (bytes(b).decode(errors="replace") for b in self.out.values())
+        rc = self.proc.wait()
+        self.done = True
+        out = []
+        for f in self.files:
+            f.seek(0)
+            out.append(f.read(OUTPUT_CAP).decode(errors="replace"))
+        self.close()
         self.agent.send({
             "id": self.rid, "ok": True, "code": rc if rc >= 0 else None,
             "signal": -rc if rc < 0 else None, "timed_out": self.timed_out,
-            "stdout": stdout, "stderr": stderr,
+            "stdout": out[0], "stderr": out[1],
         })  # fmt: skip
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
 
 
 def main(argv: list[str] | None = None) -> int:
