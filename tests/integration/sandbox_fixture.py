@@ -2,7 +2,8 @@
 
 Import it from a conftest.py (`from sandbox_fixture import sandbox`, or
 `from tests.integration.sandbox_fixture import sandbox` when tests are a
-package). Tests that use it skip when sshd is missing. The sandbox lives in a
+package). Tests that use it fail when sshd is missing (CI must never pass by
+skipping them). The sandbox lives in a
 fresh directory under /tmp and is brought down, sessions included, and removed
 at the end of the session; set HPCBATCH_KEEP_SANDBOX=1 to keep its files (the
 sshd logs) for a post-mortem.
@@ -23,6 +24,6 @@ def sandbox() -> Iterator[Sandbox]:
     """4 hosts node1..node4 on 127.0.0.2..5; node4 has 2 fake GPUs."""
     missing = missing_prerequisites()
     if missing:
-        pytest.skip("the sandbox needs: " + ", ".join(missing))
+        pytest.fail("the sandbox needs: " + ", ".join(missing) + " (make prereqs installs them)")
     with temporary_sandbox(hosts=4, keep=bool(os.environ.get("HPCBATCH_KEEP_SANDBOX"))) as sb:
         yield sb
