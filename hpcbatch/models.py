@@ -10,7 +10,7 @@ never imports this module (pydantic costs start-up time), it sends plain JSON.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -101,6 +101,43 @@ class Inventory(StrictModel):
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def check_environment(env: dict[str, str]) -> dict[str, str]:
+    """Environment variables a job may be given: valid names, no NUL bytes."""
+    for key, value in env.items():
+        if not ENV_NAME_RE.match(key):
+            raise ValueError(f"environment variable name {key!r} is not valid")
+        if "\0" in value:
+            raise ValueError(f"environment variable {key} contains a NUL byte")
+    return env
+
+
+class RetryRule(StrictModel):
+    """One `evaluateOnExit` rule: globs matched against the attempt's end; first match wins."""
+
+    on_exit_code: str | None = Field(default=None, max_length=512)
+    on_reason: str | None = Field(default=None, max_length=512)
+    on_status_reason: str | None = Field(default=None, max_length=512)
+    action: Literal["RETRY", "EXIT"]
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> RetryRule:
+        if self.on_exit_code is None and self.on_reason is None and self.on_status_reason is None:
+            raise ValueError("a rule needs on_exit_code, on_reason or on_status_reason")
+        return self
+
+
+class RetryStrategy(StrictModel):
+    """How many attempts a job gets (1-10) and which endings are worth another."""
+
+    attempts: int = Field(default=1, ge=1, le=10)
+    evaluate_on_exit: list[RetryRule] = Field(default_factory=list, max_length=5)
+
+
 class JobRequest(StrictModel):
     """One submission, after merging script directives and command-line options.
 
@@ -134,16 +171,14 @@ class JobRequest(StrictModel):
     image: str | None = None
     main_node: int | None = None
     launch_mode: str | None = None
+    # Set when the request was built from a registered definition (`name:revision`).
+    definition: str | None = None
+    retry: RetryStrategy | None = None
 
     @field_validator("env")
     @classmethod
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
-        for key, value in env.items():
-            if not ENV_NAME_RE.match(key):
-                raise ValueError(f"environment variable name {key!r} is not valid")
-            if "\0" in value:
-                raise ValueError(f"environment variable {key} contains a NUL byte")
-        return env
+        return check_environment(env)
 
     @field_validator("name")
     @classmethod

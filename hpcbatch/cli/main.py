@@ -379,6 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("stop", cmd_stop, "stop the controller cleanly (jobs keep running on the hosts)")
 
+    from hpcbatch.cli.admin import add_commands
+
+    add_commands(add, _client)
+
     sp = add("sandbox", cmd_sandbox, "a local cluster of real sshd hosts on loopback")
     sp.add_argument("action", choices=["up", "down", "status"])
     sp.add_argument("--root", help="sandbox directory (default $HPCBATCH_HOME/sandbox)")

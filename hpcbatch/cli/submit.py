@@ -25,7 +25,25 @@ from hpcbatch.core.directives import (
 )
 
 OWN_FLAGS = ("--wait", "-W", "--json", "--parsable")
-OWN_VALUED = ("--wrap",)
+OWN_VALUED = ("--wrap", "--definition", "--parameters", "--retry-attempts")
+# What a submission from a definition may override (see `hpcbatch.jobdefs`).
+DEFINITION_OVERRIDES = (
+    "name",
+    "queue",
+    "cpus",
+    "memory_mb",
+    "gpus",
+    "nodes",
+    "time_limit_s",
+    "output",
+    "error",
+    "workdir",
+    "array",
+    "dependency",
+    "ntasks_per_node",
+    "fabric",
+    "exclusive",
+)
 PASSED_EXTRAS = (
     "ntasks",
     "exclusive",
@@ -57,17 +75,57 @@ def _own_options(tokens: list[str]) -> tuple[dict[str, Any], list[str]]:
             own["wait"] = True
         elif tok in ("--json", "--parsable"):
             own[tok[2:]] = True
-        elif tok == "--wrap":
-            if i + 1 >= len(tokens):
-                raise DirectiveError("command line", None, "--wrap needs a command")
-            own["wrap"] = tokens[i + 1]
-            i += 1
-        elif tok.startswith("--wrap="):
-            own["wrap"] = tok.split("=", 1)[1]
+        elif tok.split("=", 1)[0] in OWN_VALUED:
+            key, eq, value = tok.partition("=")
+            if not eq:
+                if i + 1 >= len(tokens):
+                    raise DirectiveError("command line", None, f"{key} needs a value")
+                value = tokens[i + 1]
+                i += 1
+            name = key[2:].replace("-", "_")
+            if name == "parameters":
+                own.setdefault("parameters", {}).update(_parameters(value))
+            else:
+                own[name] = value
         else:
             rest.append(tok)
         i += 1
     return own, rest
+
+
+def _parameters(text: str) -> dict[str, str]:
+    """`--parameters k=v[,k2=v2]` (repeatable), as `aws batch submit-job --parameters`."""
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise DirectiveError("command line", None, f"--parameters: {item!r} is not NAME=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def _definition_submission(
+    own: dict[str, Any], values: dict[str, Any], command: list[str]
+) -> dict[str, Any]:
+    """The request for `submit --definition NAME[:REV]`: only what the user gave."""
+    request: dict[str, Any] = {"definition": own["definition"]}
+    request.update({k: v for k, v in values.items() if k in DEFINITION_OVERRIDES})
+    if own.get("parameters"):
+        request["parameters"] = own["parameters"]
+    if command:
+        request["command"] = command
+    export = values.get("export")
+    if isinstance(export, ExportSpec):
+        request["env"] = export.environment(os.environ)
+    if "retry_attempts" in own:
+        try:
+            request["retry_attempts"] = int(own["retry_attempts"])
+        except ValueError:
+            raise DirectiveError(
+                "command line", None, "--retry-attempts needs a number from 1 to 10"
+            ) from None
+    request["submit_dir"] = os.getcwd()
+    return request
 
 
 def _read_script(path: str, stdin: IO[str] | None) -> str:
@@ -92,6 +150,22 @@ def build_submission(
     opts, rest = split_submit_argv(argv, flags=OWN_FLAGS, valued=OWN_VALUED)
     own, sbatch_tokens = _own_options(opts)
     cli = parse_args(sbatch_tokens, origin="command line")
+    if "definition" in own:
+        if "wrap" in own or run_mode:
+            raise DirectiveError("command line", None, "--definition takes no --wrap or script")
+        return Submission(
+            request=_definition_submission(
+                own, merge(parse_args([], origin="command line"), cli), rest
+            ),
+            warnings=cli.warnings,
+            wait=bool(own.get("wait")),
+            json=bool(own.get("json")),
+            parsable=bool(own.get("parsable")),
+        )
+    for key in ("parameters", "retry_attempts"):
+        if key in own:
+            flag = "--" + key.replace("_", "-")
+            raise DirectiveError("command line", None, f"{flag} needs --definition")
     script_path: str | None = None
     args: list[str] = []
     if run_mode:

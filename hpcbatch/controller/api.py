@@ -83,6 +83,11 @@ class ApiServer:
             "resume": self.op_resume,
             "queues": self.op_queues,
             "wait": self.op_wait,
+            "register": self.op_register,
+            "definitions": self.op_definitions,
+            "definition": self.op_definition,
+            "deregister": self.op_deregister,
+            "queue_update": self.op_queue_update,
             "shutdown": self.op_shutdown,
         }
 
@@ -192,8 +197,38 @@ class ApiServer:
         }
 
     async def op_submit(self, args: dict[str, Any], caller: Caller) -> Any:
-        job_id = await self.c.jobs.submit(args.get("request"), caller)
+        request = args.get("request")
+        if isinstance(request, dict) and request.get("definition") is not None:
+            request = await self.c.definitions.expand(request)
+        job_id = await self.c.jobs.submit(request, caller)
         return {"job_id": job_id}
+
+    async def op_register(self, args: dict[str, Any], caller: Caller) -> Any:
+        return await self.c.definitions.register(args.get("definition"), caller)
+
+    async def op_definitions(self, args: dict[str, Any], caller: Caller) -> Any:
+        name = args.get("name")
+        return await self.c.definitions.list(
+            str(name) if name else None, inactive=bool(args.get("all"))
+        )
+
+    async def op_definition(self, args: dict[str, Any], caller: Caller) -> Any:
+        return (await self.c.definitions.get(args.get("ref"))).to_json()
+
+    async def op_deregister(self, args: dict[str, Any], caller: Caller) -> Any:
+        return await self.c.definitions.deregister(args.get("ref"), caller)
+
+    async def op_queue_update(self, args: dict[str, Any], caller: Caller) -> Any:
+        if not caller.admin:
+            raise ApiError("forbidden", "only an administrator may change queue states")
+        name = args.get("queue")
+        if name not in self.c.inventory.queues:
+            raise ApiError("not_found", f"unknown queue {name!r}")
+        state = str(args.get("state") or "").upper()
+        if state not in ("ENABLED", "DISABLED"):
+            raise ApiError("bad_request", "state must be ENABLED or DISABLED")
+        await self.c.set_queue_state(str(name), state == "ENABLED", args.get("reason"))
+        return next(q for q in await self.op_queues({}, caller) if q["name"] == name)
 
     async def _job(self, job_id: int) -> JobRecord:
         job = self.c.jobs.active.get(job_id)

@@ -19,6 +19,7 @@ from typing import Any
 
 from hpcbatch.controller.api import ApiServer
 from hpcbatch.controller.cluster import Cluster
+from hpcbatch.controller.definitions import DefinitionService
 from hpcbatch.controller.events import EventBus
 from hpcbatch.controller.hosts import HostService
 from hpcbatch.controller.jobs import JobService
@@ -79,6 +80,7 @@ class Controller:
         self.links: dict[str, HostLink] = {}
         self.jobs = JobService(store, self.cluster, self.bus, self.links, settings, self._wake)
         self.hosts = HostService(store, self.cluster, self.bus, self.jobs)
+        self.definitions = DefinitionService(store)
         self.scheduler = SchedulerLoop(self.jobs)
         self.api = ApiServer(self, settings.socket)
         self.started_at = time.time()
@@ -100,6 +102,9 @@ class Controller:
     async def start(self) -> None:
         await self.jobs.load()
         await self.hosts.load()
+        for name, (state, _reason) in (await self.store.queue_admin_states()).items():
+            if name in self.cluster.queue_enabled:
+                self.cluster.queue_enabled[name] = state == "ENABLED"
         await self.api.start()
         link_settings = LinkSettings(
             connect_timeout_s=self.settings.connect_timeout_s,
@@ -119,6 +124,17 @@ class Controller:
             len(self.jobs.active),
             self.settings.socket,
         )
+
+    async def set_queue_state(self, name: str, enabled: bool, reason: str | None) -> None:
+        """Enable or disable a queue (kept across restarts; overrides the inventory).
+
+        A disabled queue keeps its jobs and starts none; running jobs go on.
+        """
+        state = "ENABLED" if enabled else "DISABLED"
+        await self.store.set_queue_admin(name, state, reason, time.time())
+        self.cluster.queue_enabled[name] = enabled
+        self.bus.publish({"event": "queue", "queue": name, "state": state})
+        self._wake()
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -141,14 +141,7 @@ class Cluster:
 
     def queue_hosts(self, queue: str) -> tuple[str, ...]:
         """The queue's hosts, in the order of its enabled compute environments."""
-        q = self.inventory.queues[queue]
-        seen: dict[str, None] = {}
-        for ce_name in q.compute_environments:
-            ce = self.inventory.compute_environments[ce_name]
-            if ce.enabled:
-                for host in ce.hosts:
-                    seen.setdefault(host, None)
-        return tuple(seen)
+        return self.inventory.queue_hosts(queue)
 
     def compute_env_of(self, queue: str, host: str) -> str:
         q = self.inventory.queues[queue]

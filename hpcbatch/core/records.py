@@ -104,6 +104,21 @@ class JobRecord:
     exit_code: int | None = None
     attempt: int = 0
     attempts: list[AttemptRecord] = field(default_factory=list)
+    # Arrays: a child points at its parent and has an index; a parent has a size.
+    array_parent: int | None = None
+    array_index: int | None = None
+    array_size: int | None = None
+
+    @property
+    def display_id(self) -> str:
+        """`PARENT_INDEX` for an array child (Slurm's style), else the plain id."""
+        if self.array_parent is not None:
+            return f"{self.array_parent}_{self.array_index}"
+        return str(self.id)
+
+    @property
+    def is_array_parent(self) -> bool:
+        return self.array_size is not None
 
     def summary(self) -> dict[str, Any]:
         req = self.request
@@ -126,6 +141,11 @@ class JobRecord:
             "gpus": req.get("gpus", 0),
             "time_limit_s": req.get("time_limit_s"),
             "hosts": hosts,
+            "display_id": self.display_id,
+            "array_parent": self.array_parent,
+            "array_index": self.array_index,
+            "array_size": self.array_size,
+            "definition": req.get("definition"),
         }
 
 

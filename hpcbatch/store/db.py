@@ -13,14 +13,24 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import aiosqlite
 
-from hpcbatch.core.records import AttemptRecord, AttemptState, JobRecord, Placement
+from hpcbatch.core.records import AttemptRecord, AttemptState, JobRecord
 from hpcbatch.core.states import FINAL_STATES, JobState, check_transition
+from hpcbatch.store.definitions import Definitions
+from hpcbatch.store.rows import (
+    ATTEMPT_COLUMNS,
+    JOB_COLUMNS,
+    AttemptUpdate,
+    NewJob,
+    StartOrder,
+    Transition,
+    attempt_from_row,
+    job_from_row,
+)
 from hpcbatch.store.schema import MIGRATIONS
 
 
@@ -28,83 +38,15 @@ class StoreError(RuntimeError):
     """The store cannot be opened or written; the message says why in plain words."""
 
 
-@dataclass(frozen=True, slots=True)
-class NewJob:
-    name: str
-    user: str
-    uid: int
-    queue: str
-    request: dict[str, Any]
-    submitted: float
-
-
-@dataclass(frozen=True, slots=True)
-class StartOrder:
-    """Move one job RUNNABLE -> STARTING with a new attempt on these placements."""
-
-    job_id: int
-    attempt: int
-    placements: tuple[Placement, ...]
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    job_id: int
-    ts: float
-    old: str | None
-    new: str
-    reason: str | None
-
-
-JOB_COLUMNS = (
-    "id, name, user, uid, queue, state, reason, request, submitted, started, ended, "
-    "exit_code, attempt"
-)
-ATTEMPT_COLUMNS = (
-    "job_id, attempt, node, host, cpus, memory_mb, gpus, state, created, started, ended, "
-    "exit_code, signal, reason, stdout, stderr"
-)
-
-
-def _job(row: sqlite3.Row | tuple[Any, ...]) -> JobRecord:
-    return JobRecord(
-        id=row[0],
-        name=row[1],
-        user=row[2],
-        uid=row[3],
-        queue=row[4],
-        state=JobState(row[5]),
-        reason=row[6],
-        request=json.loads(row[7]),
-        submitted=row[8],
-        started=row[9],
-        ended=row[10],
-        exit_code=row[11],
-        attempt=row[12],
-    )
-
-
-def _attempt(row: sqlite3.Row | tuple[Any, ...]) -> AttemptRecord:
-    return AttemptRecord(
-        job_id=row[0],
-        attempt=row[1],
-        node=row[2],
-        host=row[3],
-        cpus=row[4],
-        memory_mb=row[5],
-        gpus=tuple(json.loads(row[6])),
-        state=AttemptState(row[7]),
-        created=row[8],
-        started=row[9],
-        ended=row[10],
-        exit_code=row[11],
-        signal=row[12],
-        reason=row[13],
-        stdout=row[14],
-        stderr=row[15],
-    )
-
+__all__ = [
+    "AttemptUpdate",
+    "NewJob",
+    "StartOrder",
+    "Store",
+    "StoreError",
+    "SyncMode",
+    "Transition",
+]
 
 SyncMode = Literal["OFF", "NORMAL", "FULL"]
 
@@ -116,6 +58,9 @@ class Store:
         self._conn = conn
         self.path = path
         self.cluster_id = ""
+        self.definitions = Definitions(self)
+        # Array parents' requests, which never change once inserted: children share them.
+        self._parent_requests: dict[int, dict[str, Any]] = {}
 
     async def _cluster_id(self) -> str:
         """A random id made with the store: it namespaces this cluster's files on hosts,
@@ -226,6 +171,81 @@ class Store:
             )
         return ids
 
+    async def insert_array(
+        self, parent: NewJob, indices: Sequence[int], state: JobState, reason: str | None
+    ) -> tuple[int, list[int]]:
+        """Insert an array parent and its children in one transaction, in bulk.
+
+        The parent holds the request; children hold only their index. Every row
+        records SUBMITTED then `state`. Returns (parent id, child ids in index order).
+        """
+        request = json.dumps(parent.request, separators=(",", ":"))
+        async with self._tx() as db:
+            cur = await db.execute(
+                "INSERT INTO jobs (name, user, uid, queue, state, reason, request, submitted,"
+                " array_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    parent.name,
+                    parent.user,
+                    parent.uid,
+                    parent.queue,
+                    str(state),
+                    reason,
+                    request,
+                    parent.submitted,
+                    len(indices),
+                ),
+            )
+            assert cur.lastrowid is not None
+            parent_id = cur.lastrowid
+            row = (parent.name, parent.user, parent.uid, parent.queue, str(state), reason, "")
+            await db.executemany(
+                "INSERT INTO jobs (name, user, uid, queue, state, reason, request, submitted,"
+                " array_parent, array_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*row, parent.submitted, parent_id, i) for i in indices],
+            )
+            cur = await db.execute(
+                "SELECT id FROM jobs WHERE array_parent = ? ORDER BY array_index", (parent_id,)
+            )
+            child_ids = [int(r[0]) for r in await cur.fetchall()]
+            ts = parent.submitted
+            submitted = str(JobState.SUBMITTED)
+            rows: list[tuple[Any, ...]] = []
+            for job_id in (parent_id, *child_ids):
+                rows.append((job_id, ts, None, submitted, "submitted"))
+                if state != JobState.SUBMITTED:
+                    rows.append((job_id, ts, submitted, str(state), reason))
+            await db.executemany(
+                "INSERT INTO transitions (job_id, ts, old, new, reason) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+        return parent_id, child_ids
+
+    async def _inherit(self, jobs: Iterable[JobRecord]) -> None:
+        """Give array children their parent's request (one shared dict per parent)."""
+        children = [j for j in jobs if j.array_parent is not None and not j.request]
+        if not children:
+            return
+        for j in jobs:
+            if j.is_array_parent and j.id not in self._parent_requests:
+                self._parent_requests[j.id] = j.request
+        parents = {c.array_parent for c in children if c.array_parent is not None}
+        missing = sorted(parents - self._parent_requests.keys())
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            cur = await self._conn.execute(
+                f"SELECT id, request FROM jobs WHERE id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            for job_id, text in await cur.fetchall():
+                self._parent_requests[int(job_id)] = json.loads(text)
+        if len(self._parent_requests) > 4096:
+            keep = {c.array_parent for c in children}
+            self._parent_requests = {k: v for k, v in self._parent_requests.items() if k in keep}
+        for c in children:
+            assert c.array_parent is not None
+            c.request = self._parent_requests.get(c.array_parent, {})
+
     async def start_jobs(self, orders: Sequence[StartOrder], ts: float) -> list[int]:
         """RUNNABLE -> STARTING for each order, with its attempt rows; one transaction.
 
@@ -321,6 +341,86 @@ class Store:
                 await upd.apply(db)
         return True
 
+    async def bulk_transition(
+        self,
+        job_ids: Sequence[int],
+        olds: Iterable[JobState],
+        new: JobState,
+        reason: str | None,
+        ts: float,
+        *,
+        ended: float | None = None,
+    ) -> list[tuple[int, JobState]]:
+        """Move many jobs from any of `olds` to `new` in one transaction.
+
+        The compare-and-set is the `state IN (...)` of one UPDATE per old state
+        (RETURNING gives the ids that really moved), so a 10,000-child array is
+        cancelled or released in a few statements. Returns (id, old state) pairs.
+        """
+        moved: list[tuple[int, JobState]] = []
+        ids = json.dumps(list(job_ids))
+        async with self._tx() as db:
+            for old in olds:
+                check_transition(old, new)
+                cur = await db.execute(
+                    "UPDATE jobs SET state = ?, reason = ?, ended = COALESCE(?, ended)"
+                    " WHERE id IN (SELECT value FROM json_each(?)) AND state = ? RETURNING id",
+                    (str(new), reason, ended, ids, str(old)),
+                )
+                moved += [(int(r[0]), old) for r in await cur.fetchall()]
+            await db.executemany(
+                "INSERT INTO transitions (job_id, ts, old, new, reason) VALUES (?, ?, ?, ?, ?)",
+                [(job_id, ts, str(old), str(new), reason) for job_id, old in moved],
+            )
+        return moved
+
+    async def set_summary_state(
+        self, job_id: int, new: JobState, reason: str | None, ts: float, *, ended: float | None
+    ) -> None:
+        """Record an array parent's state, which summarises its children.
+
+        Not checked against the transition table: a parent's state is derived
+        (see `core.arrays`), not driven, so it may go from PENDING straight to
+        RUNNING or FAILED; the change is still recorded in the history.
+        """
+        async with self._tx() as db:
+            cur = await db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,))
+            row = await cur.fetchone()
+            if row is None or row[0] == str(new):
+                return
+            await db.execute(
+                "UPDATE jobs SET state = ?, reason = ?, ended = ?,"
+                " started = COALESCE(started, ?) WHERE id = ?",
+                (str(new), reason, ended, ts if new == JobState.RUNNING else None, job_id),
+            )
+            await db.execute(
+                "INSERT INTO transitions (job_id, ts, old, new, reason) VALUES (?, ?, ?, ?, ?)",
+                (job_id, ts, row[0], str(new), reason),
+            )
+
+    async def usage_rows(self, since: float) -> list[tuple[str, int, int, float, float | None]]:
+        """(user, cpus, gpus, started, ended) of attempts that ran after `since`: fair share."""
+        cur = await self._conn.execute(
+            "SELECT j.user, a.cpus, json_array_length(a.gpus), a.started, a.ended FROM attempts a"
+            " JOIN jobs j ON j.id = a.job_id"
+            " WHERE a.started IS NOT NULL AND (a.ended IS NULL OR a.ended > ?)",
+            (since,),
+        )
+        return [(r[0], int(r[1]), int(r[2]), float(r[3]), r[4]) for r in await cur.fetchall()]
+
+    async def queue_admin_states(self) -> dict[str, tuple[str, str | None]]:
+        cur = await self._conn.execute("SELECT name, state, reason FROM queue_admin")
+        return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+
+    async def set_queue_admin(self, name: str, state: str, reason: str | None, ts: float) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO queue_admin (name, state, reason, updated) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET state = excluded.state,"
+                " reason = excluded.reason, updated = excluded.updated",
+                (name, state, reason, ts),
+            )
+
     async def update_attempts(self, updates: Iterable[AttemptUpdate]) -> None:
         async with self._tx() as db:
             for upd in updates:
@@ -332,7 +432,7 @@ class Store:
         cur = await self._conn.execute(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE state NOT IN (?, ?) ORDER BY id", finals
         )
-        jobs = [_job(r) for r in await cur.fetchall()]
+        jobs = [job_from_row(r) for r in await cur.fetchall()]
         by_id = {j.id: j for j in jobs}
         cur = await self._conn.execute(
             f"SELECT a.{ATTEMPT_COLUMNS.replace(', ', ', a.')} FROM attempts a JOIN jobs j"
@@ -341,7 +441,8 @@ class Store:
             finals,
         )
         for row in await cur.fetchall():
-            by_id[row[0]].attempts.append(_attempt(row))
+            by_id[row[0]].attempts.append(attempt_from_row(row))
+        await self._inherit(jobs)
         return jobs
 
     async def get_job(self, job_id: int) -> JobRecord | None:
@@ -349,12 +450,13 @@ class Store:
         row = await cur.fetchone()
         if row is None:
             return None
-        job = _job(row)
+        job = job_from_row(row)
         cur = await self._conn.execute(
             f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ? ORDER BY attempt, node",
             (job_id,),
         )
-        job.attempts = [_attempt(r) for r in await cur.fetchall()]
+        job.attempts = [attempt_from_row(r) for r in await cur.fetchall()]
+        await self._inherit([job])
         return job
 
     async def transitions(self, job_id: int) -> list[Transition]:
@@ -372,11 +474,12 @@ class Store:
         queue: str | None = None,
         name: str | None = None,
         ids: Sequence[int] = (),
+        array_parents: Sequence[int] = (),
         limit: int = 10_000,
     ) -> list[JobRecord]:
         where: list[str] = []
         params: list[Any] = []
-        for column, values in (("state", states), ("id", ids)):
+        for column, values in (("state", states), ("id", ids), ("array_parent", array_parents)):
             if values:
                 where.append(f"{column} IN ({', '.join('?' * len(values))})")
                 params += list(values)
@@ -390,9 +493,10 @@ class Store:
         sql += " ORDER BY id DESC LIMIT ?"
         params.append(limit)
         cur = await self._conn.execute(sql, params)
-        jobs = [_job(r) for r in await cur.fetchall()]
+        jobs = [job_from_row(r) for r in await cur.fetchall()]
         jobs.reverse()
         await self._attach_current_attempts(jobs)
+        await self._inherit(jobs)
         return jobs
 
     async def _attach_current_attempts(self, jobs: Sequence[JobRecord]) -> None:
@@ -409,7 +513,7 @@ class Store:
             for row in await cur.fetchall():
                 job = by_id[row[0]]
                 if row[1] == job.attempt:
-                    job.attempts.append(_attempt(row))
+                    job.attempts.append(attempt_from_row(row))
 
     async def live_attempts_on(self, host: str) -> list[AttemptRecord]:
         """Attempts on `host` the controller still counts as starting or running."""
@@ -417,7 +521,7 @@ class Store:
             f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE host = ? AND state IN (?, ?)",
             (host, str(AttemptState.STARTING), str(AttemptState.RUNNING)),
         )
-        return [_attempt(r) for r in await cur.fetchall()]
+        return [attempt_from_row(r) for r in await cur.fetchall()]
 
     # ------------------------------------------------------------------ hosts
 
@@ -442,34 +546,3 @@ class Store:
                 " updated = excluded.updated",
                 (name, json.dumps(facts), ts),
             )
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptUpdate:
-    """Set fields of one attempt row (one node of one attempt)."""
-
-    job_id: int
-    attempt: int
-    node: int
-    state: AttemptState
-    started: float | None = None
-    ended: float | None = None
-    exit_code: int | None = None
-    signal: int | None = None
-    reason: str | None = None
-    stdout: str | None = None
-    stderr: str | None = None
-
-    async def apply(self, db: aiosqlite.Connection) -> None:
-        sets = ["state = ?"]
-        params: list[Any] = [str(self.state)]
-        for column in ("started", "ended", "exit_code", "signal", "reason", "stdout", "stderr"):
-            value = getattr(self, column)
-            if value is not None:
-                sets.append(f"{column} = ?")
-                params.append(value)
-        params += [self.job_id, self.attempt, self.node]
-        await db.execute(
-            f"UPDATE attempts SET {', '.join(sets)} WHERE job_id = ? AND attempt = ? AND node = ?",
-            params,
-        )

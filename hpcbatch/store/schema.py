@@ -71,4 +71,31 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    # 2: array jobs (children point at their parent and inherit its request),
+    # versioned job definitions, and operators' queue state overrides.
+    [
+        "ALTER TABLE jobs ADD COLUMN array_parent INTEGER",
+        "ALTER TABLE jobs ADD COLUMN array_index INTEGER",
+        "ALTER TABLE jobs ADD COLUMN array_size INTEGER",
+        "CREATE INDEX jobs_array_parent ON jobs(array_parent, array_index)",
+        """
+        CREATE TABLE definitions (
+            name        TEXT    NOT NULL,
+            revision    INTEGER NOT NULL,
+            status      TEXT    NOT NULL DEFAULT 'ACTIVE',
+            body        TEXT    NOT NULL,
+            user        TEXT    NOT NULL,
+            created     REAL    NOT NULL,
+            PRIMARY KEY (name, revision)
+        )
+        """,
+        """
+        CREATE TABLE queue_admin (
+            name    TEXT PRIMARY KEY,
+            state   TEXT NOT NULL,
+            reason  TEXT,
+            updated REAL NOT NULL
+        )
+        """,
+    ],
 ]

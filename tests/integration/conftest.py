@@ -35,7 +35,8 @@ class Api:
         return await asyncio.to_thread(call)
 
     async def submit(self, **request: Any) -> int:
-        request.setdefault("script", "#!/bin/sh\ntrue\n")
+        if "definition" not in request:
+            request.setdefault("script", "#!/bin/sh\ntrue\n")
         return int((await self("submit", request=request))["job_id"])
 
     async def wait(self, *job_ids: int, timeout: float = 60) -> list[dict[str, Any]]:

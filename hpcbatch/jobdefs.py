@@ -1,0 +1,164 @@
+"""Job definitions: the validated template, and a submission made from one.
+
+A definition (AWS Batch's `registerJobDefinition`) is a reusable, versioned
+template: a command or a script, resources, environment, parameters with
+defaults, a retry strategy and a timeout. A submission names it
+(`name[:revision]`) and may override the command, resources, environment,
+parameters, timeout and retries; `request_from_definition` merges the two into
+the same plain request a job script produces, so the rest of the controller
+never knows the difference.
+
+Parameters follow AWS Batch: a command argument `Ref::name` is replaced by the
+parameter's value (the submission's, else the definition's default); an
+argument naming an unknown parameter is left as written.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from hpcbatch.models import Name, RetryStrategy, StrictModel, check_environment
+
+REF_PREFIX = "Ref::"
+DEFINITION_REF_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]{0,63})(?::(?P<rev>\d+))?$")
+
+
+class JobDefinition(StrictModel):
+    """A registered template. Exactly one of `command` (an argv) and `script` (a text)."""
+
+    name: Name
+    command: list[str] | None = Field(default=None, min_length=1)
+    script: str | None = Field(default=None, min_length=1)
+    image: str | None = None
+    cpus: int = Field(default=1, ge=1, le=100_000)
+    memory_mb: int | None = Field(default=None, ge=1)
+    gpus: int = Field(default=0, ge=0, le=1024)
+    nodes: int = Field(default=1, ge=1, le=10_000)
+    main_node: int = Field(default=0, ge=0)
+    launch_mode: Literal["main", "all"] | None = None
+    fabric: str | None = None
+    exclusive: bool = False
+    environment: dict[str, str] = Field(default_factory=dict)
+    parameters: dict[str, str] = Field(default_factory=dict)
+    retry_strategy: RetryStrategy | None = None
+    timeout_s: int | None = Field(default=None, ge=1)
+    description: str | None = Field(default=None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _one_body(self) -> JobDefinition:
+        if (self.command is None) == (self.script is None):
+            raise ValueError("give exactly one of 'command' (a list of arguments) and 'script'")
+        if self.main_node >= self.nodes:
+            raise ValueError(f"main_node {self.main_node} is not below nodes ({self.nodes})")
+        return self
+
+    @field_validator("environment")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        return check_environment(env)
+
+
+class DefinitionOverrides(StrictModel):
+    """What a submission from a definition may change (AWS Batch's container overrides)."""
+
+    definition: str
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    queue: str | None = None
+    command: list[str] | None = Field(default=None, min_length=1)
+    parameters: dict[str, str] = Field(default_factory=dict)
+    cpus: int | None = Field(default=None, ge=1, le=100_000)
+    memory_mb: int | None = Field(default=None, ge=1)
+    gpus: int | None = Field(default=None, ge=0, le=1024)
+    nodes: int | None = Field(default=None, ge=1, le=10_000)
+    env: dict[str, str] = Field(default_factory=dict)
+    time_limit_s: int | None = Field(default=None, ge=1)
+    retry_attempts: int | None = Field(default=None, ge=1, le=10)
+    array: str | None = None
+    dependency: str | None = None
+    output: str | None = None
+    error: str | None = None
+    workdir: str | None = None
+    submit_dir: str | None = None
+    ntasks_per_node: int | None = Field(default=None, ge=1)
+    fabric: str | None = None
+    exclusive: bool | None = None
+
+
+def parse_definition_ref(text: str) -> tuple[str, int | None]:
+    """`name` or `name:revision` -> (name, revision or None for the latest active)."""
+    m = DEFINITION_REF_RE.match(text.strip())
+    if m is None:
+        raise ValueError(f"{text!r} is not a definition reference (NAME or NAME:REVISION)")
+    rev = m.group("rev")
+    return m.group("name"), int(rev) if rev is not None else None
+
+
+def substitute_parameters(argv: list[str], params: dict[str, str]) -> list[str]:
+    """Replace each `Ref::name` argument by its parameter; unknown references stay as written."""
+    out: list[str] = []
+    for arg in argv:
+        if arg.startswith(REF_PREFIX) and arg[len(REF_PREFIX) :] in params:
+            out.append(params[arg[len(REF_PREFIX) :]])
+        else:
+            out.append(arg)
+    return out
+
+
+def command_script(argv: list[str]) -> str:
+    """A POSIX shell script that runs `argv` exactly (each argument quoted)."""
+    return "#!/bin/sh\nexec " + shlex.join(argv) + "\n"
+
+
+def request_from_definition(
+    defn: JobDefinition, revision: int, over: DefinitionOverrides
+) -> dict[str, Any]:
+    """The plain job request (the fields of `models.JobRequest`) for this submission."""
+    params = {**defn.parameters, **over.parameters}
+    argv = over.command if over.command is not None else defn.command
+    if argv is not None:
+        script = command_script(substitute_parameters(argv, params))
+    else:
+        assert defn.script is not None
+        script = defn.script
+    retry = defn.retry_strategy.model_dump() if defn.retry_strategy else None
+    if over.retry_attempts is not None:
+        retry = {**(retry or {"evaluate_on_exit": []}), "attempts": over.retry_attempts}
+    request: dict[str, Any] = {
+        "name": over.name or defn.name,
+        "script": script,
+        "args": [],
+        "cpus": over.cpus or defn.cpus,
+        "memory_mb": over.memory_mb or defn.memory_mb,
+        "gpus": defn.gpus if over.gpus is None else over.gpus,
+        "nodes": over.nodes or defn.nodes,
+        "exclusive": defn.exclusive if over.exclusive is None else over.exclusive,
+        "fabric": over.fabric or defn.fabric,
+        "time_limit_s": over.time_limit_s or defn.timeout_s,
+        "env": {**defn.environment, **over.env},
+        "definition": f"{defn.name}:{revision}",
+        "retry": retry,
+    }
+    if defn.nodes > 1 or (over.nodes or 1) > 1:
+        request["main_node"] = defn.main_node
+        if defn.launch_mode is not None:
+            request["launch_mode"] = defn.launch_mode
+    if defn.image is not None:
+        request["image"] = defn.image
+    for key in (
+        "queue",
+        "array",
+        "dependency",
+        "output",
+        "error",
+        "workdir",
+        "submit_dir",
+        "ntasks_per_node",
+    ):
+        value = getattr(over, key)
+        if value is not None:
+            request[key] = value
+    return {k: v for k, v in request.items() if v is not None}
