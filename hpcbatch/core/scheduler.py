@@ -1,21 +1,91 @@
 """The scheduling pass: a pure function from a snapshot to a plan.
 
 No I/O happens here. The controller builds a snapshot (hosts with what is
-allocated on them, queues, runnable jobs in order), calls `schedule`, writes
-the plan down, and only then launches. That keeps the policy testable on tiny
-inline clusters and by property-based tests.
+allocated on them, queues, compute environments, running allocations, runnable
+jobs in submission order), calls `schedule`, writes the plan down, and only
+then launches. That keeps the policy testable on tiny inline clusters and by
+property-based tests.
 
 Two different refusals, as in flux: `infeasible()` says a request could never
-run on the hosts a queue has (refused at submit); `schedule()` gives a pending
-reason for a request that cannot run *now*.
+run in its queue (refused at submit); `schedule()` gives a pending reason for a
+request that cannot run *now*.
+
+The policy, in order (docs/scheduling.md has the long form):
+
+1. Queues by priority, higher first (ties: the order given). A disabled queue
+   keeps its jobs and starts none.
+2. Within a queue, FIFO (the order given) or fair share (the user with the
+   least decayed usage per share first; see `fairshare`).
+3. Per job: the queue's limits (running jobs, vCPUs), the job's array throttle,
+   then placement on the queue's enabled compute environments in order, each
+   within its vCPU cap. Single-node jobs go best-fit (fewest spare GPUs, then
+   fewest free CPUs), to keep whole hosts free; whole-host jobs (`nodes > 1` or
+   exclusive) take idle hosts, all in one fabric island (the smallest that fits)
+   when they ask for a fabric. GPUs are assigned by index.
+4. EASY backfill: the first job that cannot start for lack of resources gets a
+   reservation (the earliest time running allocations free enough, from their
+   start and time limit; the queue's default limit for jobs without one); a
+   later job starts now only where it cannot delay that reservation.
+
+Pending reason codes (the text before the first colon is stable):
+
+`Resources:`
+    Not enough free now: the request and the best host or island there is
+    (e.g. "needs 4 GPUs on one host; the largest free is ... 2 GPUs on node3").
+    The job that holds the pass's reservation adds when and where it will start.
+    Wait, or ask for less.
+`Reservation:`
+    It fits now, but would delay the reservation held for a higher job (named).
+    A shorter time limit (`--time`) lets it backfill before that start.
+`QueueDisabled:`
+    Its queue is disabled; an administrator must enable it.
+`QueueUnknown:`
+    Its queue is not in the configuration.
+`QueueLimit:`
+    The queue's limit on running jobs or vCPUs is reached; wait for its jobs to end.
+`ComputeEnvDisabled:`
+    Every compute environment of the queue is disabled.
+`ComputeEnvLimit:`
+    Every compute environment of the queue that is enabled is at its vCPU cap.
+`Throttle:`
+    Its array already runs as many children as its `%N` throttle allows.
+`Dependency:`
+    (Set by the controller from `hpcbatch.core.dependencies`, not here.) It
+    waits for another job, named, or for a singleton.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import heapq
+import math
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
+from operator import attrgetter
 
+from hpcbatch.core import fairshare, reasons
+from hpcbatch.core.backfill import NEVER, Hold, Reservation, Timeline, reserve
+from hpcbatch.core.placement import Free, Pool
+from hpcbatch.core.reasons import describe, infeasible
 from hpcbatch.core.records import Placement
+from hpcbatch.core.units import format_duration
+
+__all__ = [
+    "ComputeEnvView",
+    "HostView",
+    "JobView",
+    "Plan",
+    "QueuePolicy",
+    "QueueView",
+    "Reservation",
+    "RunningView",
+    "describe",
+    "infeasible",
+    "schedule",
+]
+
+_MAX_RESERVATION_TRIES = 8  # distinct request shapes tried for a reservation per pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +109,44 @@ class HostView:
         return self.used_cpus == 0 and self.used_memory_mb == 0 and not self.used_gpus
 
 
+class QueuePolicy(StrEnum):
+    """How a queue orders its own jobs."""
+
+    FIFO = "FIFO"
+    """Submission order (the order the jobs are given in)."""
+
+    FAIRSHARE = "FAIRSHARE"
+    """The user with the least decayed usage per share first; FIFO within a user."""
+
+
 @dataclass(frozen=True, slots=True)
 class QueueView:
+    """A job queue. `compute_envs` (names, in order) replace `hosts` when given."""
+
     name: str
     priority: int
+    hosts: tuple[str, ...] = ()
+    enabled: bool = True
+    compute_envs: tuple[str, ...] = ()
+    policy: QueuePolicy = QueuePolicy.FIFO
+    max_running: int | None = None
+    max_vcpus: int | None = None
+    default_time_limit_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeEnvView:
+    """A compute environment: hosts (already resolved from labels), state, vCPU cap.
+
+    `used_vcpus` None means "count it from the running allocations charged to
+    this environment" (`RunningView.compute_env`).
+    """
+
+    name: str
     hosts: tuple[str, ...]
     enabled: bool = True
+    max_vcpus: int | None = None
+    used_vcpus: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +161,10 @@ class JobView:
     nodes: int = 1
     exclusive: bool = False
     fabric: str | None = None
+    user: str = ""
+    time_limit_s: float | None = None
+    throttle_group: str | None = None  # e.g. the array parent's id
+    throttle_limit: int | None = None  # at most this many of the group at once
 
     @property
     def whole_hosts(self) -> bool:
@@ -76,205 +182,384 @@ class JobView:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class RunningView:
+    """An allocation held now (STARTING or RUNNING), for limits, throttles and backfill."""
+
+    job_id: int
+    queue: str
+    placements: tuple[Placement, ...]
+    start: float = 0.0
+    time_limit_s: float | None = None  # None: the queue's default limit, if any
+    user: str = ""
+    throttle_group: str | None = None
+    compute_env: str | None = None
+
+
 @dataclass(slots=True)
 class Plan:
     """What to start now, and why everything else waits."""
 
     starts: list[tuple[int, tuple[Placement, ...]]] = field(default_factory=list)
     reasons: dict[int, str] = field(default_factory=dict)
+    reservations: list[Reservation] = field(default_factory=list)
+    compute_envs: dict[int, str] = field(default_factory=dict)  # started job -> its CE
 
 
-@dataclass(slots=True)
-class _Free:
-    """Mutable free resources of one host during a pass."""
-
-    host: HostView
-    cpus: int
-    memory_mb: int
-    gpus: list[int]
-    busy: bool  # anything allocated at all (whole-host jobs need idle hosts)
-
-    @classmethod
-    def of(cls, h: HostView) -> _Free:
-        return cls(
-            host=h,
-            cpus=h.cpus - h.used_cpus,
-            memory_mb=h.memory_mb - h.used_memory_mb,
-            gpus=[g for g in h.gpus if g not in h.used_gpus],
-            busy=not h.idle or h.exclusive,
-        )
-
-    def fits(self, job: JobView) -> bool:
-        if not self.host.available or self.host.exclusive:
-            return False
-        if job.whole_hosts and self.busy:
-            return False
-        return (
-            self.cpus >= job.cpus and self.memory_mb >= job.memory_mb and len(self.gpus) >= job.gpus
-        )
-
-    def take(self, job: JobView) -> Placement:
-        gpus = tuple(self.gpus[: job.gpus])
-        del self.gpus[: job.gpus]
-        if job.whole_hosts:
-            placement = Placement(self.host.name, self.cpus, self.memory_mb, gpus, exclusive=True)
-            self.cpus = 0
-            self.memory_mb = 0
-        else:
-            placement = Placement(self.host.name, job.cpus, job.memory_mb, gpus)
-            self.cpus -= job.cpus
-            self.memory_mb -= job.memory_mb
-        self.busy = True
-        return placement
+def _limit(limit: float | None, queue: QueueView | None) -> float | None:
+    if limit is not None and limit > 0:
+        return limit
+    if queue is not None and queue.default_time_limit_s:
+        return queue.default_time_limit_s
+    return None
 
 
-def describe(job: JobView) -> str:
-    parts = [f"{job.cpus} CPU{'s' if job.cpus != 1 else ''}"]
-    if job.memory_mb:
-        parts.append(f"{job.memory_mb} MB")
-    if job.gpus:
-        parts.append(f"{job.gpus} GPU{'s' if job.gpus != 1 else ''}")
-    what = ", ".join(parts)
-    if job.nodes > 1:
-        where = f"{job.nodes} whole hosts with {what} each"
-        if job.fabric:
-            where += " in one fabric island"
-        return where
-    if job.exclusive:
-        return f"a whole host with {what}"
-    return f"{what} on one host"
+def _when(t: float, now: float) -> str:
+    return "now" if t <= now else f"in {format_duration(math.ceil(t - now))}"
 
 
-def infeasible(job: JobView, hosts: Iterable[HostView]) -> str | None:
-    """Why `job` could never run on `hosts` (their full capacity), or None if it could."""
-    pool = list(hosts)
-    if not pool:
-        return f"queue {job.queue} has no hosts"
-    fit = [
-        h
-        for h in pool
-        if h.cpus >= job.cpus and h.memory_mb >= job.memory_mb and len(h.gpus) >= job.gpus
-    ]
-    if job.nodes == 1 and not (job.exclusive and job.fabric):
-        if fit:
-            return None
-        biggest = max(pool, key=lambda h: (len(h.gpus), h.cpus, h.memory_mb))
-        return (
-            f"needs {describe(job)}; no host in queue {job.queue} is that large "
-            f"(largest: {biggest.name} with {biggest.cpus} CPUs, {biggest.memory_mb} MB, "
-            f"{len(biggest.gpus)} GPUs)"
-        )
-    if job.fabric:
-        islands: dict[str | None, int] = {}
-        for h in fit:
-            islands[h.fabric] = islands.get(h.fabric, 0) + 1
-        best = max(((n, f) for f, n in islands.items() if f is not None), default=(0, None))
-        if best[0] >= job.nodes:
-            return None
-        return (
-            f"needs {describe(job)}; the largest island in queue {job.queue} "
-            f"has {best[0]} such hosts" + (f" ({best[1]})" if best[1] else "")
-        )
-    if len(fit) >= job.nodes:
-        return None
-    return f"needs {describe(job)}; queue {job.queue} has only {len(fit)} such hosts"
+class _FairOrder:
+    """A queue's jobs, the user with the lowest usage per share first, re-ranked as it goes."""
+
+    def __init__(
+        self, jobs: Sequence[JobView], usage: Mapping[str, float], shares: Mapping[str, float]
+    ) -> None:
+        self.per_user: dict[str, deque[tuple[int, JobView]]] = {}
+        for pos, job in enumerate(jobs):
+            self.per_user.setdefault(job.user, deque()).append((pos, job))
+        self.usage = {u: max(usage.get(u, 0.0), 0.0) for u in self.per_user}
+        self.shares = {u: fairshare.share_of(u, shares) for u in self.per_user}
+
+    def charge(self, user: str, amount: float) -> None:
+        self.usage[user] = self.usage.get(user, 0.0) + amount
+
+    def __iter__(self) -> Iterator[JobView]:
+        usage, shares, key_of = self.usage, self.shares, fairshare.ordering_key
+        heap = [(key_of(usage[u], shares[u]), q[0][0], u) for u, q in self.per_user.items()]
+        heapq.heapify(heap)
+        while heap:
+            _, _, user = heapq.heappop(heap)
+            q = self.per_user[user]
+            while q:
+                yield q.popleft()[1]  # the caller may charge `user` before we rank them again
+                if q:
+                    # Stay with this user while they still rank first: most jobs do not
+                    # start (nothing charged), and this saves a heap push and pop each.
+                    entry = (key_of(usage[user], shares[user]), q[0][0], user)
+                    if heap and entry > heap[0]:
+                        heapq.heappush(heap, entry)
+                        break
 
 
-def _pick_single(job: JobView, order: Sequence[_Free]) -> _Free | None:
-    """Best fit: the host left with the fewest free CPUs, so whole hosts stay free."""
-    best: _Free | None = None
-    for free in order:
-        if free.fits(job) and (
-            best is None
-            or (len(free.gpus) - job.gpus, free.cpus) < (len(best.gpus) - job.gpus, best.cpus)
-        ):
-            best = free
-    return best
+class _Pass:
+    """The mutable state of one scheduling pass."""
 
-
-def _pick_gang(job: JobView, order: Sequence[_Free]) -> list[_Free] | None:
-    fitting = [f for f in order if f.fits(job)]
-    if not job.fabric:
-        return fitting[: job.nodes] if len(fitting) >= job.nodes else None
-    islands: dict[str, list[_Free]] = {}
-    for f in fitting:
-        if f.host.fabric is not None:
-            islands.setdefault(f.host.fabric, []).append(f)
-    # The smallest island that fits, to keep large islands whole for large jobs.
-    candidates = sorted(
-        (members for members in islands.values() if len(members) >= job.nodes), key=len
-    )
-    return candidates[0][: job.nodes] if candidates else None
-
-
-def _waiting_reason(job: JobView, order: Sequence[_Free]) -> str:
-    usable = [f for f in order if f.host.available and not f.host.exclusive]
-    if not usable:
-        states = sorted({f.host.unavailable_reason or "busy" for f in order})
-        return f"Resources: no host of queue {job.queue} takes work now ({'; '.join(states)})"
-    if job.nodes > 1:
-        fitting = [f for f in usable if f.fits(job)]
-        if job.fabric:
-            counts: dict[str, int] = {}
-            for f in fitting:
-                if f.host.fabric:
-                    counts[f.host.fabric] = counts.get(f.host.fabric, 0) + 1
-            best_island, best_n = max(counts.items(), key=lambda kv: kv[1], default=("-", 0))
-            return (
-                f"Resources: needs {describe(job)}; best island {best_island} "
-                f"has {best_n} free, lacks {job.nodes - best_n}"
+    def __init__(
+        self,
+        hosts: Iterable[HostView],
+        queues: Iterable[QueueView],
+        compute_envs: Iterable[ComputeEnvView],
+        running: Iterable[RunningView],
+        now: float,
+        backfill: bool,
+        fairshare_horizon_s: float,
+        gpu_weight: float,
+    ) -> None:
+        self.now = now
+        self.backfill = backfill
+        self.horizon = fairshare_horizon_s
+        self.gpu_weight = gpu_weight
+        self.plan = Plan()
+        self.free = {h.name: Free.of(h) for h in hosts}
+        self.queues = list(queues)
+        self.queue_by_name = {q.name: q for q in self.queues}
+        self.running = running if isinstance(running, Sequence) else list(running)
+        ces = list(compute_envs)
+        # Counting thousands of running allocations is a real share of a pass: count
+        # only what some limit needs, and in C where possible.
+        self.q_running: Counter[str] = Counter(map(attrgetter("queue"), self.running))
+        self.throttled: Counter[str] = Counter(map(attrgetter("throttle_group"), self.running))
+        self.q_vcpus: Counter[str] = Counter()
+        ce_used: Counter[str] = Counter()
+        count_q = any(q.max_vcpus is not None for q in self.queues)
+        count_ce = any(c.used_vcpus is None and c.max_vcpus is not None for c in ces)
+        if count_q or count_ce:
+            for r in self.running:
+                ps = r.placements
+                vcpus = ps[0].cpus if len(ps) == 1 else sum(p.cpus for p in ps)
+                self.q_vcpus[r.queue] += vcpus
+                if r.compute_env is not None:
+                    ce_used[r.compute_env] += vcpus
+        # Built only when a reservation is needed; until then starts are noted here.
+        self._timeline: Timeline | None = None
+        self._started: list[tuple[tuple[Placement, ...], float]] = []
+        self.pools: dict[str, Pool] = {}
+        for ce in ces:
+            self.pools[ce.name] = Pool(
+                ce.name,
+                self._hosts(ce.hosts),
+                enabled=ce.enabled,
+                max_vcpus=ce.max_vcpus,
+                used_vcpus=ce_used[ce.name] if ce.used_vcpus is None else ce.used_vcpus,
             )
-        return f"Resources: needs {describe(job)}; {len(fitting)} free now"
-    best = max(usable, key=lambda f: (len(f.gpus) >= job.gpus, f.cpus, f.memory_mb, len(f.gpus)))
-    return (
-        f"Resources: needs {describe(job)}; the largest free is {best.cpus} CPUs, "
-        f"{best.memory_mb} MB, {len(best.gpus)} GPUs on {best.host.name}"
-    )
+        self.hold: Hold | None = None
+        self.reserve_tries = 0
+        self.no_reservation: set[tuple[object, ...]] = set()
+
+    @property
+    def timeline(self) -> Timeline:
+        if self._timeline is None:
+            self._timeline = t = Timeline()
+            default = {q.name: _limit(None, q) for q in self.queues}
+            add = t.add
+            for r in self.running:
+                limit = r.time_limit_s if r.time_limit_s else default.get(r.queue)
+                add(r.placements, NEVER if limit is None else r.start + limit)
+            for placements, end in self._started:
+                t.add(placements, end)
+            self._started.clear()
+        return self._timeline
+
+    def _hosts(self, names: Iterable[str]) -> list[Free]:
+        return [self.free[n] for n in dict.fromkeys(names) if n in self.free]
+
+    def pools_of(self, q: QueueView) -> list[Pool]:
+        if q.compute_envs:
+            return [self.pools[n] for n in dict.fromkeys(q.compute_envs) if n in self.pools]
+        return [Pool(f"queue {q.name}", self._hosts(q.hosts), real=False)]
+
+    def run(
+        self, jobs: Iterable[JobView], usage: Mapping[str, float], shares: Mapping[str, float]
+    ) -> Plan:
+        by_queue: dict[str, list[JobView]] = {}
+        for job in jobs:
+            by_queue.setdefault(job.queue, []).append(job)
+        reasons_ = self.plan.reasons
+        for q in sorted(self.queues, key=lambda q: -q.priority):
+            waiting = by_queue.pop(q.name, [])
+            if not waiting:
+                continue
+            if not q.enabled:
+                for job in waiting:
+                    reasons_[job.id] = f"QueueDisabled: queue {q.name} is disabled"
+                continue
+            pools = self.pools_of(q)
+            active = [p for p in pools if p.enabled]
+            if pools and not active:
+                names = ", ".join(p.name for p in pools)
+                for job in waiting:
+                    reasons_[job.id] = (
+                        f"ComputeEnvDisabled: every compute environment of queue {q.name} "
+                        f"is disabled ({names})"
+                    )
+                continue
+            self.run_queue(q, active, waiting, usage, shares)
+        for orphans in by_queue.values():
+            for job in orphans:
+                reasons_[job.id] = f"QueueUnknown: queue {job.queue} is not in the inventory"
+        return self.plan
+
+    def run_queue(
+        self,
+        q: QueueView,
+        pools: list[Pool],
+        waiting: list[JobView],
+        usage: Mapping[str, float],
+        shares: Mapping[str, float],
+    ) -> None:
+        fair = _FairOrder(waiting, usage, shares) if q.policy == QueuePolicy.FAIRSHARE else None
+        order: Iterable[JobView] = fair if fair is not None else waiting
+        hosts = list({f.name: f for p in pools for f in p.hosts}.values())
+        # Failures stay failures for the rest of the pass (resources only shrink, the
+        # hold only tightens): by shape, or by shape and end for backfill and caps.
+        failed: dict[tuple[object, ...], str] = {}
+        failed_by_end: dict[tuple[object, ...], str] = {}
+        self.reason_cache: dict[tuple[object, ...], tuple[int, str]] = {}
+        reasons_ = self.plan.reasons
+        throttled = self.throttled
+        it = iter(order)
+        for job in it:
+            if q.max_running is not None and self.q_running[q.name] >= q.max_running:
+                why = (
+                    f"QueueLimit: queue {q.name} runs at most {q.max_running} jobs at once "
+                    f"({self.q_running[q.name]} running)"
+                )
+                reasons_[job.id] = why
+                for rest in it:
+                    reasons_[rest.id] = why
+                return
+            group = job.throttle_group
+            if group is not None:
+                n = job.throttle_limit
+                if n is not None and throttled[group] >= n:
+                    reasons_[job.id] = (
+                        f"Throttle: array job {group} runs at most {n} "
+                        f"children at once ({throttled[group]} running)"
+                    )
+                    continue
+            shape = job.shape()
+            known = failed.get(shape)
+            if known is not None:
+                reasons_[job.id] = known
+                continue
+            limit = _limit(job.time_limit_s, q)
+            end = NEVER if limit is None else self.now + limit
+            if failed_by_end:
+                known = failed_by_end.get((*shape, end))
+                if known is not None:
+                    reasons_[job.id] = known
+                    continue
+            started = self.consider(q, pools, hosts, job, end, shape, failed, failed_by_end)
+            if started and fair is not None:
+                seconds = self.horizon if limit is None else limit
+                need_c, need_g = job.cpus * job.nodes, job.gpus * job.nodes
+                fair.charge(job.user, fairshare.charge(need_c, need_g, seconds, self.gpu_weight))
+
+    def consider(
+        self,
+        q: QueueView,
+        pools: list[Pool],
+        hosts: list[Free],
+        job: JobView,
+        end: float,
+        shape: tuple[object, ...],
+        failed: dict[tuple[object, ...], str],
+        failed_by_end: dict[tuple[object, ...], str],
+    ) -> bool:
+        """Start `job` (True) or give it a reason (False)."""
+        reasons_ = self.plan.reasons
+        need = job.cpus * job.nodes
+        if q.max_vcpus is not None and self.q_vcpus[q.name] + need > q.max_vcpus:
+            reasons_[job.id] = (
+                f"QueueLimit: queue {q.name} allows {q.max_vcpus} vCPUs at once; "
+                f"{self.q_vcpus[q.name]} in use, this job needs {need}"
+            )
+            return False
+        hold = self.hold
+        allow = None
+        if hold is not None:
+
+            def allow(f: Free) -> bool:
+                return hold.allows(f, job, end)
+
+        capped = 0
+        whole = job.whole_hosts
+        for pool in pools:
+            if pool.max_vcpus is not None and pool.used_vcpus + need > pool.max_vcpus:
+                capped += 1
+                continue
+            if whole:
+                picked = pool.pick_gang(job, allow)
+                if picked is None:
+                    continue
+                charge = sum(f.cpus for f in picked)
+                if not pool.room(charge):
+                    capped += 1
+                    continue
+            else:
+                one = pool.pick_single(job, allow)
+                if one is None:
+                    continue
+                picked = [one]
+                charge = need
+            if q.max_vcpus is not None and self.q_vcpus[q.name] + charge > q.max_vcpus:
+                reasons_[job.id] = (
+                    f"QueueLimit: queue {q.name} allows {q.max_vcpus} vCPUs at once; "
+                    f"{self.q_vcpus[q.name]} in use, this job would take {charge}"
+                )
+                return False
+            self.start(q, pool, job, picked, charge, end)
+            return True
+        if capped == len(pools):
+            why = "ComputeEnvLimit: " + "; ".join(
+                f"compute environment {p.name} is at its vCPU cap "
+                f"({p.used_vcpus} of {p.max_vcpus} in use, this job needs {need})"
+                for p in pools
+            )
+            failed_by_end[(*shape, end)] = reasons_[job.id] = why
+            return False
+        if hold is not None and any(p.pick(job, None) is not None for p in pools):
+            r = hold.reservation
+            why = (
+                f"Reservation: waiting behind the reservation for job {r.job_id}, which starts "
+                f"{_when(r.start, self.now)} on {','.join(r.hosts)}; this job would delay it "
+                f"(a shorter time limit may let it start sooner)"
+            )
+            failed_by_end[(*shape, end)] = reasons_[job.id] = why
+            return False
+        why = reasons.resources(job, q.name, hosts, self.reason_cache, len(self.plan.starts))
+        failed[shape] = reasons_[job.id] = why
+        if hold is None and self.backfill:
+            self.try_reserve(job, pools, shape)
+        return False
+
+    def start(
+        self, q: QueueView, pool: Pool, job: JobView, picked: list[Free], charge: int, end: float
+    ) -> None:
+        hold = self.hold
+        if hold is not None:
+            for f in picked:
+                hold.charge(f, job, end)
+        if len(picked) == 1:
+            placements: tuple[Placement, ...] = (picked[0].take(job),)
+        else:
+            placements = tuple(f.take(job) for f in picked)
+        plan = self.plan
+        plan.starts.append((job.id, placements))
+        if pool.real:
+            plan.compute_envs[job.id] = pool.name
+        pool.used_vcpus += charge
+        self.q_running[q.name] += 1
+        self.q_vcpus[q.name] += charge
+        if job.throttle_group is not None:
+            self.throttled[job.throttle_group] += 1
+        if self._timeline is None:
+            self._started.append((placements, end))
+        else:
+            self._timeline.add(placements, end)
+
+    def try_reserve(self, job: JobView, pools: list[Pool], shape: tuple[object, ...]) -> None:
+        if shape in self.no_reservation or self.reserve_tries >= _MAX_RESERVATION_TRIES:
+            return
+        self.reserve_tries += 1
+        hold = reserve(job, pools, self.timeline, self.now)
+        if hold is None:
+            self.no_reservation.add(shape)
+            return
+        self.hold = hold
+        r = hold.reservation
+        self.plan.reservations.append(r)
+        self.plan.reasons[job.id] += (
+            f"; reserved: expected to start {_when(r.start, self.now)} on {','.join(r.hosts)}"
+        )
 
 
 def schedule(
-    hosts: Iterable[HostView], queues: Iterable[QueueView], jobs: Iterable[JobView]
+    hosts: Iterable[HostView],
+    queues: Iterable[QueueView],
+    jobs: Iterable[JobView],
+    *,
+    now: float = 0.0,
+    running: Iterable[RunningView] = (),
+    compute_envs: Iterable[ComputeEnvView] = (),
+    usage: Mapping[str, float] | None = None,
+    shares: Mapping[str, float] | None = None,
+    backfill: bool = True,
+    fairshare_horizon_s: float = fairshare.DEFAULT_HORIZON_S,
+    gpu_weight: float = fairshare.DEFAULT_GPU_WEIGHT,
 ) -> Plan:
-    """Decide which runnable jobs start now and where.
+    """Decide which runnable jobs start now and where, and why the others wait.
 
-    Queues are served in priority order (higher first), jobs within a queue in
-    the order given (FIFO). A job that does not fit now gets a pending reason and
-    later jobs may still start. Once a shape of request has failed in this pass
-    it fails again without another scan: resources only shrink during a pass.
+    `jobs` are the runnable jobs in submission order. `running` are the
+    allocations held now (queue limits, throttles, CE use, and their expected
+    ends for backfill); `usage` is each user's decayed usage for fair-share
+    queues and `shares` their shares (1 when not listed). `now` is the clock the
+    `running` start times use. Inputs are not changed; the same inputs give
+    the same plan.
+
+    Once a request shape has failed in a pass it fails again without another
+    search: resources only shrink during a pass, and the reservation only
+    tightens.
     """
-    free = {h.name: _Free.of(h) for h in hosts}
-    qs = sorted(queues, key=lambda q: -q.priority)
-    by_queue: dict[str, list[JobView]] = {}
-    for job in jobs:
-        by_queue.setdefault(job.queue, []).append(job)
-    plan = Plan()
-    for q in qs:
-        waiting = by_queue.pop(q.name, [])
-        if not waiting:
-            continue
-        if not q.enabled:
-            for job in waiting:
-                plan.reasons[job.id] = f"QueueDisabled: queue {q.name} is disabled"
-            continue
-        order = [free[name] for name in dict.fromkeys(q.hosts) if name in free]
-        failed: dict[tuple[object, ...], str] = {}
-        for job in waiting:
-            key = job.shape()
-            if key in failed:
-                plan.reasons[job.id] = failed[key]
-                continue
-            if job.whole_hosts:
-                gang = _pick_gang(job, order)
-                if gang is not None:
-                    plan.starts.append((job.id, tuple(f.take(job) for f in gang)))
-                    continue
-            else:
-                one = _pick_single(job, order)
-                if one is not None:
-                    plan.starts.append((job.id, (one.take(job),)))
-                    continue
-            failed[key] = plan.reasons[job.id] = _waiting_reason(job, order)
-    for orphans in by_queue.values():
-        for job in orphans:
-            plan.reasons[job.id] = f"QueueUnknown: queue {job.queue} is not in the inventory"
-    return plan
+    p = _Pass(hosts, queues, compute_envs, running, now, backfill, fairshare_horizon_s, gpu_weight)
+    return p.run(jobs, usage or {}, shares or {})
