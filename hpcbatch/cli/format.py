@@ -6,6 +6,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from hpcbatch.core.arrays import format_indices
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
@@ -55,10 +57,32 @@ def memory(mb: int | None) -> str:
     return f"{mb}M"
 
 
+def collapse_arrays(jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fold waiting children of one array with one reason into one row, as squeue does."""
+    out: list[dict[str, Any]] = []
+    for j in jobs:
+        prev = out[-1] if out else None
+        if (
+            prev is not None
+            and j.get("array_parent") is not None
+            and j["state"] in ("PENDING", "RUNNABLE")
+            and prev.get("array_parent") == j["array_parent"]
+            and prev["state"] == j["state"]
+            and prev.get("reason") == j.get("reason")
+        ):
+            prev.setdefault("_indices", [prev["array_index"]]).append(j["array_index"])
+            continue
+        out.append(dict(j))
+    for row in out:
+        if "_indices" in row:
+            row["display_id"] = f"{row['array_parent']}_[{format_indices(row.pop('_indices'))}]"
+    return out
+
+
 def jobs_table(jobs: Sequence[dict[str, Any]]) -> str:
     now = time.time()
     rows = []
-    for j in jobs:
+    for j in collapse_arrays(jobs):
         where = ",".join(j.get("hosts") or [])
         state = j["state"]
         detail = where if state in ("STARTING", "RUNNING") else (j.get("reason") or "")
@@ -66,7 +90,7 @@ def jobs_table(jobs: Sequence[dict[str, Any]]) -> str:
             detail = j.get("reason") or ""
         rows.append(
             [
-                j["id"],
+                j.get("display_id") or j["id"],
                 j["name"][:24],
                 j["user"],
                 j["queue"],

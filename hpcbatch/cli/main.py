@@ -179,15 +179,27 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    query: dict[str, Any] = {"job_ids": args.jobs, "reason": args.reason}
+    for key in ("user", "queue", "name"):
+        if getattr(args, key):
+            query[key] = getattr(args, key)
+    if args.me:
+        import pwd
+
+        query["user"] = pwd.getpwuid(os.getuid()).pw_name
+    if args.states:
+        query["states"] = [s.strip().upper() for s in args.states.split(",") if s.strip()]
+    if not args.jobs and len(query) == 2:
+        raise CliError("cancel: name jobs (N, ARRAY_INDEX) or filters (-u, -p, -n, -t, --me)")
     with _client(args) as client:
-        results = client.call("cancel", job_ids=args.jobs, reason=args.reason)
+        results = client.call("cancel", **query)
     if args.json:
         _print_json(results)
     failed = 0
     for r in results:
         if not args.json:
-            print(f"job {r['job_id']}: {r['result']}")
-        if r["result"] in ("not found",) or r["result"].startswith("forbidden"):
+            print(f"job {r.get('display_id') or r['job_id']}: {r['result']}")
+        if r["result"] in ("not found",) or r["result"].startswith(("forbidden", "not a job")):
             failed += 1
     return 1 if failed else 0
 
@@ -348,8 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("job", type=int)
     sp.add_argument("--json", action="store_true")
 
-    sp = add("cancel", cmd_cancel, "cancel or terminate jobs")
-    sp.add_argument("jobs", type=int, nargs="+")
+    sp = add("cancel", cmd_cancel, "cancel or terminate jobs (scancel-like)")
+    sp.add_argument("jobs", nargs="*", help="job ids; ARRAY_INDEX for one child; an array's id")
+    sp.add_argument("-u", "--user")
+    sp.add_argument("--me", action="store_true", help="only my jobs")
+    sp.add_argument("-p", "--queue")
+    sp.add_argument("-n", "--name")
+    sp.add_argument("-t", "--states", help="comma-separated states, e.g. RUNNABLE,PENDING")
     sp.add_argument("--reason")
     sp.add_argument("--json", action="store_true")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcbatch import __version__
+from hpcbatch.controller.cancel import cancel_jobs
 from hpcbatch.controller.jobs import ApiError, Caller
 from hpcbatch.core.records import JobRecord
 from hpcbatch.core.states import AdminState, JobState
@@ -200,8 +201,22 @@ class ApiServer:
         request = args.get("request")
         if isinstance(request, dict) and request.get("definition") is not None:
             request = await self.c.definitions.expand(request)
-        job_id = await self.c.jobs.submit(request, caller)
-        return {"job_id": job_id}
+        on_behalf = args.get("as_user")
+        if on_behalf is not None:
+            caller = self._on_behalf(str(on_behalf), caller)
+        return await self.c.submitter.submit(request, caller)
+
+    @staticmethod
+    def _on_behalf(user: str, caller: Caller) -> Caller:
+        """An administrator submitting for a user (as root's `sbatch --uid`): accounting,
+        fair share and ownership are that user's; the job still runs as the host login."""
+        if not caller.admin:
+            raise ApiError("forbidden", "only an administrator may submit for another user")
+        try:
+            uid = pwd.getpwnam(user).pw_uid
+        except KeyError:
+            uid = 65534  # no such account here: owned by nobody, so only admins may cancel
+        return Caller(uid=uid, user=user)
 
     async def op_register(self, args: dict[str, Any], caller: Caller) -> Any:
         return await self.c.definitions.register(args.get("definition"), caller)
@@ -230,8 +245,11 @@ class ApiServer:
         await self.c.set_queue_state(str(name), state == "ENABLED", args.get("reason"))
         return next(q for q in await self.op_queues({}, caller) if q["name"] == name)
 
+    def _live(self, job_id: int) -> JobRecord | None:
+        return self.c.jobs.active.get(job_id) or self.c.jobs.array_parents.get(job_id)
+
     async def _job(self, job_id: int) -> JobRecord:
-        job = self.c.jobs.active.get(job_id)
+        job = self._live(job_id)
         stored = await self.c.store.get_job(job_id)
         if stored is None:
             raise ApiError("not_found", f"job {job_id} not found")
@@ -245,9 +263,11 @@ class ApiServer:
             if s not in JobState.__members__:
                 raise ApiError("bad_request", f"unknown state {s!r}")
         ids = [int(i) for i in args.get("ids") or []]
-        if not states and not ids and not args.get("all"):
-            states = [s for s in JobState if not s.is_final]
-            out = [j.summary() for j in self.c.jobs.active.values()]
+        parents = [int(args["array_parent"])] if args.get("array_parent") is not None else []
+        if not states and not ids and not parents and not args.get("all"):
+            live = [*self.c.jobs.array_parents.values(), *self.c.jobs.active.values()]
+            live.sort(key=lambda j: j.id)
+            out = [j.summary() for j in live]
             return [
                 s
                 for s in out
@@ -261,13 +281,10 @@ class ApiServer:
             queue=args.get("queue"),
             name=args.get("name"),
             ids=ids,
+            array_parents=parents,
             limit=int(args.get("limit") or 10_000),
         )
-        out = []
-        for rec in records:
-            live = self.c.jobs.active.get(rec.id)
-            out.append((live or rec).summary())
-        return out
+        return [(self._live(rec.id) or rec).summary() for rec in records]
 
     async def op_show(self, args: dict[str, Any], caller: Caller) -> Any:
         job = await self._job(_int(args, "job_id"))
@@ -282,7 +299,7 @@ class ApiServer:
         }
 
     async def op_cancel(self, args: dict[str, Any], caller: Caller) -> Any:
-        return await self.c.jobs.cancel(_ids(args), caller, args.get("reason"))
+        return await cancel_jobs(self.c, args, caller)
 
     async def op_logs(self, args: dict[str, Any], caller: Caller) -> Any:
         job = await self._job(_int(args, "job_id"))
@@ -374,7 +391,7 @@ class ApiServer:
         ids = _ids(args)
         timeout = args.get("timeout_s")
         for job_id in ids:
-            if job_id not in self.c.jobs.active and await self.c.store.get_job(job_id) is None:
+            if self._live(job_id) is None and await self.c.store.get_job(job_id) is None:
                 raise ApiError("not_found", f"job {job_id} not found")
         await self.c.jobs.wait_final(ids, float(timeout) if timeout else None)
         return [(await self._job(job_id)).summary() for job_id in ids]

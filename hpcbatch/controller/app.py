@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from hpcbatch.controller.api import ApiServer
+from hpcbatch.controller.arrays import ArrayTracker
 from hpcbatch.controller.cluster import Cluster
 from hpcbatch.controller.definitions import DefinitionService
+from hpcbatch.controller.deps import DependencyTracker
 from hpcbatch.controller.events import EventBus
 from hpcbatch.controller.hosts import HostService
 from hpcbatch.controller.jobs import JobService
 from hpcbatch.controller.scheduling import SchedulerLoop
 from hpcbatch.controller.settings import ControllerSettings
+from hpcbatch.controller.submission import Submitter
 from hpcbatch.inventory import ResolvedInventory, load_inventory
 from hpcbatch.store.db import Store
 from hpcbatch.transport.link import HostLink, LinkSettings, SshTarget
@@ -81,6 +84,16 @@ class Controller:
         self.jobs = JobService(store, self.cluster, self.bus, self.links, settings, self._wake)
         self.hosts = HostService(store, self.cluster, self.bus, self.jobs)
         self.definitions = DefinitionService(store)
+        self.arrays = ArrayTracker(
+            store,
+            self.jobs.publish,
+            self.jobs.array_parents,
+            self.jobs.resolve_waiters,
+            self.jobs.spawn,
+        )
+        self.deps = DependencyTracker(self.jobs, self.arrays)
+        self.jobs.observers.append(self.arrays.child_changed)
+        self.submitter = Submitter(self.jobs, self.arrays, self.deps)
         self.scheduler = SchedulerLoop(self.jobs)
         self.api = ApiServer(self, settings.socket)
         self.started_at = time.time()
@@ -101,6 +114,8 @@ class Controller:
 
     async def start(self) -> None:
         await self.jobs.load()
+        await self.submitter.load()
+        await self.scheduler.ledger.load(self.store, time.time())
         await self.hosts.load()
         for name, (state, _reason) in (await self.store.queue_admin_states()).items():
             if name in self.cluster.queue_enabled:

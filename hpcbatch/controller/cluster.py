@@ -13,7 +13,7 @@ from typing import Any
 
 from hpcbatch.core.facts import HostFacts
 from hpcbatch.core.records import AttemptRecord, AttemptState
-from hpcbatch.core.scheduler import HostView, QueueView
+from hpcbatch.core.scheduler import HostView
 from hpcbatch.core.states import AdminState, HostState
 from hpcbatch.inventory import ResolvedHost, ResolvedInventory
 
@@ -149,17 +149,6 @@ class Cluster:
             if host in self.inventory.compute_environments[ce_name].hosts:
                 return ce_name
         return q.compute_environments[0]
-
-    def queue_views(self) -> list[QueueView]:
-        return [
-            QueueView(
-                name=name,
-                priority=q.priority,
-                hosts=self.queue_hosts(name),
-                enabled=self.queue_enabled.get(name, True),
-            )
-            for name, q in self.inventory.queues.items()
-        ]
 
     def host_views(self) -> list[HostView]:
         return [h.view() for h in self.hosts.values()]

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from hpcbatch.controller.cluster import Cluster
 from hpcbatch.controller.events import EventBus
 from hpcbatch.controller.settings import ControllerSettings
+from hpcbatch.controller.snapshot import job_view
 from hpcbatch.core.directives import expand_output_pattern
 from hpcbatch.core.jobenv import NodeContext, job_environment
 from hpcbatch.core.records import AttemptRecord, AttemptState, JobRecord, parse_attempt_id
@@ -36,8 +37,6 @@ from hpcbatch.transport.link import AgentError, HostLink, HostUnavailable
 log = logging.getLogger(__name__)
 
 NOT_YET = {
-    "array": "array jobs (--array)",
-    "dependency": "dependencies (--dependency)",
     "image": "container images (--image)",
     "main_node": "multi-node jobs (--main-node)",
     "launch_mode": "multi-node jobs (--launch-mode)",
@@ -70,20 +69,6 @@ def format_validation_error(exc: ValidationError, what: str = "job") -> str:
         loc = ".".join(str(p) for p in err["loc"]) or what
         parts.append(f"{loc}: {err['msg']}")
     return f"invalid {what}: " + "; ".join(parts)
-
-
-def job_view(job: JobRecord) -> JobView:
-    req = job.request
-    return JobView(
-        id=job.id,
-        queue=job.queue,
-        cpus=req.get("cpus", 1),
-        memory_mb=req.get("memory_mb") or 0,
-        gpus=req.get("gpus", 0),
-        nodes=req.get("nodes", 1),
-        exclusive=bool(req.get("exclusive", False)),
-        fabric=req.get("fabric"),
-    )
 
 
 def exit_reason(ev: dict[str, Any], time_limit_s: int | None) -> tuple[JobState, str]:
@@ -132,6 +117,12 @@ class JobService:
         self._tasks: set[asyncio.Task[Any]] = set()
         # A job's request never changes: its scheduler view is built once, not every pass.
         self._views: dict[int, JobView] = {}
+        # Array parents by id (owned by the ArrayTracker): live, but never run.
+        self.array_parents: dict[int, JobRecord] = {}
+        # Called with each job whose state changed (arrays, dependencies follow this).
+        self.observers: list[Callable[[JobRecord], None]] = []
+        # Jobs loaded from the store that are not this service's to run (array parents).
+        self.set_aside: Callable[[JobRecord], bool] = lambda job: False
 
     def view(self, job: JobRecord) -> JobView:
         view = self._views.get(job.id)
@@ -152,6 +143,12 @@ class JobService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def publish(self, job: JobRecord) -> None:
+        self.publish_summary(job)
+        for observe in self.observers:
+            observe(job)
+
+    def publish_summary(self, job: JobRecord) -> None:
+        """Tell watchers (dashboard, `wait`) about a job, without telling the observers."""
         self.bus.publish({"event": "job", "job": job.summary()})
 
     def current_attempts(self, job: JobRecord) -> list[AttemptRecord]:
@@ -160,6 +157,8 @@ class JobService:
     async def load(self) -> None:
         """Rebuild the in-memory state from the store after a (re)start."""
         for job in await self.store.load_active():
+            if self.set_aside(job):
+                continue
             exclusive = job.request.get("nodes", 1) > 1 or bool(job.request.get("exclusive"))
             job.attempts = [replace(a, exclusive=exclusive) for a in job.attempts]
             self.active[job.id] = job
@@ -169,17 +168,20 @@ class JobService:
         self.cluster.release(self.current_attempts(job))
         self.active.pop(job.id, None)
         self._views.pop(job.id, None)
-        for fut in self._waiters.pop(job.id, []):
-            if not fut.done():
-                fut.set_result(None)
+        self.resolve_waiters(job.id)
         self.publish(job)
         self.wake_scheduler()
+
+    def resolve_waiters(self, job_id: int) -> None:
+        for fut in self._waiters.pop(job_id, []):
+            if not fut.done():
+                fut.set_result(None)
 
     async def wait_final(self, job_ids: Iterable[int], timeout: float | None) -> None:
         futures = []
         loop = asyncio.get_running_loop()
         for job_id in job_ids:
-            if job_id in self.active:
+            if job_id in self.active or job_id in self.array_parents:
                 fut: asyncio.Future[None] = loop.create_future()
                 self._waiters.setdefault(job_id, []).append(fut)
                 futures.append(fut)
@@ -284,6 +286,11 @@ class JobService:
             host_has_gpus=bool(host.gpus),
             submit_dir=req.get("submit_dir"),
             time_limit_s=req.get("time_limit_s"),
+            array_job_id=job.array_parent,
+            array_index=job.array_index,
+            array_count=req.get("array_count"),
+            array_min=req.get("array_min"),
+            array_max=req.get("array_max"),
         )
         return job_environment(ctx, dict(req.get("env") or {}))
 
@@ -293,8 +300,8 @@ class JobService:
         return expand_output_pattern(
             pattern,
             job_id=job.id,
-            array_job_id=None,
-            array_index=None,
+            array_job_id=job.array_parent,
+            array_index=job.array_index,
             job_name=job.name,
             node_name=a.host,
             user=job.user,

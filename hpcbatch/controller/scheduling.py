@@ -11,6 +11,7 @@ import logging
 import time
 
 from hpcbatch.controller.jobs import JobService
+from hpcbatch.controller.snapshot import Snapshot, UsageLedger
 from hpcbatch.core.records import AttemptRecord, AttemptState
 from hpcbatch.core.scheduler import schedule
 from hpcbatch.core.states import JobState
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 class SchedulerLoop:
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs
+        self.ledger = UsageLedger()
+        jobs.observers.append(self.ledger.job_finished)
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -70,8 +73,12 @@ class SchedulerLoop:
         if not runnable:
             return 0
         cluster = jobs.cluster
+        snap = Snapshot.build(cluster, jobs.active, self.ledger, time.time())
         plan = schedule(
-            cluster.host_views(), cluster.queue_views(), [jobs.view(j) for j in runnable]
+            cluster.host_views(),
+            snap.queues,
+            [jobs.view(j) for j in runnable],
+            **snap.kwargs(),
         )
         for job_id, reason in plan.reasons.items():
             job = jobs.active.get(job_id)

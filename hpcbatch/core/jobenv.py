@@ -36,6 +36,10 @@ class NodeContext:
     time_limit_s: int | None = None
     array_job_id: int | None = None
     array_index: int | None = None
+    # The whole array: how many children, the lowest and highest index.
+    array_count: int | None = None
+    array_min: int | None = None
+    array_max: int | None = None
 
 
 def job_environment(ctx: NodeContext, user_env: dict[str, str]) -> dict[str, str]:
@@ -93,6 +97,14 @@ def job_environment(ctx: NodeContext, user_env: dict[str, str]) -> dict[str, str
         ours["AWS_BATCH_JOB_ARRAY_INDEX"] = str(ctx.array_index)
         ours["SLURM_ARRAY_JOB_ID"] = str(ctx.array_job_id)
         ours["SLURM_ARRAY_TASK_ID"] = str(ctx.array_index)
+        for suffix, value in (
+            ("COUNT", ctx.array_count),
+            ("MIN", ctx.array_min),
+            ("MAX", ctx.array_max),
+        ):
+            if value is not None:
+                ours[f"SLURM_ARRAY_TASK_{suffix}"] = str(value)
+                ours[f"HPCBATCH_ARRAY_{suffix}"] = str(value)
     if ctx.host_has_gpus or ctx.gpus_on_node:
         # An empty list hides every GPU: a job that asked for none must not touch another's.
         visible = ",".join(str(g) for g in ctx.gpus_on_node)

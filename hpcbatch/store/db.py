@@ -8,6 +8,7 @@ a history the controller can resume from.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import uuid
@@ -58,6 +59,7 @@ class Store:
         self._conn = conn
         self.path = path
         self.cluster_id = ""
+        self._write_lock = asyncio.Lock()
         self.definitions = Definitions(self)
         # Array parents' requests, which never change once inserted: children share them.
         self._parent_requests: dict[int, dict[str, Any]] = {}
@@ -118,20 +120,27 @@ class Store:
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction; rolled back on any error, which is re-raised as StoreError."""
-        try:
-            await self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot start a write: {exc}") from exc
-        try:
-            yield self._conn
-            await self._conn.execute("COMMIT")
-        except BaseException as exc:
-            with suppress(sqlite3.Error):
-                await self._conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"{self.path}: write failed, nothing was changed: {exc}") from exc
-            raise
+        """One write transaction; rolled back on any error, which is re-raised as StoreError.
+
+        Transactions are serialised here: callers in different tasks share one
+        connection, and SQLite has one transaction per connection.
+        """
+        async with self._write_lock:
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot start a write: {exc}") from exc
+            try:
+                yield self._conn
+                await self._conn.execute("COMMIT")
+            except BaseException as exc:
+                with suppress(sqlite3.Error):
+                    await self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(
+                        f"{self.path}: write failed, nothing was changed: {exc}"
+                    ) from exc
+                raise
 
     # ------------------------------------------------------------------ jobs
 
