@@ -107,7 +107,8 @@ def cmd_submit(argv: list[str], socket_path: str | None) -> int:
         if sub.parsable:
             print(job_id)
         elif not sub.json:
-            print(f"Submitted job {job_id}")
+            size = result.get("array_size")
+            print(f"Submitted job {job_id}" + (f" (array of {size})" if size else ""))
         if sub.wait:
             (final,) = client.call("wait", job_ids=[job_id])
             if sub.json:
@@ -150,6 +151,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         query["states"] = [s.strip().upper() for s in args.states.split(",") if s.strip()]
     if args.jobs:
         query["ids"] = [int(x) for x in args.jobs.split(",")]
+    if args.array is not None:
+        query["array_parent"] = args.array
     for key in ("user", "queue", "name"):
         if getattr(args, key):
             query[key] = getattr(args, key)
@@ -353,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-p", "--queue")
     sp.add_argument("-n", "--name")
     sp.add_argument("-j", "--jobs", help="comma-separated job ids")
+    sp.add_argument("--array", type=int, metavar="JOBID", help="the children of this array job")
     sp.add_argument("-a", "--all", action="store_true", help="include finished jobs")
     sp.add_argument("--json", action="store_true")
 

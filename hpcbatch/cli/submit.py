@@ -128,6 +128,21 @@ def _definition_submission(
     return request
 
 
+def _check_array_and_dependency(request: dict[str, Any], origin: str) -> None:
+    """Refuse a bad `--array`/`--dependency` here, before anything is sent."""
+    from hpcbatch.core.arrays import ArrayError, parse_array
+    from hpcbatch.core.dependencies import DependencyError, parse_dependencies
+
+    try:
+        if request.get("array"):
+            parse_array(str(request["array"]))
+        if request.get("dependency"):
+            parse_dependencies(str(request["dependency"]))
+    except (ArrayError, DependencyError) as exc:
+        flag = "--array" if isinstance(exc, ArrayError) else "--dependency"
+        raise DirectiveError(origin, None, f"{flag}: {exc}") from None
+
+
 def _read_script(path: str, stdin: IO[str] | None) -> str:
     if path == "-":
         if stdin is None:
@@ -153,10 +168,12 @@ def build_submission(
     if "definition" in own:
         if "wrap" in own or run_mode:
             raise DirectiveError("command line", None, "--definition takes no --wrap or script")
+        request = _definition_submission(
+            own, merge(parse_args([], origin="command line"), cli), rest
+        )
+        _check_array_and_dependency(request, "command line")
         return Submission(
-            request=_definition_submission(
-                own, merge(parse_args([], origin="command line"), cli), rest
-            ),
+            request=request,
             warnings=cli.warnings,
             wait=bool(own.get("wait")),
             json=bool(own.get("json")),
@@ -202,6 +219,7 @@ def build_submission(
     request: dict[str, Any] = {
         k: v for k, v in values.items() if k in JOB_REQUEST_KEYS or k in PASSED_EXTRAS
     }
+    _check_array_and_dependency(request, script_path or "command line")
     request.setdefault("name", default_name)
     request["script"] = text
     request["args"] = args
