@@ -8,9 +8,9 @@ parameters, timeout and retries; `request_from_definition` merges the two into
 the same plain request a job script produces, so the rest of the controller
 never knows the difference.
 
-Parameters follow AWS Batch: a command argument `Ref::name` is replaced by the
-parameter's value (the submission's, else the definition's default); an
-argument naming an unknown parameter is left as written.
+Parameters follow AWS Batch: `Ref::name` in a command argument is replaced by
+the parameter's value (the submission's, else the definition's default); a
+reference to an unknown parameter is left as written (see `core.params`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from hpcbatch.core.params import substitute
 from hpcbatch.models import Name, RetryStrategy, StrictModel, check_environment
 
-REF_PREFIX = "Ref::"
 DEFINITION_REF_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]{0,63})(?::(?P<rev>\d+))?$")
 
 
@@ -97,17 +97,6 @@ def parse_definition_ref(text: str) -> tuple[str, int | None]:
     return m.group("name"), int(rev) if rev is not None else None
 
 
-def substitute_parameters(argv: list[str], params: dict[str, str]) -> list[str]:
-    """Replace each `Ref::name` argument by its parameter; unknown references stay as written."""
-    out: list[str] = []
-    for arg in argv:
-        if arg.startswith(REF_PREFIX) and arg[len(REF_PREFIX) :] in params:
-            out.append(params[arg[len(REF_PREFIX) :]])
-        else:
-            out.append(arg)
-    return out
-
-
 def command_script(argv: list[str]) -> str:
     """A POSIX shell script that runs `argv` exactly (each argument quoted)."""
     return "#!/bin/sh\nexec " + shlex.join(argv) + "\n"
@@ -117,10 +106,9 @@ def request_from_definition(
     defn: JobDefinition, revision: int, over: DefinitionOverrides
 ) -> dict[str, Any]:
     """The plain job request (the fields of `models.JobRequest`) for this submission."""
-    params = {**defn.parameters, **over.parameters}
     argv = over.command if over.command is not None else defn.command
     if argv is not None:
-        script = command_script(substitute_parameters(argv, params))
+        script = command_script(substitute(argv, defn.parameters, over.parameters))
     else:
         assert defn.script is not None
         script = defn.script

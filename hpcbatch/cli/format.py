@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from hpcbatch.core.arrays import format_indices
+from hpcbatch.core.arrays import format_spec
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -75,7 +75,7 @@ def collapse_arrays(jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(dict(j))
     for row in out:
         if "_indices" in row:
-            row["display_id"] = f"{row['array_parent']}_[{format_indices(row.pop('_indices'))}]"
+            row["display_id"] = f"{row['array_parent']}_[{format_spec(row.pop('_indices'))}]"
     return out
 
 

@@ -130,16 +130,16 @@ def _definition_submission(
 
 def _check_array_and_dependency(request: dict[str, Any], origin: str) -> None:
     """Refuse a bad `--array`/`--dependency` here, before anything is sent."""
-    from hpcbatch.core.arrays import ArrayError, parse_array
-    from hpcbatch.core.dependencies import DependencyError, parse_dependencies
+    from hpcbatch.core.arrays import ArraySpecError, parse_spec
+    from hpcbatch.core.dependencies import DependencyError, parse
 
     try:
         if request.get("array"):
-            parse_array(str(request["array"]))
+            parse_spec(str(request["array"]))
         if request.get("dependency"):
-            parse_dependencies(str(request["dependency"]))
-    except (ArrayError, DependencyError) as exc:
-        flag = "--array" if isinstance(exc, ArrayError) else "--dependency"
+            parse(str(request["dependency"]))
+    except (ArraySpecError, DependencyError) as exc:
+        flag = "--array" if isinstance(exc, ArraySpecError) else "--dependency"
         raise DirectiveError(origin, None, f"{flag}: {exc}") from None
 
 
@@ -168,12 +168,12 @@ def build_submission(
     if "definition" in own:
         if "wrap" in own or run_mode:
             raise DirectiveError("command line", None, "--definition takes no --wrap or script")
-        request = _definition_submission(
+        from_definition = _definition_submission(
             own, merge(parse_args([], origin="command line"), cli), rest
         )
-        _check_array_and_dependency(request, "command line")
+        _check_array_and_dependency(from_definition, "command line")
         return Submission(
-            request=request,
+            request=from_definition,
             warnings=cli.warnings,
             wait=bool(own.get("wait")),
             json=bool(own.get("json")),

@@ -13,29 +13,10 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from hpcbatch.core.arrays import parent_state
 from hpcbatch.core.records import JobRecord
 from hpcbatch.core.states import JobState
 from hpcbatch.store.db import Store
-
-# The order in which a parent's summary is decided: the first state any child is
-# in, among those live, wins (RUNNING over STARTING over RUNNABLE over PENDING).
-_LIVE_ORDER = (JobState.RUNNING, JobState.STARTING, JobState.RUNNABLE, JobState.PENDING)
-
-
-def summary_state(counts: Counter[JobState], size: int) -> JobState:
-    """The parent's state for these child counts (AWS Batch's rules).
-
-    While any child is live the parent shows the most advanced live state
-    (RUNNING if one runs, and so on); once every child is final the parent is
-    SUCCEEDED if all succeeded, else FAILED.
-    """
-    final = counts[JobState.SUCCEEDED] + counts[JobState.FAILED]
-    if final >= size:
-        return JobState.FAILED if counts[JobState.FAILED] else JobState.SUCCEEDED
-    for state in _LIVE_ORDER:
-        if counts[state]:
-            return state
-    return JobState.PENDING
 
 
 def describe_counts(counts: Counter[JobState]) -> str:
@@ -118,7 +99,7 @@ class ArrayTracker:
             if parent is None or parent.array_size is None:
                 continue
             counts = self.counts[parent_id]
-            state = summary_state(counts, parent.array_size)
+            state = parent_state(counts)
             reason = describe_counts(counts)
             if state == parent.state and reason == parent.reason:
                 continue

@@ -15,8 +15,18 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from hpcbatch.controller.jobs import ApiError, JobService
-from hpcbatch.core.arrays import ArraySpec, parse_array
-from hpcbatch.core.dependencies import Dependency, Verdict, evaluate, parse_dependencies
+from hpcbatch.core.arrays import ArraySpec, parse_spec
+from hpcbatch.core.dependencies import (
+    Dependency,
+    DependencyError,
+    DepType,
+    JobRef,
+    Outcome,
+    Verdict,
+    evaluate,
+    parse,
+    validate,
+)
 from hpcbatch.core.records import JobRecord
 from hpcbatch.core.states import JobState
 
@@ -43,40 +53,38 @@ class DependencyTracker:
 
     # ------------------------------------------------------------------ submit
 
-    async def check_targets(
-        self, deps: Sequence[Dependency], name: str, user: str, spec: ArraySpec | None
-    ) -> None:
-        """Refuse unknown jobs and array-only kinds on plain jobs, at submit."""
+    async def check_targets(self, deps: Sequence[Dependency], spec: ArraySpec | None) -> None:
+        """Refuse unknown jobs and impossible array pairings, at submit.
+
+        A new job can name only jobs that already exist, so it cannot close a cycle.
+        """
+        known: dict[JobRef, bool] = {}
+        arrays: dict[int, list[int] | None] = {}
         for dep in deps:
-            if dep.kind in ("sequential", "n_to_n") and spec is None:
-                raise ApiError("bad_request", f"--dependency {dep}: only for array jobs")
-            if dep.job_id is None:
+            ref = dep.target
+            if ref is None:
                 continue
-            target = dep.job_id
-            if dep.index is not None:
-                child = await self._child(dep.job_id, dep.index)
-                if child is None:
-                    raise ApiError("bad_request", f"--dependency {dep}: no such array child")
-                target = child
-            if await self._state(target, None) is None:
-                raise ApiError("bad_request", f"--dependency {dep}: job {dep.job_id} not found")
-            if dep.kind == "n_to_n":
-                parent = self.arrays.parents.get(dep.job_id) or await self.jobs.store.get_job(
-                    dep.job_id
-                )
-                if parent is None or parent.array_size is None:
-                    raise ApiError(
-                        "bad_request", f"--dependency {dep}: job {dep.job_id} is not an array"
-                    )
-        # A new job can name only jobs that already exist, so it cannot close a cycle.
+            known[ref] = await self._ref_state(ref) is not None
+            if dep.type == DepType.N_TO_N:
+                children = await self._children_of(ref.job)
+                arrays[ref.job] = sorted(children) if children else None
+        try:
+            validate(
+                deps,
+                exists=lambda r: known.get(r, False),
+                array_indices=lambda job: arrays.get(job),
+                own_indices=None if spec is None else spec.indices,
+            )
+        except DependencyError as exc:
+            raise ApiError("bad_request", str(exc)) from None
 
     def watch(self, job: JobRecord) -> None:
-        deps = parse_dependencies(str(job.request.get("dependency") or ""))
+        deps = list(parse(str(job.request.get("dependency") or "")))
         self.waiting[job.id] = deps
         for dep in deps:
             for target in self._targets(job, dep):
                 self.by_target.setdefault(target, set()).add(job.id)
-            if dep.kind == "singleton":
+            if dep.type == DepType.SINGLETON:
                 self.by_name.setdefault((job.user, job.name), set()).add(job.id)
         self._dirty.add(job.id)
 
@@ -114,12 +122,12 @@ class DependencyTracker:
                 self._unwatch(job_id, job)
                 continue
             verdict = await self._verdict(job, deps)
-            if verdict.kind == "satisfied":
+            if verdict.outcome == Outcome.SATISFIED:
                 release.append(job_id)
-            elif verdict.kind == "never":
-                fail.setdefault(verdict.reason, []).append(job_id)
+            elif verdict.outcome == Outcome.NEVER:
+                fail.setdefault(f"DependencyNeverSatisfied: {verdict.reason}", []).append(job_id)
             else:
-                reasons[job_id] = verdict.reason
+                reasons[job_id] = verdict.reason or "Dependency: waiting"
         for job_id, reason in reasons.items():
             job = self.jobs.active[job_id]
             if job.reason != reason:
@@ -169,14 +177,17 @@ class DependencyTracker:
     # ------------------------------------------------------------------ evaluation
 
     def _targets(self, job: JobRecord, dep: Dependency) -> list[tuple[object, ...]]:
-        if dep.kind == "sequential":
+        if dep.type == DepType.SEQUENTIAL:
             prev = self._previous_index(job)
             return [] if prev is None else [("child", job.array_parent, prev)]
-        if dep.kind == "n_to_n":
-            return [("child", dep.job_id, job.array_index)]
-        if dep.index is not None:
-            return [("child", dep.job_id, dep.index)]
-        return [] if dep.job_id is None else [("job", dep.job_id)]
+        ref = dep.target
+        if ref is None:
+            return []
+        if dep.type == DepType.N_TO_N:
+            return [("child", ref.job, job.array_index)]
+        if ref.index is not None:
+            return [("child", ref.job, ref.index)]
+        return [("job", ref.job)]
 
     def _previous_index(self, job: JobRecord) -> int | None:
         """The index before this child's in its array (SEQUENTIAL runs in index order)."""
@@ -184,56 +195,63 @@ class DependencyTracker:
             return None
         indices = self._indices.get(job.array_parent)
         if indices is None:
-            spec = parse_array(str(job.request.get("array") or ""))
+            spec = parse_spec(str(job.request.get("array") or ""))
             indices = self._indices[job.array_parent] = list(spec.indices)
         at = bisect.bisect_left(indices, job.array_index)
         return indices[at - 1] if at > 0 else None
 
     async def _verdict(self, job: JobRecord, deps: Sequence[Dependency]) -> Verdict:
-        states: dict[str, JobState | None] = {}
+        own = JobRef(job.array_parent, job.array_index) if job.array_parent is not None else None
+        previous = self._previous_index(job)
+        refs: set[JobRef] = set()
         for dep in deps:
-            key = str(dep)
-            if dep.kind == "singleton":
-                states[key] = self._singleton_state(job)
-            elif dep.kind == "sequential":
-                prev = self._previous_index(job)
-                if prev is None:  # the first child waits for nothing
-                    states[key] = JobState.SUCCEEDED
-                else:
-                    assert job.array_parent is not None
-                    child = await self._child(job.array_parent, prev)
-                    states[key] = None if child is None else await self._state(child, None)
-            elif dep.kind == "n_to_n" and dep.job_id is not None:
-                child = await self._child(dep.job_id, job.array_index)
-                states[key] = None if child is None else await self._state(child, None)
-            elif dep.job_id is not None and dep.index is not None:
-                child = await self._child(dep.job_id, dep.index)
-                states[key] = None if child is None else await self._state(child, None)
-            elif dep.job_id is not None:
-                states[key] = await self._state(dep.job_id, None)
-        return evaluate(deps, states)
+            if dep.type == DepType.SEQUENTIAL and own is not None and previous is not None:
+                refs.add(JobRef(own.job, previous))
+            elif dep.type == DepType.N_TO_N and dep.target is not None and own is not None:
+                refs.add(JobRef(dep.target.job, own.index))
+            elif dep.target is not None:
+                refs.add(dep.target)
+        states = {ref: await self._ref_state(ref) for ref in refs}
+        blockers = (
+            self._singleton_blockers(job) if any(d.type == DepType.SINGLETON for d in deps) else []
+        )
+        return evaluate(
+            deps,
+            states.get,
+            own=own,
+            previous_index=previous,
+            singleton_blockers=blockers,
+        )
 
-    def _singleton_state(self, job: JobRecord) -> JobState:
-        """RUNNING while another job of the same name and user runs, or an older one waits.
+    def _singleton_blockers(self, job: JobRecord) -> list[int]:
+        """Other jobs of this name and user that run, or wait ahead of this one (Slurm)."""
+        return [
+            other.id
+            for other in self.jobs.active.values()
+            if other.id != job.id
+            and other.user == job.user
+            and other.name == job.name
+            and (other.state.is_active or other.id < job.id)
+        ]
 
-        That is Slurm's singleton: one such job at a time, in submission order.
-        """
-        for other in self.jobs.active.values():
-            if other.id == job.id or other.user != job.user or other.name != job.name:
-                continue
-            if other.state.is_active or other.id < job.id:
-                return JobState.RUNNING
-        return JobState.SUCCEEDED
+    async def _ref_state(self, ref: JobRef) -> JobState | None:
+        if ref.index is None:
+            return await self._state(ref.job, None)
+        child = await self._child(ref.job, ref.index)
+        return None if child is None else await self._state(child, None)
 
-    async def _child(self, parent_id: int, index: int | None) -> int | None:
-        if index is None:
-            return None
+    async def _children_of(self, parent_id: int) -> dict[int, int]:
         children = self._children.get(parent_id)
         if children is None:
             rows = await self.jobs.store.list_jobs(array_parents=[parent_id], limit=1_000_000)
             children = {j.array_index: j.id for j in rows if j.array_index is not None}
             self._children[parent_id] = children
-        return children.get(index)
+        return children
+
+    async def _child(self, parent_id: int, index: int | None) -> int | None:
+        if index is None:
+            return None
+        return (await self._children_of(parent_id)).get(index)
 
     async def _state(self, job_id: int, default: JobState | None) -> JobState | None:
         live = self.jobs.active.get(job_id) or self.arrays.parents.get(job_id)

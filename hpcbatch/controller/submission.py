@@ -15,8 +15,8 @@ from typing import Any
 from hpcbatch.controller.arrays import ArrayTracker
 from hpcbatch.controller.deps import DependencyTracker
 from hpcbatch.controller.jobs import ApiError, Caller, JobService
-from hpcbatch.core.arrays import ArrayError, parse_array
-from hpcbatch.core.dependencies import DependencyError, parse_dependencies
+from hpcbatch.core.arrays import ArraySpecError, parse_spec
+from hpcbatch.core.dependencies import DependencyError, parse
 from hpcbatch.core.records import JobRecord
 from hpcbatch.core.states import JobState
 from hpcbatch.store.db import NewJob
@@ -65,16 +65,16 @@ class Submitter:
         spec = None
         if array_text:
             try:
-                spec = parse_array(str(array_text))
-            except ArrayError as exc:
+                spec = parse_spec(str(array_text))
+            except ArraySpecError as exc:
                 raise ApiError("bad_request", f"--array: {exc}") from None
         dependencies = []
         if dep_text:
             try:
-                dependencies = parse_dependencies(str(dep_text))
+                dependencies = list(parse(str(dep_text)))
             except DependencyError as exc:
                 raise ApiError("bad_request", f"--dependency: {exc}") from None
-            await self.deps.check_targets(dependencies, req.name, caller.user, spec)
+            await self.deps.check_targets(dependencies, spec)
         request = req.model_dump(mode="json")
         request["queue"] = queue
         if spec is not None:

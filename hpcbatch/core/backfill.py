@@ -29,7 +29,7 @@ from hpcbatch.core.records import Placement
 
 if TYPE_CHECKING:
     from hpcbatch.core.placement import Free, Pool
-    from hpcbatch.core.scheduler import JobView
+    from hpcbatch.core.views import JobView
 
 NEVER = math.inf
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from hpcbatch.core.records import Placement
 
 if TYPE_CHECKING:
-    from hpcbatch.core.scheduler import HostView, JobView
+    from hpcbatch.core.views import HostView, JobView
 
 Allow = Callable[["Free"], bool]
 """A filter on candidate hosts (the backfill check); None means any host."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from hpcbatch.core.placement import Free
-    from hpcbatch.core.scheduler import ComputeEnvView, HostView, JobView, QueueView
+    from hpcbatch.core.views import ComputeEnvView, HostView, JobView, QueueView
 
 
 def describe(job: JobView) -> str:
