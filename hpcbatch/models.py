@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hpcbatch.core.retry import RetryStrategyError, rule_from_fields
+
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_RE)]
 
@@ -128,6 +130,10 @@ class RetryRule(StrictModel):
     def _some_condition(self) -> RetryRule:
         if self.on_exit_code is None and self.on_reason is None and self.on_status_reason is None:
             raise ValueError("a rule needs on_exit_code, on_reason or on_status_reason")
+        try:
+            rule_from_fields(self.model_dump(), "rule")
+        except RetryStrategyError as exc:
+            raise ValueError(str(exc).removeprefix("rule").lstrip(".: ")) from None
         return self
 
 

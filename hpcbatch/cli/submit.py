@@ -118,12 +118,7 @@ def _definition_submission(
     if isinstance(export, ExportSpec):
         request["env"] = export.environment(os.environ)
     if "retry_attempts" in own:
-        try:
-            request["retry_attempts"] = int(own["retry_attempts"])
-        except ValueError:
-            raise DirectiveError(
-                "command line", None, "--retry-attempts needs a number from 1 to 10"
-            ) from None
+        request["retry_attempts"] = _retry_attempts(own["retry_attempts"])
     request["submit_dir"] = os.getcwd()
     return request
 
@@ -141,6 +136,12 @@ def _check_array_and_dependency(request: dict[str, Any], origin: str) -> None:
     except (ArraySpecError, DependencyError) as exc:
         flag = "--array" if isinstance(exc, ArraySpecError) else "--dependency"
         raise DirectiveError(origin, None, f"{flag}: {exc}") from None
+
+
+def _retry_attempts(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 10:
+        raise DirectiveError("command line", None, "--retry-attempts needs a number from 1 to 10")
+    return int(text)
 
 
 def _read_script(path: str, stdin: IO[str] | None) -> str:
@@ -179,10 +180,8 @@ def build_submission(
             json=bool(own.get("json")),
             parsable=bool(own.get("parsable")),
         )
-    for key in ("parameters", "retry_attempts"):
-        if key in own:
-            flag = "--" + key.replace("_", "-")
-            raise DirectiveError("command line", None, f"{flag} needs --definition")
+    if "parameters" in own:
+        raise DirectiveError("command line", None, "--parameters needs --definition")
     script_path: str | None = None
     args: list[str] = []
     if run_mode:
@@ -225,6 +224,8 @@ def build_submission(
     request["args"] = args
     request["env"] = export.environment(os.environ)
     request["submit_dir"] = os.getcwd()
+    if "retry_attempts" in own:
+        request["retry"] = {"attempts": _retry_attempts(own["retry_attempts"])}
     if script_path and script_path != "-":
         request["script_path"] = str(Path(script_path).resolve())
     return Submission(

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from hpcbatch.controller.cluster import Cluster
 from hpcbatch.controller.events import EventBus
+from hpcbatch.controller.retries import retry_reason
 from hpcbatch.controller.settings import ControllerSettings
 from hpcbatch.controller.snapshot import job_view
 from hpcbatch.core.directives import expand_output_pattern
@@ -437,16 +438,32 @@ class JobService:
                     signal=ev.get("signal"),
                     reason=reason,
                 )
-                ok = await self.store.transition(
-                    job_id,
-                    job.state,
-                    state,
-                    reason,
-                    ended,
-                    ended=ended,
-                    exit_code=ev.get("code"),
-                    attempt_updates=[upd],
-                )
+                again = retry_reason(job, ev, reason) if state == JobState.FAILED else None
+                if again is not None and await self.store.transition(
+                    job_id, job.state, JobState.RUNNABLE, again, ended, attempt_updates=[upd]
+                ):
+                    a.state, a.ended, a.exit_code, a.reason = (
+                        AttemptState.EXITED,
+                        ended,
+                        ev.get("code"),
+                        reason,
+                    )
+                    self.cluster.release(self.current_attempts(job))
+                    job.state, job.reason = JobState.RUNNABLE, again
+                    self.publish(job)
+                    self.wake_scheduler()
+                    ok = False
+                else:
+                    ok = await self.store.transition(
+                        job_id,
+                        job.state,
+                        state,
+                        reason,
+                        ended,
+                        ended=ended,
+                        exit_code=ev.get("code"),
+                        attempt_updates=[upd],
+                    )
                 if ok:
                     a.state = AttemptState.EXITED
                     a.ended, a.exit_code, a.signal, a.reason = (

@@ -145,6 +145,19 @@ def rule_from_json(data: Any, where: str) -> ExitRule:
     )
 
 
+def rule_from_fields(rule: Mapping[str, Any], where: str) -> ExitRule:
+    """A rule given with snake_case fields (`on_exit_code`, ...), as hpcbatch stores them."""
+    aws = {"action": rule.get("action")}
+    for ours, theirs in (
+        ("on_exit_code", "onExitCode"),
+        ("on_reason", "onReason"),
+        ("on_status_reason", "onStatusReason"),
+    ):
+        if rule.get(ours) is not None:
+            aws[theirs] = rule[ours]
+    return rule_from_json(aws, where)
+
+
 @dataclass(frozen=True, slots=True)
 class RetryDecision:
     retry: bool

@@ -102,3 +102,30 @@ async def test_disabled_queue_keeps_jobs_and_starts_none(cluster: tuple[Controll
     await api("queue_update", queue="batch", state="ENABLED")
     (done,) = await api.wait(job)
     assert done["state"] == "SUCCEEDED"
+
+
+async def test_retries_follow_the_strategy(cluster: tuple[Controller, Api]) -> None:
+    _c, api = cluster
+    flaky = '#!/bin/sh\necho "attempt $HPCBATCH_ATTEMPT"\n[ "$HPCBATCH_ATTEMPT" -ge 2 ] || exit 7\n'
+    retried = await api.submit(script=flaky, retry={"attempts": 3})
+    stopped = await api.submit(
+        script=flaky,
+        retry={"attempts": 3, "evaluate_on_exit": [{"on_exit_code": "7", "action": "EXIT"}]},
+    )
+    once = await api.submit(script="#!/bin/sh\nexit 5\n", retry={"attempts": 2})
+    jobs = {j["id"]: j for j in await api.wait(retried, stopped, once)}
+    assert (jobs[retried]["state"], jobs[retried]["attempt"]) == ("SUCCEEDED", 2)
+    assert (await api.logs(retried)).strip() == "attempt 2"
+    shown = await api("show", job_id=retried)
+    assert [a["exit_code"] for a in shown["attempts"]] == [7, 0]
+    assert any(
+        (t["reason"] or "").startswith("Retry: attempt 1 failed") for t in shown["transitions"]
+    )
+    assert (jobs[stopped]["state"], jobs[stopped]["attempt"]) == ("FAILED", 1)
+    assert (jobs[once]["state"], jobs[once]["attempt"], jobs[once]["exit_code"]) == ("FAILED", 2, 5)
+    with pytest.raises(ClientError) as err:
+        await api.submit(retry={"attempts": 11})
+    assert "attempts" in err.value.message
+    with pytest.raises(ClientError) as err:
+        await api.submit(retry={"evaluate_on_exit": [{"on_exit_code": "x1", "action": "RETRY"}]})
+    assert "on_exit_code" in err.value.message or "onExitCode" in err.value.message
