@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hpcbatch.core.gang import tasks_per_node
 from hpcbatch.core.hostlist import compress
 
 MASTER_PORT_BASE = 29500
@@ -36,6 +37,9 @@ class NodeContext:
     time_limit_s: int | None = None
     array_job_id: int | None = None
     array_index: int | None = None
+    slots: tuple[int, ...] = ()  # MPI slots per node (see core.gang.node_slots)
+    ntasks: int | None = None  # --ntasks as asked, if it was
+    launch_mode: str = "main"
 
 
 def job_environment(ctx: NodeContext, user_env: dict[str, str]) -> dict[str, str]:
@@ -83,6 +87,13 @@ def job_environment(ctx: NodeContext, user_env: dict[str, str]) -> dict[str, str
         "WORLD_SIZE": str(num_nodes),
         "NODE_RANK": str(ctx.node_index),
     }
+    if ctx.slots:
+        ntasks = ctx.ntasks or sum(ctx.slots)
+        ours["SLURM_TASKS_PER_NODE"] = tasks_per_node(ctx.slots)
+        ours["SLURM_NTASKS"] = str(ntasks)
+        ours["SLURM_NPROCS"] = str(ntasks)
+        ours["HPCBATCH_SLOTS"] = str(ctx.slots[ctx.node_index])
+        ours["HPCBATCH_LAUNCH_MODE"] = ctx.launch_mode
     if ctx.submit_dir:
         ours["SLURM_SUBMIT_DIR"] = ctx.submit_dir
         ours["HPCBATCH_SUBMIT_DIR"] = ctx.submit_dir
