@@ -48,10 +48,9 @@ async def launch_all(jobs: JobService, job: JobRecord, attempts: list[AttemptRec
     last = [a for a in attempts if a.node == main]
     if first:
         await asyncio.gather(*(jobs.launch_one(job, a) for a in first))
-        if not all(a.state == AttemptState.RUNNING for a in first) and last:
-            # A node did not start (host gone, launch refused): the job was failed,
-            # or the node is launched again when its host returns; the main node
-            # waits for it then (see HostService.reconcile -> launch_soon).
+        if any(a.state == AttemptState.STARTING for a in first) or job.id not in jobs.active:
+            # A node did not start: its launch was refused (the job failed) or its
+            # host is gone (the job fails: see host_lost).
             return
     for a in last:
         await jobs.launch_one(job, a)

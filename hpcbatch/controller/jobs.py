@@ -272,7 +272,9 @@ class JobService:
         fields = gang.launch_fields(self, job, a)
         # The check and the write to the channel happen with no await between them,
         # so a cancel cannot slip in and be overtaken by this launch.
-        if job.state != JobState.STARTING or a.state != AttemptState.STARTING:
+        # (A gang's job may be RUNNING already: a first node's exit can overtake the
+        # launch of its main node.)
+        if not job.state.is_active or a.state != AttemptState.STARTING:
             return
         try:
             reply = await link.request(

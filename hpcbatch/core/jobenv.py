@@ -88,10 +88,10 @@ def job_environment(ctx: NodeContext, user_env: dict[str, str]) -> dict[str, str
         "NODE_RANK": str(ctx.node_index),
     }
     if ctx.slots:
-        ntasks = ctx.ntasks or sum(ctx.slots)
         ours["SLURM_TASKS_PER_NODE"] = tasks_per_node(ctx.slots)
-        ours["SLURM_NTASKS"] = str(ntasks)
-        ours["SLURM_NPROCS"] = str(ntasks)
+        if ctx.ntasks:  # as Slurm: only when tasks were asked for (srun's default count)
+            ours["SLURM_NTASKS"] = str(ctx.ntasks)
+            ours["SLURM_NPROCS"] = str(ctx.ntasks)
         ours["HPCBATCH_SLOTS"] = str(ctx.slots[ctx.node_index])
         ours["HPCBATCH_LAUNCH_MODE"] = ctx.launch_mode
     if ctx.submit_dir:
