@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hpcbatch.core.gang import NodeRangeError, check_node_ranges
 from hpcbatch.core.retry import RetryStrategyError, rule_from_fields
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
@@ -103,6 +104,29 @@ class Inventory(StrictModel):
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+class NodeRange(StrictModel):
+    """What some node indices of a multi-node job run, overriding the job's defaults.
+
+    `range` is as AWS Batch's `targetNodes`: `"0"`, `"1:"` (to the last node),
+    `":3"`, `"2:5"`, both ends inclusive. Nodes outside every range run the job's
+    own script. Resources size the hosts (every host of a multi-node job must fit
+    the largest range: whole hosts are taken).
+    """
+
+    range: str = Field(min_length=1, max_length=40)
+    script: str | None = Field(default=None, min_length=1)
+    args: list[str] | None = None
+    cpus: int | None = Field(default=None, ge=1, le=100_000)
+    memory_mb: int | None = Field(default=None, ge=1)
+    gpus: int | None = Field(default=None, ge=0, le=1024)
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        return check_environment(env)
+
+
 def check_environment(env: dict[str, str]) -> dict[str, str]:
     """Environment variables a job may be given: valid names, no NUL bytes."""
     for key, value in env.items():
@@ -170,13 +194,16 @@ class JobRequest(StrictModel):
     submit_dir: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     script_path: str | None = None
-    # Parsed by the directives but carried out by later parts of hpcbatch; the
-    # controller refuses them with a clear message until it supports them.
-    array: str | None = None
-    dependency: str | None = None
+    # Multi-node jobs (docs/mpi.md): the main node's index (default 0), the
+    # launch mode (`main`: the script runs on the main node only; `all`: on
+    # every node), and per-node-range overrides.
+    main_node: int | None = Field(default=None, ge=0)
+    launch_mode: Literal["main", "all"] | None = None
+    node_ranges: list[NodeRange] = Field(default_factory=list, max_length=10_000)
+    array: str | None = None  # `--array`: see core.arrays
+    dependency: str | None = None  # `--dependency`: see core.dependencies
+    # Containers are not run yet: the controller refuses an image with a clear message.
     image: str | None = None
-    main_node: int | None = None
-    launch_mode: str | None = None
     # Set when the request was built from a registered definition (`name:revision`).
     definition: str | None = None
     retry: RetryStrategy | None = None
@@ -185,6 +212,19 @@ class JobRequest(StrictModel):
     @classmethod
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
         return check_environment(env)
+
+    @model_validator(mode="after")
+    def _multi_node(self) -> JobRequest:
+        if self.main_node is not None and self.main_node >= self.nodes:
+            raise ValueError(
+                f"main_node {self.main_node} is not a node of a {self.nodes}-node job "
+                f"(node indices are 0..{self.nodes - 1})"
+            )
+        try:
+            check_node_ranges([{"range": r.range} for r in self.node_ranges], self.nodes)
+        except NodeRangeError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     @field_validator("name")
     @classmethod

@@ -3,7 +3,7 @@
 # As root: apt-get installs what is missing. Otherwise: print what to install.
 set -euo pipefail
 need=()
-for pkg in openssh-server openssh-client openmpi-bin libopenmpi-dev tmux python3-venv; do
+for pkg in openssh-server openssh-client openmpi-bin libopenmpi-dev tmux python3-venv python3-mpi4py; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -eq 0 ]; then

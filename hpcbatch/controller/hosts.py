@@ -15,7 +15,9 @@ from typing import Any
 
 from hpcbatch.controller.cluster import Cluster, HostRuntime
 from hpcbatch.controller.events import EventBus
+from hpcbatch.controller.gang import host_lost
 from hpcbatch.controller.jobs import JobService
+from hpcbatch.controller.relay import RelayService
 from hpcbatch.core.facts import FactsError, effective_resources, facts_from_agent
 from hpcbatch.core.records import AttemptState, parse_attempt_id
 from hpcbatch.core.states import AdminState, HostState
@@ -33,6 +35,7 @@ class HostService:
         self.cluster = cluster
         self.bus = bus
         self.jobs = jobs
+        self.relay = RelayService(jobs)
 
     def publish(self, host: HostRuntime) -> None:
         self.bus.publish({"event": "host", "host": host.summary()})
@@ -91,6 +94,8 @@ class HostService:
             host.state = HostState.UNREACHABLE
         host.reason = reason
         log.warning("%s: %s", link.name, reason)
+        self.relay.host_down(link.name, reason)
+        await host_lost(self.jobs, link.name, reason)
         self.publish(host)
         self.jobs.wake_scheduler()
 
@@ -98,6 +103,8 @@ class HostService:
         kind = event.get("ev")
         if kind == "exit":
             self.jobs.spawn(self.jobs.on_exit(link.name, event), f"exit-{event.get('attempt')}")
+        elif self.relay.handles(kind):
+            self.relay.on_event(link.name, event)
         elif kind == "error":
             log.warning("%s: agent: %s", link.name, event.get("error"))
 

@@ -20,13 +20,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from hpcbatch.controller import gang
 from hpcbatch.controller.cluster import Cluster
 from hpcbatch.controller.events import EventBus
 from hpcbatch.controller.retries import retry_reason
 from hpcbatch.controller.settings import ControllerSettings
 from hpcbatch.controller.snapshot import job_view
-from hpcbatch.core.directives import expand_output_pattern
-from hpcbatch.core.jobenv import NodeContext, job_environment
+from hpcbatch.core.gang import STOP_GRACE_S, gang_shape
+from hpcbatch.core.hostlist import compress
 from hpcbatch.core.records import AttemptRecord, AttemptState, JobRecord, parse_attempt_id
 from hpcbatch.core.scheduler import JobView, infeasible
 from hpcbatch.core.states import JobState
@@ -39,8 +40,6 @@ log = logging.getLogger(__name__)
 
 NOT_YET = {
     "image": "container images (--image)",
-    "main_node": "multi-node jobs (--main-node)",
-    "launch_mode": "multi-node jobs (--launch-mode)",
 }
 
 
@@ -206,19 +205,17 @@ class JobService:
         if queue not in inv.queues:
             known = ", ".join(sorted(inv.queues))
             raise ApiError("bad_request", f"unknown queue {queue!r} (queues: {known})")
-        if req.nodes > 1:
-            raise ApiError(
-                "bad_request",
-                "multi-node jobs (--nodes > 1) are not supported by this controller yet",
-            )
+        if req.fabric is None and inv.queues[queue].fabric is not None:
+            req = req.model_copy(update={"fabric": inv.queues[queue].fabric})
         hosts = [self.cluster.hosts[n] for n in self.cluster.queue_hosts(queue)]
         known_hosts = [h.capacity_view() for h in hosts if h.known]
+        cpus, memory_mb, gpus = gang_shape(req.model_dump(mode="json"))
         view = JobView(
             id=0,
             queue=queue,
-            cpus=req.cpus,
-            memory_mb=req.memory_mb or 0,
-            gpus=req.gpus,
+            cpus=cpus,
+            memory_mb=memory_mb,
+            gpus=gpus,
             nodes=req.nodes,
             exclusive=req.exclusive,
             fabric=req.fabric,
@@ -261,77 +258,33 @@ class JobService:
     # ------------------------------------------------------------------ launch
 
     def launch_soon(self, job: JobRecord, only: Iterable[AttemptRecord] | None = None) -> None:
+        if only is None and gang.is_gang(job):
+            attempts = self.current_attempts(job)
+            self.spawn(gang.launch_all(self, job, attempts), f"launch-{job.id}.{job.attempt}")
+            return
         targets = list(only) if only is not None else self.current_attempts(job)
         for a in targets:
-            self.spawn(self._launch(job, a), f"launch-{a.attempt_id}")
+            self.spawn(self.launch_one(job, a), f"launch-{a.attempt_id}")
 
-    def _node_env(self, job: JobRecord, a: AttemptRecord) -> dict[str, str]:
-        attempts = self.current_attempts(job)
-        names = tuple(x.host for x in attempts)
-        addrs = tuple(self.cluster.hosts[x.host].spec.address for x in attempts)
-        host = self.cluster.hosts[a.host]
-        req = job.request
-        ctx = NodeContext(
-            job_id=job.id,
-            job_name=job.name,
-            user=job.user,
-            queue=job.queue,
-            compute_env=self.cluster.compute_env_of(job.queue, a.host),
-            attempt=job.attempt,
-            node_index=a.node,
-            node_names=names,
-            node_addrs=addrs,
-            main_node_index=0,
-            cpus_on_node=a.cpus,
-            gpus_on_node=a.gpus,
-            host_has_gpus=bool(host.gpus),
-            submit_dir=req.get("submit_dir"),
-            time_limit_s=req.get("time_limit_s"),
-            array_job_id=job.array_parent,
-            array_index=job.array_index,
-            array_count=req.get("array_count"),
-            array_min=req.get("array_min"),
-            array_max=req.get("array_max"),
-        )
-        return job_environment(ctx, dict(req.get("env") or {}))
-
-    def _output_path(self, job: JobRecord, a: AttemptRecord, pattern: str | None) -> str | None:
-        if not pattern:
-            return None
-        return expand_output_pattern(
-            pattern,
-            job_id=job.id,
-            array_job_id=job.array_parent,
-            array_index=job.array_index,
-            job_name=job.name,
-            node_name=a.host,
-            user=job.user,
-        )
-
-    async def _launch(self, job: JobRecord, a: AttemptRecord) -> None:
+    async def launch_one(self, job: JobRecord, a: AttemptRecord) -> None:
         link = self.links.get(a.host)
         req = job.request
         if link is None or not link.connected:
             return  # launched when the host (re)connects: see HostService.reconcile
-        stdout = self._output_path(job, a, req.get("output"))
-        stderr = self._output_path(job, a, req.get("error")) or stdout
-        env = self._node_env(job, a)
+        fields = gang.launch_fields(self, job, a)
         # The check and the write to the channel happen with no await between them,
         # so a cancel cannot slip in and be overtaken by this launch.
-        if job.state != JobState.STARTING or a.state != AttemptState.STARTING:
+        # (A gang's job may be RUNNING already: a first node's exit can overtake the
+        # launch of its main node.)
+        if not job.state.is_active or a.state != AttemptState.STARTING:
             return
         try:
             reply = await link.request(
                 "launch",
                 attempt=a.attempt_id,
-                script=req["script"],
-                args=list(req.get("args") or []),
-                env=env,
-                cwd=req.get("workdir"),
-                stdout=stdout,
-                stderr=stderr,
                 timeout_s=req.get("time_limit_s"),
                 kill_grace_s=self.settings.kill_grace_s,
+                **fields,
             )
         except HostUnavailable:
             return  # the host reconnect path finds it STARTING and launches again
@@ -340,7 +293,8 @@ class JobService:
                 return  # already launched (a retry after a lost reply): its exit will come
             await self.fail_job(job, f"launch failed on {a.host}: {str(exc).split(': ', 2)[-1]}")
             return
-        await self.mark_running(job, a, float(reply.get("started") or time.time()), stdout, stderr)
+        started = float(reply.get("started") or time.time())
+        await self.mark_running(job, a, started, fields["stdout"], fields["stderr"])
 
     async def mark_running(
         self,
@@ -366,11 +320,12 @@ class JobService:
                 x.state == AttemptState.RUNNING or x is a for x in self.current_attempts(job)
             )
             if job.state == JobState.STARTING and all_started:
+                where = compress([x.host for x in self.current_attempts(job)])
                 ok = await self.store.transition(
                     job.id,
                     JobState.STARTING,
                     JobState.RUNNING,
-                    f"running on {a.host}",
+                    f"running on {where}",
                     started,
                     started=started,
                     attempt_updates=[upd],
@@ -378,7 +333,7 @@ class JobService:
                 if not ok:
                     return
                 job.state = JobState.RUNNING
-                job.reason = f"running on {a.host}"
+                job.reason = f"running on {where}"
                 job.started = started
             else:
                 await self.store.update_attempts([upd])
@@ -411,6 +366,7 @@ class JobService:
             else:
                 stale = False
                 state, reason = exit_reason(ev, job.request.get("time_limit_s"))
+                outcome = gang.exit_outcome(job, a, state, reason)
                 ended = float(ev.get("ended") or time.time())
                 started = ev.get("started")
                 # The exit may overtake the launch reply: record that it did run.
@@ -438,31 +394,42 @@ class JobService:
                     signal=ev.get("signal"),
                     reason=reason,
                 )
-                again = retry_reason(job, ev, reason) if state == JobState.FAILED else None
-                if again is not None and await self.store.transition(
-                    job_id, job.state, JobState.RUNNABLE, again, ended, attempt_updates=[upd]
-                ):
-                    a.state, a.ended, a.exit_code, a.reason = (
-                        AttemptState.EXITED,
-                        ended,
-                        ev.get("code"),
-                        reason,
-                    )
-                    self.cluster.release(self.current_attempts(job))
-                    job.state, job.reason = JobState.RUNNABLE, again
-                    self.publish(job)
-                    self.wake_scheduler()
-                    ok = False
-                else:
+                others = [
+                    x
+                    for x in self.current_attempts(job)
+                    if x is not a and x.state in (AttemptState.STARTING, AttemptState.RUNNING)
+                ]
+                again = (
+                    retry_reason(job, ev, outcome.reason)
+                    if outcome.final == str(JobState.FAILED)
+                    else None
+                )
+                if outcome.final is None:  # one node's part is done; the job goes on
+                    others = []
+                    await self.store.update_attempts([upd])
+                    ok = True
+                elif again is not None:
+                    # Another attempt of the whole job: every node is stopped and released.
+                    why = gang.others_reason(job, a, outcome.reason)
                     ok = await self.store.transition(
                         job_id,
                         job.state,
-                        state,
-                        reason,
+                        JobState.RUNNABLE,
+                        again,
+                        ended,
+                        attempt_updates=[upd, *self._lost_updates(others, ended, why)],
+                    )
+                else:
+                    why = gang.others_reason(job, a, outcome.reason)
+                    ok = await self.store.transition(
+                        job_id,
+                        job.state,
+                        JobState(outcome.final),
+                        outcome.reason,
                         ended,
                         ended=ended,
                         exit_code=ev.get("code"),
-                        attempt_updates=[upd],
+                        attempt_updates=[upd, *self._lost_updates(others, ended, why)],
                     )
                 if ok:
                     a.state = AttemptState.EXITED
@@ -472,16 +439,39 @@ class JobService:
                         ev.get("signal"),
                         reason,
                     )
+                if ok and again is not None:
+                    for x in others:
+                        x.state, x.ended, x.reason = AttemptState.LOST, ended, why
+                    self.cluster.release(self.current_attempts(job))
+                    job.state, job.reason = JobState.RUNNABLE, again
+                    self.publish(job)
+                    self.wake_scheduler()
+                    for x in others:
+                        self.spawn(self._kill(x, why, STOP_GRACE_S), f"kill-{x.attempt_id}")
+                elif ok and outcome.final is not None:
+                    for x in others:
+                        x.state, x.ended, x.reason = AttemptState.LOST, ended, why
                     job.state, job.reason, job.ended, job.exit_code = (
-                        state,
-                        reason,
+                        JobState(outcome.final),
+                        outcome.reason,
                         ended,
                         ev.get("code"),
                     )
                     self._finished(job)
+                    for x in others:
+                        self.spawn(self._kill(x, why, STOP_GRACE_S), f"kill-{x.attempt_id}")
         self.spawn(self._ack(host, str(ev["attempt"])), f"ack-{ev['attempt']}")
         if stale:
             log.info("%s: collected stale attempt %s", host, ev["attempt"])
+
+    @staticmethod
+    def _lost_updates(
+        attempts: Iterable[AttemptRecord], ended: float, why: str
+    ) -> list[AttemptUpdate]:
+        return [
+            AttemptUpdate(a.job_id, a.attempt, a.node, AttemptState.LOST, ended=ended, reason=why)
+            for a in attempts
+        ]
 
     async def _ack(self, host: str, attempt: str) -> None:
         link = self.links.get(host)
@@ -529,14 +519,14 @@ class JobService:
             self.spawn(self._kill(a, reason), f"kill-{a.attempt_id}")
         return True
 
-    async def _kill(self, a: AttemptRecord, reason: str) -> None:
+    async def _kill(self, a: AttemptRecord, reason: str, grace: float | None = None) -> None:
         link = self.links.get(a.host)
         if link is None or not link.connected:
             return
+        if grace is None:
+            grace = self.settings.kill_grace_s
         with contextlib.suppress(HostUnavailable, AgentError):
-            await link.request(
-                "kill", attempt=a.attempt_id, reason=reason, grace_s=self.settings.kill_grace_s
-            )
+            await link.request("kill", attempt=a.attempt_id, reason=reason, grace_s=grace)
 
     async def cancel(
         self, job_ids: Iterable[int], caller: Caller, reason: str | None

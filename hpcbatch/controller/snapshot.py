@@ -14,6 +14,7 @@ from typing import Any
 
 from hpcbatch.controller.cluster import Cluster
 from hpcbatch.core import fairshare
+from hpcbatch.core.gang import gang_shape
 from hpcbatch.core.records import AttemptRecord, AttemptState, JobRecord, Placement
 from hpcbatch.core.scheduler import ComputeEnvView, JobView, QueuePolicy, QueueView, RunningView
 from hpcbatch.store.db import Store
@@ -33,12 +34,13 @@ def throttle_of(job: JobRecord) -> tuple[str | None, int | None]:
 def job_view(job: JobRecord) -> JobView:
     req = job.request
     group, limit = throttle_of(job)
+    cpus, memory_mb, gpus = gang_shape(req)  # per node: the largest node range decides
     return JobView(
         id=job.id,
         queue=job.queue,
-        cpus=req.get("cpus", 1),
-        memory_mb=req.get("memory_mb") or 0,
-        gpus=req.get("gpus", 0),
+        cpus=cpus,
+        memory_mb=memory_mb,
+        gpus=gpus,
         nodes=req.get("nodes", 1),
         exclusive=bool(req.get("exclusive", False)),
         fabric=req.get("fabric"),

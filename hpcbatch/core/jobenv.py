@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hpcbatch.core.gang import tasks_per_node
 from hpcbatch.core.hostlist import compress
 
 MASTER_PORT_BASE = 29500
@@ -40,6 +41,9 @@ class NodeContext:
     array_count: int | None = None
     array_min: int | None = None
     array_max: int | None = None
+    slots: tuple[int, ...] = ()  # MPI slots per node (see core.gang.node_slots)
+    ntasks: int | None = None  # --ntasks as asked, if it was
+    launch_mode: str = "main"
 
 
 def job_environment(ctx: NodeContext, user_env: dict[str, str]) -> dict[str, str]:
@@ -87,6 +91,13 @@ def job_environment(ctx: NodeContext, user_env: dict[str, str]) -> dict[str, str
         "WORLD_SIZE": str(num_nodes),
         "NODE_RANK": str(ctx.node_index),
     }
+    if ctx.slots:
+        ours["SLURM_TASKS_PER_NODE"] = tasks_per_node(ctx.slots)
+        if ctx.ntasks:  # as Slurm: only when tasks were asked for (srun's default count)
+            ours["SLURM_NTASKS"] = str(ctx.ntasks)
+            ours["SLURM_NPROCS"] = str(ctx.ntasks)
+        ours["HPCBATCH_SLOTS"] = str(ctx.slots[ctx.node_index])
+        ours["HPCBATCH_LAUNCH_MODE"] = ctx.launch_mode
     if ctx.submit_dir:
         ours["SLURM_SUBMIT_DIR"] = ctx.submit_dir
         ours["HPCBATCH_SUBMIT_DIR"] = ctx.submit_dir

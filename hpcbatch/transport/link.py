@@ -18,10 +18,11 @@ import logging
 import random
 import shlex
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Protocol
 
 import asyncssh
+
+from hpcbatch.transport.agent import archive
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ class LinkListener(Protocol):
 
 
 def agent_source() -> bytes:
-    return (resources.files("hpcbatch.transport.agent") / "hpcbatch_agent.py").read_bytes()
+    """The agent as uploaded: a deterministic zipapp of hpcbatch.transport.agent."""
+    return archive()
 
 
 def agent_digest(source: bytes) -> str:
@@ -177,6 +179,19 @@ class HostLink:
             raise AgentError(f"{self.name}: {op}: {reply.get('error', 'failed')}")
         return reply
 
+    def post(self, op: str, **fields: Any) -> bool:
+        """Send a request without waiting: the agent sends no reply (negative id), only
+        an `error` event if it fails. For relay traffic, which must keep its order and
+        must not wait on round trips. False if the agent is not connected."""
+        proc = self._proc
+        if proc is None or not self.connected:
+            return False
+        try:
+            proc.stdin.write(json.dumps({"id": -1, "op": op, **fields}) + "\n")
+        except (OSError, asyncssh.Error):
+            return False
+        return True
+
     # ------------------------------------------------------------------ the loop
 
     async def _run(self) -> None:
@@ -252,16 +267,18 @@ class HostLink:
         self._conn = conn
         base = _remote_path(t.work_dir)
         root = _remote_path(f"{t.work_dir.rstrip('/')}/{t.namespace}")
-        script = f"{base}/agent-{self._digest}.py"
+        script = f"{base}/agent-{self._digest}.pyz"
         upload = (
             f"mkdir -p {root} && chmod 700 {base} {root} && "
             f"{{ test -f {script} || {{ cat > {script}.$$ && mv {script}.$$ {script}; }}; }}"
         )
         result = await asyncio.wait_for(
-            conn.run(upload, input=self._source.decode(), check=False), s.request_timeout_s
+            conn.run(upload, input=self._source, encoding=None, check=False),
+            s.request_timeout_s,
         )
         if result.exit_status != 0:
-            raise AgentError(f"uploading the agent failed: {str(result.stderr).strip()}")
+            err = result.stderr.decode(errors="replace") if isinstance(result.stderr, bytes) else ""
+            raise AgentError(f"uploading the agent failed: {err.strip()}")
         command = (
             f"exec {shlex.quote(t.python)} {script} --root {root} --heartbeat {s.heartbeat_s:g}"
         )

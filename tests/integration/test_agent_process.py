@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-AGENT = (
-    Path(__file__).resolve().parents[2] / "hpcbatch" / "transport" / "agent" / "hpcbatch_agent.py"
-)
+from hpcbatch.transport.agent import archive
+
+AGENT_ARCHIVE = archive()  # the zipapp the controller uploads
 HOME = os.path.expanduser("~")
 REAL_HOME = os.path.realpath(HOME)
 PYTHON = os.environ.get("HPCBATCH_TEST_AGENT_PYTHON", sys.executable)
@@ -131,8 +131,11 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[AgentFactory]:
     root = tmp_path / "root"
 
     async def start(*extra: str) -> Agent:
+        agent_file = tmp_path / "agent.pyz"
+        if not agent_file.exists():
+            agent_file.write_bytes(AGENT_ARCHIVE)
         proc = await asyncio.create_subprocess_exec(
-            PYTHON, str(AGENT), "--root", str(root), "--heartbeat", "0.2", *extra,
+            PYTHON, str(agent_file), "--root", str(root), "--heartbeat", "0.2", *extra,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 24,
         )  # fmt: skip
         agent = Agent(proc)
@@ -187,7 +190,7 @@ WAIT_FOR_RELEASE = 'echo started; while [ ! -e "$1" ]; do sleep 0.02; done; exit
 async def test_hello_facts_shape(start_agent: AgentFactory) -> None:
     agent = await start_agent()
     reply = await agent.ok("hello")
-    assert reply["agent_version"] == hashlib.sha256(AGENT.read_bytes()).hexdigest()[:16]
+    assert reply["agent_version"] == hashlib.sha256(AGENT_ARCHIVE).hexdigest()[:16]
     assert reply["pid"] == agent.proc.pid
     assert reply["attempts"] == []
     facts = reply["facts"]
@@ -265,14 +268,17 @@ async def test_args_and_env_reach_the_job_literally(
         assert values.split("\0")[:-1] == [env[k] for k in sorted(env)]
 
 
-async def test_job_env_extends_the_agent_env(start_agent: AgentFactory) -> None:
+async def test_job_env_extends_the_agent_env(start_agent: AgentFactory, tmp_path: Path) -> None:
     agent = await start_agent()
     await agent.launch("env.1.n", 'echo "$PATH|$MINE"; pwd', env={"MINE": "x"})
     await agent.exit_event("env.1.n")
+    # The agent's shims (hpcbatch-rsh, srun) come first on PATH, then the agent's own.
+    shims = tmp_path / "root" / "bin"
     assert (await agent.read_all("env.1.n")).splitlines() == [
-        f"{os.environ['PATH']}|x",
+        f"{shims}:{os.environ['PATH']}|x",
         REAL_HOME,
     ]
+    assert (shims / "srun").stat().st_mode & 0o111 and (shims / "hpcbatch-rsh").exists()
 
 
 async def test_bad_interpreter_reports_exec_failure(start_agent: AgentFactory) -> None:

@@ -228,9 +228,26 @@ def test_only_one_package_imports(packages: tuple[str, ...], owner: str) -> None
 
 
 def test_agent_imports_only_stdlib() -> None:
-    agent = "hpcbatch.transport.agent.hpcbatch_agent"
-    bad = violations([agent], lambda i: not is_stdlib(i))
+    agent = [m for m in MODULES if within(m, "hpcbatch.transport.agent")]
+    assert len(agent) >= 5
+    bad = violations(
+        agent, lambda i: not (is_stdlib(i) or within(i.module, "hpcbatch.transport.agent"))
+    )
     assert not bad, f"the host agent runs standalone on hosts, stdlib only: {bad}"
+
+
+def test_agent_archive_holds_every_agent_module() -> None:
+    """The zipapp uploaded to hosts must carry every module the agent imports."""
+    import io
+    import zipfile
+
+    from hpcbatch.transport.agent import archive
+
+    names = set(zipfile.ZipFile(io.BytesIO(archive())).namelist())
+    for m in MODULES:
+        if within(m, "hpcbatch.transport.agent") and m != "hpcbatch.transport.agent":
+            assert f"{m.replace('.', '/')}.py" in names, m
+    assert archive() == archive()  # deterministic: its hash names the uploaded file
 
 
 def test_client_imports_nothing_heavy() -> None:

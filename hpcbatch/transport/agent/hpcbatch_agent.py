@@ -12,8 +12,10 @@ agent, after a reconnect, finds everything again on disk:
     <root>/attempts/<attempt>/  script env.json meta.json stdout stderr
                                 pid kill exit collected
 
-The protocol is in docs/architecture.md, "Host agent protocol". This file is
-uploaded to hosts as is: standard library only, Python 3.8+, one file.
+The protocol is in docs/architecture.md, "Host agent protocol". The agent is
+uploaded to hosts as one zipapp of this package (see `__init__.archive`):
+standard library only, Python 3.8+. It also serves the rsh relay (relay.py) and
+writes the `hpcbatch-rsh` and `srun` shims into `<root>/bin`.
 """
 
 from __future__ import annotations
@@ -23,358 +25,92 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
-import pwd
 import re
+import secrets
 import selectors
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
-ATTEMPT_RE = re.compile(r"[A-Za-z0-9_.-]+")
-OUTPUT_CAP = 64 * 1024
-DEFAULT_GRACE_S = 10.0
-LOST = "lost: shepherd died without an exit status"
-RUNTIMES = ("podman", "docker", "apptainer", "singularity", "ch-run", "bwrap")
-NVIDIA_SMI_ARGS = ("--query-gpu=index,name,memory.total,uuid", "--format=csv,noheader")
-
-
-class BadRequest(Exception):
-    """A request the agent refuses: the message goes back as `error`."""
-
-
-# --------------------------------------------------------------------------- small helpers
-
-
-def read_json(path: str) -> Any:
-    """The JSON in `path`, or None if it is missing or unreadable."""
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError):
-        return None
-
-
-def write_json(path: str, obj: Any, mode: int = 0o644) -> None:
-    """Write `obj` to `path` atomically (a temporary file, then rename)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
-
-
-def proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks) of a process, from /proc; None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        fields = data[data.rindex(b")") + 2 :].split()
-        return fields[0].decode(), int(fields[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def alive(pid: int | None, start: int | None) -> bool:
-    """Whether `pid` runs and is the process that started at `start` (no pid reuse)."""
-    if not pid:
-        return False
-    if not os.path.isdir("/proc/self"):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    stat = proc_stat(pid)
-    if stat is None or stat[0] in ("Z", "X"):
-        return False
-    return start is None or stat[1] == start
-
-
-def signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def close_fds(keep: set[int]) -> None:
-    """Close every descriptor above 2 not in `keep`."""
-    try:
-        fds: list[int] = [int(x) for x in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = list(range(3, min(os.sysconf("SC_OPEN_MAX"), 65536)))
-    for fd in fds:
-        if fd > 2 and fd not in keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-def read_all(fd: int) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            os.close(fd)
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
-def utf8_cut(data: bytes) -> int:
-    """How many bytes at the end of `data` form an incomplete UTF-8 sequence."""
-    for i in range(1, min(4, len(data)) + 1):
-        c = data[-i]
-        if c & 0xC0 != 0x80:  # a lead byte (or ASCII)
-            need = 2 if 0xC0 <= c < 0xE0 else 3 if 0xE0 <= c < 0xF0 else 4 if c >= 0xF0 else 1
-            return i if need > i else 0
-    return 0
-
-
-def exit_fields(status: int) -> tuple[int | None, int | None]:
-    """(code, signal) from a wait status."""
-    if os.WIFSIGNALED(status):
-        return None, os.WTERMSIG(status)
-    return os.WEXITSTATUS(status), None
-
-
-# --------------------------------------------------------------------------- request fields
-
-
-def want(req: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
-    """Field `name` of `req`, checked to be of `kind`; `default` if missing or null."""
-    value = req.get(name)
-    if value is None:
-        return default
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise BadRequest(f"field {name!r} must be {kind.__name__}, got {value!r}")
-    return value
-
-
-def want_attempt(value: Any) -> str:
-    if not isinstance(value, str) or not ATTEMPT_RE.fullmatch(value) or value in (".", ".."):
-        raise BadRequest(f"bad attempt id {value!r}: use characters [A-Za-z0-9_.-]")
-    return value
-
-
-def want_strings(req: dict[str, Any], name: str) -> list[str]:
-    value = want(req, name, list, [])
-    if not all(isinstance(v, str) and "\0" not in v for v in value):
-        raise BadRequest(f"field {name!r} must be a list of strings without NUL")
-    return list(value)
-
-
-def want_env(req: dict[str, Any]) -> dict[str, str]:
-    env = want(req, "env", dict, {})
-    for k, v in env.items():
-        if not k or "=" in k or "\0" in k or not isinstance(v, str) or "\0" in v:
-            raise BadRequest(f"bad environment variable {k!r}={v!r}")
-    return dict(env)
-
-
-# --------------------------------------------------------------------------- the shepherd
-
-
-class _Flags:
-    term = False
-
-
-def _on_term(signum: int, frame: Any) -> None:
-    _Flags.term = True
-
-
-def _on_nothing(signum: int, frame: Any) -> None:
-    """A handler only so that the signal wakes the loop through the wakeup fd."""
-
-
-def shepherd(adir: str, spec: dict[str, Any], out_fd: int, err_fd: int, report: int) -> NoReturn:
-    """The shepherd process: start the job, wait for it, write `exit`. Never returns."""
-    try:
-        signal.set_wakeup_fd(-1)
-        os.setsid()
-        for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        close_fds({out_fd, err_fd, report})
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w)
-        signal.signal(signal.SIGTERM, _on_term)
-        signal.signal(signal.SIGCHLD, _on_nothing)
-        supervise(adir, spec, out_fd, err_fd, report, wake_r)
-    finally:
-        os._exit(0)
-
-
-def start_job(spec: dict[str, Any], out_fd: int, err_fd: int, exec_w: int) -> NoReturn:
-    """In the job's child process: set up descriptors and exec the script."""
-    try:
-        os.setpgid(0, 0)
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGPIPE, signal.SIGHUP, signal.SIGINT, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        os.dup2(out_fd, 1)
-        os.dup2(err_fd, 2)
-        close_fds({exec_w})
-        os.chdir(spec["cwd"])
-        argv = spec["argv"]
-        os.execve(argv[0], argv, spec["env"])
-    except BaseException as exc:
-        message = f"{type(exc).__name__}: {exc}"
-        for fd, text in ((exec_w, message), (2, f"hpcbatch: cannot start the job: {message}\n")):
-            with contextlib.suppress(OSError):
-                os.write(fd, text.encode(errors="replace"))
-    os._exit(127)
-
-
-def supervise(
-    adir: str, spec: dict[str, Any], out_fd: int, err_fd: int, report: int, wake: int
-) -> None:
-    exec_r, exec_w = os.pipe()  # close-on-exec: EOF without data means exec succeeded
-    started = time.time()
-    job = os.fork()
-    if job == 0:
-        start_job(spec, out_fd, err_fd, exec_w)
-    with contextlib.suppress(OSError):  # the child may have done it first
-        os.setpgid(job, job)
-    os.close(exec_w)
-    os.close(out_fd)
-    if err_fd != out_fd:
-        os.close(err_fd)
-    exec_error = read_all(exec_r).decode(errors="replace")
-    rec: dict[str, Any] = {"shepherd": os.getpid(), "job": job, "started": started}
-    rec["shepherd_start"] = (proc_stat(os.getpid()) or ("", None))[1]
-    rec["job_start"] = (proc_stat(job) or ("", None))[1]
-    write_json(os.path.join(adir, "pid"), rec)
-    with contextlib.suppress(OSError):  # if the agent is gone, the job runs on regardless
-        os.write(report, (json.dumps(rec) + "\n").encode())
-    os.close(report)
-    status, reason, timed_out = wait_job(adir, job, spec, wake)
-    signal_group(job, signal.SIGKILL)  # leftover background processes of the job
-    code, sig = exit_fields(status)
-    if exec_error:
-        reason = f"exec failed: {exec_error}"
-    result = {"code": code, "signal": sig, "reason": reason, "timed_out": timed_out,
-              "started": started, "ended": time.time()}  # fmt: skip
-    write_json(os.path.join(adir, "exit"), result)
-
-
-def wait_job(adir: str, job: int, spec: dict[str, Any], wake: int) -> tuple[int, str | None, bool]:
-    """Wait for the job; on timeout or SIGTERM (a `kill`): TERM its group, KILL after grace."""
-    timeout = spec["timeout_s"]
-    deadline = time.monotonic() + timeout if timeout is not None else None
-    kill_at: float | None = None
-    reason: str | None = None
-    timed_out = False
-    while True:
-        pid, status = os.waitpid(job, os.WNOHANG)
-        if pid:
-            return status, reason, timed_out
-        now = time.monotonic()
-        grace: float | None = None
-        if _Flags.term:
-            _Flags.term = False
-            req = read_json(os.path.join(adir, "kill"))
-            req = req if isinstance(req, dict) else {}
-            reason = reason or str(req.get("reason") or "killed")
-            grace = req.get("grace_s")
-            grace = float(grace) if isinstance(grace, (int, float)) else spec["grace_s"]
-        if deadline is not None and now >= deadline and not timed_out:
-            timed_out = True
-            reason = reason or f"timed out after {timeout:g} s"
-            grace = spec["grace_s"]
-        if grace is not None:
-            signal_group(job, signal.SIGTERM)
-            signal_group(job, signal.SIGCONT)
-            kill_at = min(kill_at if kill_at is not None else now + grace, now + grace)
-        if kill_at is not None and now >= kill_at:
-            signal_group(job, signal.SIGKILL)
-        waits = [t - now for t in (deadline, kill_at) if t is not None and t > now]
-        selectors_wait(wake, min(waits) if waits else None)
-
-
-def selectors_wait(fd: int, timeout: float | None) -> None:
-    """Wait until `fd` (a signal wakeup pipe) is readable or `timeout` passes; drain it."""
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        if sel.select(timeout):
-            os.read(fd, 4096)
-
-
-# --------------------------------------------------------------------------- host facts
-
-
-def nvidia_smi() -> tuple[str | None, str | None]:
-    """(output, error) of nvidia-smi's GPU query; (None, None) when it is not installed."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None, None
-    try:
-        proc = subprocess.run(
-            [exe, *NVIDIA_SMI_ARGS], stdin=subprocess.DEVNULL, capture_output=True, timeout=10
-        )
-    except subprocess.TimeoutExpired:
-        return None, "nvidia-smi timed out after 10 s"
-    except OSError as exc:
-        return None, f"cannot run nvidia-smi: {exc}"
-    out = proc.stdout.decode(errors="replace")
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip() or out.strip()
-        return None, f"nvidia-smi exited with {proc.returncode}: {err[:2000]}"
-    return out, None
-
-
-def host_facts() -> dict[str, Any]:
-    ib_dir = "/sys/class/infiniband"
-    try:
-        ib = sorted(os.listdir(ib_dir))
-    except OSError:
-        ib = []
-    drivers = {d: os.path.realpath(f"{ib_dir}/{d}/device/driver") for d in ib}
-    efa = [d for d in ib if "efa" in os.path.basename(drivers[d])]
-    memory_mb = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    memory_mb = int(line.split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        user = pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        user = os.environ.get("USER", str(os.getuid()))
-    smi, smi_error = nvidia_smi()
-    getaffinity = getattr(os, "sched_getaffinity", None)
-    return {
-        "hostname": socket.gethostname(),
-        "cpus": len(getaffinity(0)) if getaffinity else os.cpu_count(),
-        "memory_mb": memory_mb,
-        "nvidia_smi": smi,
-        "nvidia_smi_error": smi_error,
-        "infiniband": ib,
-        "efa": efa,
-        "dev_infiniband": os.path.isdir("/dev/infiniband"),
-        "runtimes": {n: p for n in RUNTIMES for p in [shutil.which(n)] if p},
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "user": user,
-        "home": os.path.expanduser("~"),
-    }
-
+from hpcbatch.transport.agent.procs import (
+    ATTEMPT_RE,
+    DEFAULT_GRACE_S,
+    LOST,
+    OUTPUT_CAP,
+    BadRequest,
+    alive,
+    host_facts,
+    on_nothing,
+    read_all,
+    read_json,
+    shepherd,
+    signal_group,
+    utf8_cut,
+    want,
+    want_attempt,
+    want_env,
+    want_strings,
+    write_json,
+)
+from hpcbatch.transport.agent.relay import RelayHub
 
 # --------------------------------------------------------------------------- the agent
+
+FILE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+RESERVED = frozenset({"script", "env.json", "meta.json", "stdout", "stderr", "pid", "kill",
+                      "exit", "collected", "relayed"})  # fmt: skip
+SHIM_TEMPLATE = """#!{python}
+# hpcbatch {name}: written by the hpcbatch agent (rewritten on every agent start)
+import sys
+sys.path.insert(0, {path!r})
+from hpcbatch.transport.agent.{module} import main
+sys.exit(main())
+"""
+SHIMS = (("hpcbatch-rsh", "rsh"), ("srun", "srun"))
+
+
+def code_location() -> tuple[str, str]:
+    """(file to hash for the version, sys.path entry holding the `hpcbatch` package):
+    the zipapp when run from one (as on hosts), else the source tree."""
+    archive = getattr(globals().get("__loader__"), "archive", None)
+    if isinstance(archive, str):
+        return archive, archive
+    here = os.path.abspath(__file__)
+    return here, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(here))))
+
+
+def write_shims(bin_dir: str) -> None:
+    """hpcbatch-rsh and srun, first on every job's PATH, run from this agent's code."""
+    os.makedirs(bin_dir, exist_ok=True)
+    path = code_location()[1]
+    for name, module in SHIMS:
+        text = SHIM_TEMPLATE.format(python=sys.executable, name=name, path=path, module=module)
+        target = os.path.join(bin_dir, name)
+        try:
+            with open(target) as f:
+                if f.read() == text:
+                    continue
+        except OSError:
+            pass
+        tmp = f"{target}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+
+
+def want_files(req: dict[str, Any]) -> dict[str, str]:
+    """The launch's `files`: small text files (hostfiles) written into the attempt dir."""
+    files = want(req, "files", dict, {})
+    for name, text in files.items():
+        if not FILE_RE.fullmatch(name) or name in RESERVED or not isinstance(text, str):
+            raise BadRequest(f"bad file {name!r} in 'files' (or a name hpcbatch uses itself)")
+    return dict(files)
 
 
 class Watch:
@@ -401,8 +137,9 @@ class Agent:
         os.makedirs(self.attempts, exist_ok=True)
         self.heartbeat = heartbeat
         self.use_pidfd = use_pidfd and hasattr(os, "pidfd_open")
-        with open(os.path.abspath(__file__), "rb") as f:
+        with open(code_location()[0], "rb") as f:
             self.version = hashlib.sha256(f.read()).hexdigest()[:16]
+        self.bin = os.path.join(self.root, "bin")
         self.sel = selectors.DefaultSelector()
         self.running: dict[str, dict[str, Any]] = {}  # attempt -> its pid record
         self.reported: set[str] = set()
@@ -413,7 +150,7 @@ class Agent:
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
-        signal.signal(signal.SIGCHLD, _on_nothing)
+        signal.signal(signal.SIGCHLD, on_nothing)
         self.sel.register(wake_r, selectors.EVENT_READ, lambda: os.read(wake_r, 4096))
         self.sel.register(0, selectors.EVENT_READ, self.on_stdin)
         self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
@@ -421,6 +158,9 @@ class Agent:
             "ack": self.op_ack, "read": self.op_read, "fence": self.op_fence,
             "exec": self.op_exec, "shutdown": self.op_shutdown,
         }  # fmt: skip
+        self.relay = RelayHub(self)
+        self.ops.update(self.relay.ops())
+        write_shims(self.bin)
         self.scan()
 
     # ----------------------------------------------------------------- loop and I/O
@@ -444,6 +184,7 @@ class Agent:
             for w in list(self.polled):
                 if w.ended():
                     self.fire(w)
+        self.relay.close()
         return 0
 
     def guard(self, fn: Callable[[], Any]) -> None:
@@ -502,13 +243,22 @@ class Agent:
                 raise BadRequest(f"unknown op {req.get('op')!r}; known: {', '.join(self.ops)}")
             result = handler(req)
         except BadRequest as exc:
-            self.send({"id": rid, "ok": False, "error": str(exc)})
+            self.reply_error(rid, req, str(exc))
         except Exception as exc:
-            error = f"internal error in {req.get('op')}: {type(exc).__name__}: {exc}"
+            self.reply_error(
+                rid, req, f"internal error in {req.get('op')}: {type(exc).__name__}: {exc}"
+            )
+        else:
+            # None: the handler replies later. A negative id: the sender wants no reply
+            # (relay traffic, posted without waiting).
+            if result is not None and rid >= 0:
+                self.send({"id": rid, "ok": True, **result})
+
+    def reply_error(self, rid: int, req: dict[str, Any], error: str) -> None:
+        if rid >= 0:
             self.send({"id": rid, "ok": False, "error": error})
         else:
-            if result is not None:  # None: the handler replies later
-                self.send({"id": rid, "ok": True, **result})
+            self.send({"ev": "error", "error": f"{req.get('op')}: {error}"})
 
     # ----------------------------------------------------------------- watching processes
 
@@ -565,6 +315,7 @@ class Agent:
 
     def finish(self, attempt: str, result: dict[str, Any]) -> None:
         self.running.pop(attempt, None)
+        self.relay.kill_attempt(attempt)
         if attempt not in self.reported:
             self.reported.add(attempt)
             self.send({"ev": "exit", "attempt": attempt, **result})
@@ -638,9 +389,10 @@ class Agent:
         cwd = os.path.expanduser(want(req, "cwd", str) or "~")
         if not os.path.isdir(cwd):
             raise BadRequest(f"working directory {cwd} does not exist (or is not a directory)")
+        job_env = self.job_env(req, attempt, adir)
         spec: dict[str, Any] = {
             "cwd": os.path.abspath(cwd),
-            "env": {**os.environ, **want_env(req)},
+            "env": {**os.environ, **job_env},
             "timeout_s": want(req, "timeout_s", float),
             "grace_s": want(req, "kill_grace_s", float, DEFAULT_GRACE_S),
         }
@@ -648,6 +400,8 @@ class Agent:
             raise BadRequest(f"timeout_s must be positive (or null), got {spec['timeout_s']}")
         paths = {s: self.output_path(req, s, spec["cwd"], adir) for s in ("stdout", "stderr")}
         args = want_strings(req, "args")
+        want_files(req)  # checked before anything is written
+        spec["job_env"] = job_env
         try:
             os.mkdir(adir, 0o700)
         except FileExistsError:
@@ -657,6 +411,23 @@ class Agent:
         except BaseException:
             shutil.rmtree(adir, ignore_errors=True)
             raise
+
+    def job_env(self, req: dict[str, Any], attempt: str, adir: str) -> dict[str, str]:
+        """The request's environment plus what the agent adds: where the attempt lives,
+        how to reach the relay (hpcbatch-rsh, srun), and the shims first on PATH."""
+        env = want_env(req)
+        for var, name in want(req, "file_env", dict, {}).items():
+            if not isinstance(name, str) or not FILE_RE.fullmatch(name) or "=" in var:
+                raise BadRequest(f"bad file_env entry {var!r}: {name!r}")
+            env[var] = os.path.join(adir, name)
+        env["HPCBATCH_ATTEMPT_ID"] = attempt
+        env["HPCBATCH_ATTEMPT_DIR"] = adir
+        env["HPCBATCH_RELAY"] = self.relay.name
+        env["HPCBATCH_RELAY_TOKEN"] = secrets.token_hex(16)
+        env["PATH"] = (
+            self.bin + os.pathsep + (env.get("PATH") or os.environ.get("PATH") or "/usr/bin:/bin")
+        )
+        return env
 
     def output_path(self, req: dict[str, Any], stream: str, cwd: str, adir: str) -> str:
         value = want(req, stream, str)
@@ -679,7 +450,10 @@ class Agent:
             f.write(script.encode())
         shebang = script.startswith("#!")
         spec["argv"] = [script_path, *args] if shebang else ["/bin/sh", script_path, *args]
-        write_json(os.path.join(adir, "env.json"), want_env(req))
+        for name, text in want_files(req).items():
+            with open(os.path.join(adir, name), "w") as f:
+                f.write(text)
+        write_json(os.path.join(adir, "env.json"), spec.pop("job_env"), mode=0o600)
         meta = {k: v for k, v in req.items() if k not in ("id", "op", "script")}
         meta.update(cwd_resolved=spec["cwd"], stdout_path=paths["stdout"])
         meta.update(stderr_path=paths["stderr"], argv=spec["argv"])
@@ -727,6 +501,7 @@ class Agent:
 
     def kill(self, attempt: str, reason: str, grace: float) -> None:
         write_json(self.path(attempt, "kill"), {"reason": reason, "grace_s": grace})
+        self.relay.kill_attempt(attempt)
         rec = self.running[attempt]
         if not rec.get("adopted") and alive(rec["shepherd"], rec.get("shepherd_start")):
             try:

@@ -1,0 +1,359 @@
+"""The host agent's building blocks that need no agent state: files, processes, facts.
+
+Split from hpcbatch_agent.py so each module stays readable: request-field
+checks, the shepherd (the process that owns one attempt's job, see
+hpcbatch_agent's docstring), and the host facts `hello` reports. Standard
+library only: it is uploaded to hosts with the rest of the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import pwd
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from typing import Any, NoReturn
+
+ATTEMPT_RE = re.compile(r"[A-Za-z0-9_.-]+")
+OUTPUT_CAP = 64 * 1024
+DEFAULT_GRACE_S = 10.0
+LOST = "lost: shepherd died without an exit status"
+RUNTIMES = ("podman", "docker", "apptainer", "singularity", "ch-run", "bwrap")
+NVIDIA_SMI_ARGS = ("--query-gpu=index,name,memory.total,uuid", "--format=csv,noheader")
+
+
+class BadRequest(Exception):
+    """A request the agent refuses: the message goes back as `error`."""
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def read_json(path: str) -> Any:
+    """The JSON in `path`, or None if it is missing or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: str, obj: Any, mode: int = 0o644) -> None:
+    """Write `obj` to `path` atomically (a temporary file, then rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) of a process, from /proc; None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rindex(b")") + 2 :].split()
+        return fields[0].decode(), int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def alive(pid: int | None, start: int | None) -> bool:
+    """Whether `pid` runs and is the process that started at `start` (no pid reuse)."""
+    if not pid:
+        return False
+    if not os.path.isdir("/proc/self"):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    stat = proc_stat(pid)
+    if stat is None or stat[0] in ("Z", "X"):
+        return False
+    return start is None or stat[1] == start
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def close_fds(keep: set[int]) -> None:
+    """Close every descriptor above 2 not in `keep`."""
+    try:
+        fds: list[int] = [int(x) for x in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, min(os.sysconf("SC_OPEN_MAX"), 65536)))
+    for fd in fds:
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def read_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            os.close(fd)
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def utf8_cut(data: bytes) -> int:
+    """How many bytes at the end of `data` form an incomplete UTF-8 sequence."""
+    for i in range(1, min(4, len(data)) + 1):
+        c = data[-i]
+        if c & 0xC0 != 0x80:  # a lead byte (or ASCII)
+            need = 2 if 0xC0 <= c < 0xE0 else 3 if 0xE0 <= c < 0xF0 else 4 if c >= 0xF0 else 1
+            return i if need > i else 0
+    return 0
+
+
+def exit_fields(status: int) -> tuple[int | None, int | None]:
+    """(code, signal) from a wait status."""
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    return os.WEXITSTATUS(status), None
+
+
+# --------------------------------------------------------------------------- request fields
+
+
+def want(req: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    """Field `name` of `req`, checked to be of `kind`; `default` if missing or null."""
+    value = req.get(name)
+    if value is None:
+        return default
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise BadRequest(f"field {name!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def want_attempt(value: Any) -> str:
+    if not isinstance(value, str) or not ATTEMPT_RE.fullmatch(value) or value in (".", ".."):
+        raise BadRequest(f"bad attempt id {value!r}: use characters [A-Za-z0-9_.-]")
+    return value
+
+
+def want_strings(req: dict[str, Any], name: str) -> list[str]:
+    value = want(req, name, list, [])
+    if not all(isinstance(v, str) and "\0" not in v for v in value):
+        raise BadRequest(f"field {name!r} must be a list of strings without NUL")
+    return list(value)
+
+
+def want_env(req: dict[str, Any]) -> dict[str, str]:
+    env = want(req, "env", dict, {})
+    for k, v in env.items():
+        if not k or "=" in k or "\0" in k or not isinstance(v, str) or "\0" in v:
+            raise BadRequest(f"bad environment variable {k!r}={v!r}")
+    return dict(env)
+
+
+# --------------------------------------------------------------------------- the shepherd
+
+
+class _Flags:
+    term = False
+
+
+def _on_term(signum: int, frame: Any) -> None:
+    _Flags.term = True
+
+
+def on_nothing(signum: int, frame: Any) -> None:
+    """A handler only so that the signal wakes the loop through the wakeup fd."""
+
+
+def shepherd(adir: str, spec: dict[str, Any], out_fd: int, err_fd: int, report: int) -> NoReturn:
+    """The shepherd process: start the job, wait for it, write `exit`. Never returns."""
+    try:
+        signal.set_wakeup_fd(-1)
+        os.setsid()
+        for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        close_fds({out_fd, err_fd, report})
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGTERM, _on_term)
+        signal.signal(signal.SIGCHLD, on_nothing)
+        supervise(adir, spec, out_fd, err_fd, report, wake_r)
+    finally:
+        os._exit(0)
+
+
+def start_job(spec: dict[str, Any], out_fd: int, err_fd: int, exec_w: int) -> NoReturn:
+    """In the job's child process: set up descriptors and exec the script."""
+    try:
+        os.setpgid(0, 0)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGPIPE, signal.SIGHUP, signal.SIGINT, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        close_fds({exec_w})
+        os.chdir(spec["cwd"])
+        argv = spec["argv"]
+        os.execve(argv[0], argv, spec["env"])
+    except BaseException as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        for fd, text in ((exec_w, message), (2, f"hpcbatch: cannot start the job: {message}\n")):
+            with contextlib.suppress(OSError):
+                os.write(fd, text.encode(errors="replace"))
+    os._exit(127)
+
+
+def supervise(
+    adir: str, spec: dict[str, Any], out_fd: int, err_fd: int, report: int, wake: int
+) -> None:
+    exec_r, exec_w = os.pipe()  # close-on-exec: EOF without data means exec succeeded
+    started = time.time()
+    job = os.fork()
+    if job == 0:
+        start_job(spec, out_fd, err_fd, exec_w)
+    with contextlib.suppress(OSError):  # the child may have done it first
+        os.setpgid(job, job)
+    os.close(exec_w)
+    os.close(out_fd)
+    if err_fd != out_fd:
+        os.close(err_fd)
+    exec_error = read_all(exec_r).decode(errors="replace")
+    rec: dict[str, Any] = {"shepherd": os.getpid(), "job": job, "started": started}
+    rec["shepherd_start"] = (proc_stat(os.getpid()) or ("", None))[1]
+    rec["job_start"] = (proc_stat(job) or ("", None))[1]
+    write_json(os.path.join(adir, "pid"), rec)
+    with contextlib.suppress(OSError):  # if the agent is gone, the job runs on regardless
+        os.write(report, (json.dumps(rec) + "\n").encode())
+    os.close(report)
+    status, reason, timed_out = wait_job(adir, job, spec, wake)
+    signal_group(job, signal.SIGKILL)  # leftover background processes of the job
+    code, sig = exit_fields(status)
+    if exec_error:
+        reason = f"exec failed: {exec_error}"
+    result = {"code": code, "signal": sig, "reason": reason, "timed_out": timed_out,
+              "started": started, "ended": time.time()}  # fmt: skip
+    write_json(os.path.join(adir, "exit"), result)
+
+
+def wait_job(adir: str, job: int, spec: dict[str, Any], wake: int) -> tuple[int, str | None, bool]:
+    """Wait for the job; on timeout or SIGTERM (a `kill`): TERM its group, KILL after grace."""
+    timeout = spec["timeout_s"]
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    kill_at: float | None = None
+    reason: str | None = None
+    timed_out = False
+    while True:
+        pid, status = os.waitpid(job, os.WNOHANG)
+        if pid:
+            return status, reason, timed_out
+        now = time.monotonic()
+        grace: float | None = None
+        if _Flags.term:
+            _Flags.term = False
+            req = read_json(os.path.join(adir, "kill"))
+            req = req if isinstance(req, dict) else {}
+            reason = reason or str(req.get("reason") or "killed")
+            grace = req.get("grace_s")
+            grace = float(grace) if isinstance(grace, (int, float)) else spec["grace_s"]
+        if deadline is not None and now >= deadline and not timed_out:
+            timed_out = True
+            reason = reason or f"timed out after {timeout:g} s"
+            grace = spec["grace_s"]
+        if grace is not None:
+            signal_group(job, signal.SIGTERM)
+            signal_group(job, signal.SIGCONT)
+            kill_at = min(kill_at if kill_at is not None else now + grace, now + grace)
+        if kill_at is not None and now >= kill_at:
+            signal_group(job, signal.SIGKILL)
+        waits = [t - now for t in (deadline, kill_at) if t is not None and t > now]
+        selectors_wait(wake, min(waits) if waits else None)
+
+
+def selectors_wait(fd: int, timeout: float | None) -> None:
+    """Wait until `fd` (a signal wakeup pipe) is readable or `timeout` passes; drain it."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        if sel.select(timeout):
+            os.read(fd, 4096)
+
+
+# --------------------------------------------------------------------------- host facts
+
+
+def nvidia_smi() -> tuple[str | None, str | None]:
+    """(output, error) of nvidia-smi's GPU query; (None, None) when it is not installed."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None, None
+    try:
+        proc = subprocess.run(
+            [exe, *NVIDIA_SMI_ARGS], stdin=subprocess.DEVNULL, capture_output=True, timeout=10
+        )
+    except subprocess.TimeoutExpired:
+        return None, "nvidia-smi timed out after 10 s"
+    except OSError as exc:
+        return None, f"cannot run nvidia-smi: {exc}"
+    out = proc.stdout.decode(errors="replace")
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip() or out.strip()
+        return None, f"nvidia-smi exited with {proc.returncode}: {err[:2000]}"
+    return out, None
+
+
+def host_facts() -> dict[str, Any]:
+    ib_dir = "/sys/class/infiniband"
+    try:
+        ib = sorted(os.listdir(ib_dir))
+    except OSError:
+        ib = []
+    drivers = {d: os.path.realpath(f"{ib_dir}/{d}/device/driver") for d in ib}
+    efa = [d for d in ib if "efa" in os.path.basename(drivers[d])]
+    memory_mb = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    memory_mb = int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = os.environ.get("USER", str(os.getuid()))
+    smi, smi_error = nvidia_smi()
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    return {
+        "hostname": socket.gethostname(),
+        "cpus": len(getaffinity(0)) if getaffinity else os.cpu_count(),
+        "memory_mb": memory_mb,
+        "nvidia_smi": smi,
+        "nvidia_smi_error": smi_error,
+        "infiniband": ib,
+        "efa": efa,
+        "dev_infiniband": os.path.isdir("/dev/infiniband"),
+        "runtimes": {n: p for n in RUNTIMES for p in [shutil.which(n)] if p},
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "user": user,
+        "home": os.path.expanduser("~"),
+    }

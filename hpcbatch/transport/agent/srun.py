@@ -1,0 +1,260 @@
+"""`srun` inside an hpcbatch job: run a job step's tasks across the allocated nodes.
+
+Slurm job scripts call `srun prog`, `srun -n 4 prog`, `srun --ntasks-per-node=2
+prog`. This stand-in is first on every job's PATH so such scripts run
+unchanged: it lays the tasks out over the job's nodes as Slurm's block
+distribution does, starts the local node's tasks itself and the others through
+`hpcbatch-rsh` (the agent's relay), gives each task SLURM_PROCID,
+SLURM_LOCALID, SLURM_NODEID and the step's sizes, forwards output (`-l`
+prefixes each line with the task number), and exits with the highest task exit
+status. SIGINT/SIGTERM stop every task. It starts plain processes: an MPI
+program started by it runs as N singletons, so use `mpirun` for MPI.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import selectors
+import shlex
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+VALUED = {
+    "-n": "ntasks", "--ntasks": "ntasks", "-N": "nodes", "--nodes": "nodes",
+    "--ntasks-per-node": "per_node", "-c": None, "--cpus-per-task": None, "--mpi": None,
+    "--export": None, "-J": None, "--job-name": None, "--gres": None, "--gpus": None,
+    "--gpus-per-node": None, "--gpus-per-task": None, "--mem": None, "--mem-per-cpu": None,
+    "-t": None, "--time": None, "-p": None, "--partition": None, "--cpu-bind": None,
+    "--cpu_bind": None, "-m": None, "--distribution": None, "-w": None, "--nodelist": None,
+    "-W": None, "--wait": None, "--hint": None, "-D": None, "--chdir": "chdir",
+}  # fmt: skip
+FLAGS = {
+    "-l": "label", "--label": "label", "-K": "kill_bad", "--kill-on-bad-exit": "kill_bad",
+    "-u": None, "--unbuffered": None, "--exclusive": None, "--overlap": None,
+    "-Q": None, "--quiet": None, "-v": None, "--verbose": None, "--whole": None,
+}  # fmt: skip
+
+
+class SrunError(ValueError):
+    """An srun invocation that cannot run here."""
+
+
+@dataclass
+class Options:
+    ntasks: int | None = None
+    nodes: int | None = None
+    per_node: int | None = None
+    label: bool = False
+    kill_bad: bool = False
+    chdir: str | None = None
+    command: list[str] = field(default_factory=list)
+
+
+def parse_argv(argv: list[str]) -> Options:
+    opts = Options()
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            break
+        name, eq, value = arg.partition("=")
+        if not eq and len(arg) > 2 and arg[1] != "-" and arg[:2] in VALUED:
+            name, value, eq = arg[:2], arg[2:], "="  # -n4
+        if name in FLAGS:
+            if FLAGS[name]:
+                setattr(opts, str(FLAGS[name]), True)
+            continue
+        if name not in VALUED:
+            raise SrunError(f"unsupported option {name} (see docs/mpi.md, srun)")
+        if not eq:
+            if i >= len(argv):
+                raise SrunError(f"option {name} needs a value")
+            value, i = argv[i], i + 1
+        attr = VALUED[name]
+        if attr == "chdir":
+            opts.chdir = value
+        elif attr:
+            try:
+                number = int(value.split("-")[-1]) if attr == "nodes" else int(value)
+            except ValueError:
+                raise SrunError(f"{name}: {value!r} is not a number") from None
+            if number < 1:
+                raise SrunError(f"{name} must be at least 1")
+            setattr(opts, attr, number)
+    opts.command = argv[i:]
+    if not opts.command:
+        raise SrunError("name a program to run")
+    return opts
+
+
+def layout(
+    job_nodes: int, ntasks: int | None, nodes: int | None, per_node: int | None,
+    job_ntasks: int | None,
+) -> list[int]:  # fmt: skip
+    """Tasks per node (block distribution) for a step of the job's first nodes."""
+    if nodes is not None and nodes > job_nodes:
+        raise SrunError(f"-N {nodes}: the job has only {job_nodes} nodes")
+    want_nodes = nodes or job_nodes
+    if ntasks is None:
+        ntasks = per_node * want_nodes if per_node else (job_ntasks or want_nodes)
+    used = min(want_nodes, ntasks) if nodes is None else want_nodes
+    if ntasks < used:
+        raise SrunError(f"{ntasks} tasks cannot cover {used} nodes")
+    if per_node:
+        if ntasks > per_node * used:
+            raise SrunError(f"{ntasks} tasks do not fit {per_node} per node on {used} nodes")
+        counts, left = [], ntasks
+        for _ in range(used):
+            counts.append(min(per_node, left))
+            left -= counts[-1]
+        return [c for c in counts if c] or [0]
+    base, extra = divmod(ntasks, used)
+    return [base + (1 if i < extra else 0) for i in range(used)]
+
+
+def next_step_id() -> int:
+    path = os.path.join(os.environ.get("HPCBATCH_ATTEMPT_DIR") or ".", "srun_steps")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        raw = os.read(fd, 64).decode() or "0"
+        step = int(raw.strip() or 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(step + 1).encode())
+        return step
+    finally:
+        os.close(fd)
+
+
+def compress_counts(counts: list[int]) -> str:
+    out: list[str] = []
+    for c in counts:
+        if out and out[-1].split("(")[0] == str(c):
+            prev = out[-1]
+            n = int(prev[prev.index("x") + 1 : -1]) + 1 if "(x" in prev else 2
+            out[-1] = f"{c}(x{n})"
+        else:
+            out.append(str(c))
+    return ",".join(out)
+
+
+class Step:
+    """The running tasks of one srun: their processes and output forwarding."""
+
+    def __init__(self, opts: Options) -> None:
+        env = os.environ
+        addrs = [a for a in env.get("HPCBATCH_NODE_ADDRS", "").split(",") if a]
+        names = [a for a in env.get("HPCBATCH_NODE_NAMES", "").split(",") if a] or addrs
+        here = int(env.get("HPCBATCH_NODE_INDEX") or 0)
+        job_ntasks = int(env["SLURM_NTASKS"]) if env.get("SLURM_NTASKS") else None
+        counts = layout(len(addrs), opts.ntasks, opts.nodes, opts.per_node, job_ntasks)
+        self.opts = opts
+        self.step = next_step_id()
+        self.procs: list[tuple[int, subprocess.Popen[bytes]]] = []
+        self.sel = selectors.DefaultSelector()
+        self.partial: dict[int, bytes] = {}
+        ntasks = sum(counts)
+        common = {
+            "SLURM_STEP_ID": str(self.step), "SLURM_STEPID": str(self.step),
+            "SLURM_NTASKS": str(ntasks), "SLURM_NPROCS": str(ntasks),
+            "SLURM_STEP_NUM_TASKS": str(ntasks), "SLURM_STEP_NUM_NODES": str(len(counts)),
+            "SLURM_STEP_NODELIST": ",".join(names[: len(counts)]),
+            "SLURM_STEP_TASKS_PER_NODE": compress_counts(counts),
+        }  # fmt: skip
+        cwd = opts.chdir or os.getcwd()
+        rank = 0
+        for node, count in enumerate(counts):
+            for local in range(count):
+                task_env = dict(common, SLURM_PROCID=str(rank), SLURM_LOCALID=str(local),
+                                SLURM_NODEID=str(node))  # fmt: skip
+                self.start(rank, node == here, addrs[node], task_env, cwd)
+                rank += 1
+
+    def start(self, rank: int, local: bool, addr: str, task_env: dict[str, str], cwd: str) -> None:
+        stdin = None if rank == 0 else subprocess.DEVNULL
+        if local:
+            argv = self.opts.command
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env={**os.environ, **task_env},
+                                    cwd=cwd)  # fmt: skip
+        else:
+            assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(task_env.items()))
+            remote = f"cd {shlex.quote(cwd)} 2>/dev/null; exec env {assigns} " + shlex.join(
+                self.opts.command
+            )
+            rsh = ["hpcbatch-rsh"] + ([] if rank == 0 else ["-n"]) + [addr, remote]
+            proc = subprocess.Popen(rsh, stdin=stdin, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)  # fmt: skip
+        self.procs.append((rank, proc))
+        for pipe, out in ((proc.stdout, 1), (proc.stderr, 2)):
+            assert pipe is not None
+            self.sel.register(pipe, selectors.EVENT_READ, (rank, out))
+
+    def forward(self, rank: int, out: int, data: bytes) -> None:
+        if self.opts.label:
+            key = rank * 2 + out
+            data = self.partial.pop(key, b"") + data
+            *lines, rest = data.split(b"\n")
+            if rest:
+                self.partial[key] = rest
+            data = b"".join(f"{rank}: ".encode() + line + b"\n" for line in lines)
+        while data:
+            data = data[os.write(out, data) :]
+
+    def wait(self) -> int:
+        while self.sel.get_map():
+            for key, _ in self.sel.select(timeout=1.0):
+                rank, out = key.data
+                data = os.read(key.fd, 65536)
+                if data:
+                    self.forward(rank, out, data)
+                else:
+                    self.sel.unregister(key.fileobj)
+                    rest = self.partial.pop(rank * 2 + out, b"")
+                    if rest:
+                        self.forward(rank, out, rest + b"\n")
+            if self.opts.kill_bad and any(p.poll() not in (None, 0) for _, p in self.procs):
+                self.kill()
+        worst = 0
+        for rank, proc in self.procs:
+            rc = proc.wait()
+            code = 128 - rc if rc < 0 else rc
+            if code:
+                sys.stderr.write(f"srun: error: task {rank}: exited with status {code}\n")
+            worst = max(worst, code)
+        return worst
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(sig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not os.environ.get("HPCBATCH_NODE_ADDRS") or not os.environ.get("HPCBATCH_JOB_ID"):
+        sys.stderr.write(
+            "srun: not inside an hpcbatch job allocation; "
+            "to run a command as a job use `hpcbatch run [options] COMMAND`\n"
+        )
+        return 1
+    try:
+        step = Step(parse_argv(args))
+    except SrunError as exc:
+        sys.stderr.write(f"srun: error: {exc}\n")
+        return 2
+    except OSError as exc:
+        sys.stderr.write(f"srun: error: cannot start the tasks: {exc}\n")
+        return 2
+
+    def stop(signum: int, frame: object) -> None:
+        step.kill()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return step.wait()
