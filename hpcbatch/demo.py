@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from hpcbatch.cli.format import table
 from hpcbatch.cli.submit import build_submission
@@ -25,17 +26,21 @@ from hpcbatch.sandbox import (
 )
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "jobs"
+MPI_EXAMPLES = EXAMPLES.parent / "mpi"
+ARRAY_COMMAND = (
+    'echo "array task $SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_TASK_COUNT on $HPCBATCH_SANDBOX_HOST"'
+)
 
 
 def _say(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-def _submit(client: Client, argv: list[str]) -> int:
+def _submit(client: Client, argv: list[str], **extra: Any) -> int:
     sub = build_submission(argv, None)
     for w in sub.warnings:
         print(f"    warning: {w}")
-    return int(client.call("submit", request=sub.request)["job_id"])
+    return int(client.call("submit", request={**sub.request, **extra})["job_id"])
 
 
 def _output(client: Client, job_id: int, stream: str) -> str:
@@ -85,15 +90,25 @@ def run_demo(keep: bool = True, hosts: int = 4) -> int:
             time.sleep(0.1)
         print(f"    {len(up)}/{len(sb.hosts)} hosts connected")
         _say("submitting example jobs (examples/jobs/*.sh, #SBATCH directives)")
+        n_mpi = min(len(sb.hosts), 4)
         jobs = {
             "hello": _submit(client, [str(EXAMPLES / "hello.sh")]),
             "fails with 3": _submit(client, [str(EXAMPLES / "fail.sh")]),
             "GPU job": _submit(client, [str(EXAMPLES / "gpu.sh")]),
+            # The hosts' own python3 runs the ranks (Debian's python3-mpi4py).
+            f"MPI hello on {n_mpi} hosts (plain mpirun)": _submit(
+                client,
+                [f"--nodes={n_mpi}", str(MPI_EXAMPLES / "hello.sh")],
+                submit_dir=str(MPI_EXAMPLES),
+            ),
+            "array of 8, at most 4 at once": _submit(
+                client, ["--array=0-7%4", "--job-name=array-demo", "--wrap", ARRAY_COMMAND]
+            ),
         }
         for what, job_id in jobs.items():
             print(f"    job {job_id}: {what}")
         _say("waiting for them")
-        final = client.call("wait", job_ids=list(jobs.values()), timeout_s=60)
+        final = client.call("wait", job_ids=list(jobs.values()), timeout_s=120)
         rows = [
             [
                 j["id"],
@@ -107,12 +122,24 @@ def run_demo(keep: bool = True, hosts: int = 4) -> int:
         ]
         print(table(["JOB", "NAME", "STATE", "EXIT", "HOST", "REASON"], rows))
         for j in final:
+            if j.get("array_size"):
+                print(f"--- array job {j['id']} ({j['name']}): {j.get('reason')}")
+                for child in client.call("jobs", array_parent=j["id"]):
+                    out = _output(client, child["id"], "stdout").strip()
+                    print(f"    {child['display_id']}: {out}")
+                continue
             print(f"--- job {j['id']} ({j['name']}) stdout:")
             print(_output(client, j["id"], "stdout").rstrip() or "(empty)")
             err = _output(client, j["id"], "stderr").rstrip()
             if err:
                 print(f"--- job {j['id']} stderr:\n{err}")
-    ok = [j["state"] for j in final] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
+    ok = [j["state"] for j in final] == [
+        "SUCCEEDED",
+        "FAILED",
+        "SUCCEEDED",
+        "SUCCEEDED",
+        "SUCCEEDED",
+    ]
     print(f"""
 ==> done{"" if ok else " (unexpected states: see above)"}. Things to try next:
     .venv/bin/hpcbatch hosts                      # sinfo-like: state, CPUs/memory/GPUs, fabric
@@ -120,6 +147,9 @@ def run_demo(keep: bool = True, hosts: int = 4) -> int:
     .venv/bin/hpcbatch show {jobs["fails with 3"]}                     # history and attempts
     .venv/bin/hpcbatch submit --wrap 'sleep 30; echo done' && .venv/bin/hpcbatch jobs
     .venv/bin/hpcbatch run -p gpu --gpus 2 sh -c 'echo $CUDA_VISIBLE_DEVICES'
+    (cd examples/mpi && ../../.venv/bin/hpcbatch submit --wait --nodes=2 pi.sh)  # MPI pi
+    .venv/bin/hpcbatch submit --array=0-99%4 --wrap 'echo $SLURM_ARRAY_TASK_ID'
+    .venv/bin/hpcbatch jobs                       # the waiting children fold into one row
     .venv/bin/hpcbatch logs -f JOBID
     ssh -F {sb.ssh_config} node1                  # a sandbox host, by hand
   The sandbox and controller keep running. Stop them with:  make demo-down
