@@ -8,6 +8,7 @@ a history the controller can resume from.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import uuid
@@ -116,6 +117,9 @@ class Store:
         self._conn = conn
         self.path = path
         self.cluster_id = ""
+        # One connection: writers from different tasks (hosts connecting at once) must
+        # take turns, or the second BEGIN lands inside the first transaction.
+        self._write_lock = asyncio.Lock()
 
     async def _cluster_id(self) -> str:
         """A random id made with the store: it namespaces this cluster's files on hosts,
@@ -174,19 +178,21 @@ class Store:
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction; rolled back on any error, which is re-raised as StoreError."""
-        try:
-            await self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot start a write: {exc}") from exc
-        try:
-            yield self._conn
-            await self._conn.execute("COMMIT")
-        except BaseException as exc:
-            with suppress(sqlite3.Error):
-                await self._conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"{self.path}: write failed, nothing was changed: {exc}") from exc
-            raise
+        async with self._write_lock:
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot start a write: {exc}") from exc
+            try:
+                yield self._conn
+                await self._conn.execute("COMMIT")
+            except BaseException as exc:
+                with suppress(sqlite3.Error):
+                    await self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    msg = f"{self.path}: write failed, nothing was changed: {exc}"
+                    raise StoreError(msg) from exc
+                raise
 
     # ------------------------------------------------------------------ jobs
 
