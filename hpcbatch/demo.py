@@ -25,16 +25,19 @@ from hpcbatch.sandbox import (
 )
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "jobs"
+MPI_EXAMPLES = EXAMPLES.parent / "mpi"
 
 
 def _say(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-def _submit(client: Client, argv: list[str]) -> int:
+def _submit(client: Client, argv: list[str], submit_dir: Path | None = None) -> int:
     sub = build_submission(argv, None)
     for w in sub.warnings:
         print(f"    warning: {w}")
+    if submit_dir is not None:  # as if submitted from there (the MPI scripts cd to it)
+        sub.request["submit_dir"] = str(submit_dir)
     return int(client.call("submit", request=sub.request)["job_id"])
 
 
@@ -89,6 +92,9 @@ def run_demo(keep: bool = True, hosts: int = 4) -> int:
             "hello": _submit(client, [str(EXAMPLES / "hello.sh")]),
             "fails with 3": _submit(client, [str(EXAMPLES / "fail.sh")]),
             "GPU job": _submit(client, [str(EXAMPLES / "gpu.sh")]),
+            "MPI hello on 3 hosts": _submit(
+                client, ["-N", "3", "-t", "2:00", str(MPI_EXAMPLES / "hello.sh")], MPI_EXAMPLES
+            ),
         }
         for what, job_id in jobs.items():
             print(f"    job {job_id}: {what}")
@@ -112,7 +118,7 @@ def run_demo(keep: bool = True, hosts: int = 4) -> int:
             err = _output(client, j["id"], "stderr").rstrip()
             if err:
                 print(f"--- job {j['id']} stderr:\n{err}")
-    ok = [j["state"] for j in final] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
+    ok = [j["state"] for j in final] == ["SUCCEEDED", "FAILED", "SUCCEEDED", "SUCCEEDED"]
     print(f"""
 ==> done{"" if ok else " (unexpected states: see above)"}. Things to try next:
     .venv/bin/hpcbatch hosts                      # sinfo-like: state, CPUs/memory/GPUs, fabric
@@ -121,6 +127,7 @@ def run_demo(keep: bool = True, hosts: int = 4) -> int:
     .venv/bin/hpcbatch submit --wrap 'sleep 30; echo done' && .venv/bin/hpcbatch jobs
     .venv/bin/hpcbatch run -p gpu --gpus 2 sh -c 'echo $CUDA_VISIBLE_DEVICES'
     .venv/bin/hpcbatch logs -f JOBID
+    cd examples/mpi && ../../.venv/bin/hpcbatch submit --wait heat2d.sh   # MPI: docs/mpi.md
     ssh -F {sb.ssh_config} node1                  # a sandbox host, by hand
   The sandbox and controller keep running. Stop them with:  make demo-down
 """)
