@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo demo-down test test-fast lint typecheck check prereqs venv bench clean
+.PHONY: demo demo-down test test-fast lint typecheck check prereqs venv bench bench-mpi clean
 
 prereqs:
 	@bash scripts/install-prereqs.sh
@@ -40,6 +40,10 @@ check: lint typecheck test
 
 bench: venv
 	$(BIN)/python benchmarks/dispatch.py
+
+bench-mpi: venv
+	$(BIN)/python benchmarks/gang_launch.py
+	$(BIN)/python benchmarks/mpi_hello.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -56,7 +56,7 @@ def run_demo(keep: bool = True, hosts: int = 4) -> int:
         print("hpcbatch demo needs: " + ", ".join(missing), file=sys.stderr)
         print(
             "as root, `make demo` installs them; otherwise: "
-            "sudo apt-get install openssh-server openmpi-bin libopenmpi-dev",
+            "sudo apt-get install openssh-server openmpi-bin libopenmpi-dev python3-mpi4py",
             file=sys.stderr,
         )
         return 1

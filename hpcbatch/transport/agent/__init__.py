@@ -13,7 +13,15 @@ import io
 import zipfile
 from importlib import resources
 
-MODULES = ("__init__.py", "procs.py", "hpcbatch_agent.py", "relay.py", "rsh.py", "srun.py")
+MODULES = (
+    "__init__.py",
+    "procs.py",
+    "hpcbatch_agent.py",
+    "relay.py",
+    "rsh.py",
+    "srun.py",
+    "tools.py",
+)
 """The agent package's files that travel to hosts."""
 
 _STUBS = {

@@ -194,12 +194,16 @@ class Relayed:
         )  # fmt: skip
         with open(agent.path(attempt, "relayed"), "a") as f:
             f.write(f"{self.proc.pid}\n")
+        # Descriptors are closed through their file objects only: closing the number
+        # behind Popen's back would let it close a later reuse of that number.
         self.open_fds: dict[int, int] = {}
+        self.files: dict[int, Any] = {}
         for fd_no, pipe in ((1, self.proc.stdout), (2, self.proc.stderr)):
             assert pipe is not None
             fd = pipe.fileno()
             os.set_blocking(fd, False)
             self.open_fds[fd] = fd_no
+            self.files[fd] = pipe
             agent.sel.register(fd, selectors.EVENT_READ, lambda fd=fd: self.on_output(fd))
         assert self.proc.stdin is not None
         self.stdin_fd: int | None = self.proc.stdin.fileno()
@@ -227,7 +231,7 @@ class Relayed:
         if self.open_fds.pop(fd, None) is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self.hub.agent.sel.unregister(fd)
-            os.close(fd)
+            self.files.pop(fd).close()
 
     def feed(self, data: bytes, eof: bool) -> None:
         self.stdin_buf += data
@@ -244,8 +248,13 @@ class Relayed:
         except OSError:
             self.stdin_buf = b""
         if self.stdin_eof:
+            self.close_stdin()
+
+    def close_stdin(self) -> None:
+        if self.stdin_fd is not None and self.proc.stdin is not None:
             self.stdin_fd = None
-            os.close(fd)
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
 
     def on_exit(self) -> None:
         self.status = self.proc.wait()
@@ -263,9 +272,7 @@ class Relayed:
         if self.status is None or self.open_fds or self.key not in self.hub.relayed:
             return
         del self.hub.relayed[self.key]
-        if self.stdin_fd is not None:
-            os.close(self.stdin_fd)
-            self.stdin_fd = None
+        self.close_stdin()
         kill_session(self.proc.pid, signal.SIGKILL)  # what it left behind
         rc = self.status
         self.hub.agent.send({"ev": "rexit", "key": self.key, "code": rc if rc >= 0 else None,
@@ -334,7 +341,7 @@ class RelayHub:
                 raise BadRequest(f"attempt {attempt} is not running here")
             command = want(req, "command", str, "")
             self.relayed[key] = Relayed(self, key, attempt, command)
-        except (BadRequest, OSError) as exc:
+        except Exception as exc:  # the client must hear of it, whatever it was
             self.agent.send({"ev": "rexit", "key": key, "code": 255, "signal": None,
                              "error": f"cannot start the command: {exc}"})  # fmt: skip
             return {}
