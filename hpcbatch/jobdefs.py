@@ -19,10 +19,10 @@ import re
 import shlex
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from hpcbatch.core.params import substitute
-from hpcbatch.models import Name, RetryStrategy, StrictModel, check_environment
+from hpcbatch.models import Name, NodeRange, RetryStrategy, StrictModel, check_environment
 
 DEFINITION_REF_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]{0,63})(?::(?P<rev>\d+))?$")
 
@@ -37,9 +37,13 @@ class JobDefinition(StrictModel):
     cpus: int = Field(default=1, ge=1, le=100_000)
     memory_mb: int | None = Field(default=None, ge=1)
     gpus: int = Field(default=0, ge=0, le=1024)
-    nodes: int = Field(default=1, ge=1, le=10_000)
+    # `num_nodes` is AWS Batch's name for it.
+    nodes: int = Field(
+        default=1, ge=1, le=10_000, validation_alias=AliasChoices("nodes", "num_nodes")
+    )
     main_node: int = Field(default=0, ge=0)
     launch_mode: Literal["main", "all"] | None = None
+    node_ranges: list[NodeRange] = Field(default_factory=list, max_length=10_000)
     fabric: str | None = None
     exclusive: bool = False
     environment: dict[str, str] = Field(default_factory=dict)
@@ -134,6 +138,8 @@ def request_from_definition(
         request["main_node"] = defn.main_node
         if defn.launch_mode is not None:
             request["launch_mode"] = defn.launch_mode
+        if defn.node_ranges:
+            request["node_ranges"] = [r.model_dump(exclude_none=True) for r in defn.node_ranges]
     if defn.image is not None:
         request["image"] = defn.image
     for key in (

@@ -129,3 +129,23 @@ async def test_retries_follow_the_strategy(cluster: tuple[Controller, Api]) -> N
     with pytest.raises(ClientError) as err:
         await api.submit(retry={"evaluate_on_exit": [{"on_exit_code": "x1", "action": "RETRY"}]})
     assert "on_exit_code" in err.value.message or "onExitCode" in err.value.message
+
+
+async def test_multi_node_definition(cluster: tuple[Controller, Api]) -> None:
+    _c, api = cluster
+    await api(
+        "register",
+        definition={
+            "name": "pair",
+            "num_nodes": 2,
+            "launch_mode": "all",
+            "command": ["sh", "-c", 'echo "node $HPCBATCH_NODE_INDEX of $HPCBATCH_NUM_NODES"'],
+        },
+    )
+    (shown,) = await api("definitions", name="pair")
+    assert shown["definition"]["nodes"] == 2
+    job = await api.submit(definition="pair")
+    (done,) = await api.wait(job)
+    assert done["state"] == "SUCCEEDED" and done["nodes"] == 2 and len(done["hosts"]) == 2
+    node1 = await api("logs", job_id=job, node=1)
+    assert node1["data"].strip() == "node 1 of 2"
