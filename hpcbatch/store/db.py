@@ -12,10 +12,10 @@ import asyncio
 import json
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import aiosqlite
 
@@ -38,6 +38,9 @@ from hpcbatch.store.schema import MIGRATIONS
 class StoreError(RuntimeError):
     """The store cannot be opened or written; the message says why in plain words."""
 
+
+T = TypeVar("T")
+INSERT_TRANSITION = "INSERT INTO transitions (job_id, ts, old, new, reason) VALUES (?, ?, ?, ?, ?)"
 
 __all__ = [
     "AttemptUpdate",
@@ -142,16 +145,43 @@ class Store:
                     ) from exc
                 raise
 
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` as one write transaction in the database thread: one hop, not one
+        per statement. The hot paths (submit, start, exit) use this; it holds the same
+        lock as `_tx`, so the two never interleave."""
+        async with self._write_lock:
+            # aiosqlite's queue to its thread (untyped, private but stable for years).
+            run = cast("Callable[..., Awaitable[T]]", self._conn._execute)
+            return await run(self._in_tx, work)
+
+    def _in_tx(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn._conn  # runs in aiosqlite's thread, like its own calls
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot start a write: {exc}") from exc
+        try:
+            result = work(conn)
+            conn.execute("COMMIT")
+            return result
+        except BaseException as exc:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: write failed, nothing was changed: {exc}") from exc
+            raise
+
     # ------------------------------------------------------------------ jobs
 
     async def insert_jobs(
         self, jobs: Sequence[NewJob], state: JobState, reason: str | None
     ) -> list[int]:
         """Insert jobs in one transaction, recording SUBMITTED and then `state`."""
-        ids: list[int] = []
-        async with self._tx() as db:
+
+        def work(db: sqlite3.Connection) -> list[int]:
+            ids: list[int] = []
             for job in jobs:
-                cur = await db.execute(
+                cur = db.execute(
                     "INSERT INTO jobs (name, user, uid, queue, state, reason, request, submitted)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -174,11 +204,10 @@ class Store:
                     rows.append(
                         (job_id, job.submitted, str(JobState.SUBMITTED), str(state), reason)
                     )
-            await db.executemany(
-                "INSERT INTO transitions (job_id, ts, old, new, reason) VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
-        return ids
+            db.executemany(INSERT_TRANSITION, rows)
+            return ids
+
+        return await self._write(work)
 
     async def insert_array(
         self, parent: NewJob, indices: Sequence[int], state: JobState, reason: str | None
@@ -188,9 +217,9 @@ class Store:
         The parent holds the request; children hold only their index. Every row
         records SUBMITTED then `state`. Returns (parent id, child ids in index order).
         """
-        request = json.dumps(parent.request, separators=(",", ":"))
-        async with self._tx() as db:
-            cur = await db.execute(
+
+        def work(db: sqlite3.Connection) -> tuple[int, list[int]]:
+            cur = db.execute(
                 "INSERT INTO jobs (name, user, uid, queue, state, reason, request, submitted,"
                 " array_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -200,7 +229,7 @@ class Store:
                     parent.queue,
                     str(state),
                     reason,
-                    request,
+                    json.dumps(parent.request, separators=(",", ":")),
                     parent.submitted,
                     len(indices),
                 ),
@@ -208,15 +237,15 @@ class Store:
             assert cur.lastrowid is not None
             parent_id = cur.lastrowid
             row = (parent.name, parent.user, parent.uid, parent.queue, str(state), reason, "")
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO jobs (name, user, uid, queue, state, reason, request, submitted,"
                 " array_parent, array_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(*row, parent.submitted, parent_id, i) for i in indices],
             )
-            cur = await db.execute(
+            cur = db.execute(
                 "SELECT id FROM jobs WHERE array_parent = ? ORDER BY array_index", (parent_id,)
             )
-            child_ids = [int(r[0]) for r in await cur.fetchall()]
+            child_ids = [int(r[0]) for r in cur.fetchall()]
             ts = parent.submitted
             submitted = str(JobState.SUBMITTED)
             rows: list[tuple[Any, ...]] = []
@@ -224,11 +253,10 @@ class Store:
                 rows.append((job_id, ts, None, submitted, "submitted"))
                 if state != JobState.SUBMITTED:
                     rows.append((job_id, ts, submitted, str(state), reason))
-            await db.executemany(
-                "INSERT INTO transitions (job_id, ts, old, new, reason) VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
-        return parent_id, child_ids
+            db.executemany(INSERT_TRANSITION, rows)
+            return parent_id, child_ids
+
+        return await self._write(work)
 
     async def _inherit(self, jobs: Iterable[JobRecord]) -> None:
         """Give array children their parent's request (one shared dict per parent)."""
@@ -260,10 +288,13 @@ class Store:
 
         Returns the ids whose compare-and-set succeeded (a job cancelled meanwhile is skipped).
         """
-        started: list[int] = []
-        async with self._tx() as db:
+
+        def work(db: sqlite3.Connection) -> list[int]:
+            started: list[int] = []
+            attempts: list[tuple[Any, ...]] = []
+            transitions: list[tuple[Any, ...]] = []
             for order in orders:
-                cur = await db.execute(
+                cur = db.execute(
                     "UPDATE jobs SET state = ?, reason = ?, attempt = ? WHERE id = ? AND state = ?",
                     (
                         str(JobState.STARTING),
@@ -276,35 +307,38 @@ class Store:
                 if cur.rowcount != 1:
                     continue
                 started.append(order.job_id)
-                await db.execute(
-                    "INSERT INTO transitions (job_id, ts, old, new, reason) VALUES (?, ?, ?, ?, ?)",
+                transitions.append(
                     (
                         order.job_id,
                         ts,
                         str(JobState.RUNNABLE),
                         str(JobState.STARTING),
                         order.reason,
-                    ),
+                    )
                 )
-                await db.executemany(
-                    f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
-                    [
-                        (
-                            order.job_id,
-                            order.attempt,
-                            node,
-                            p.host,
-                            p.cpus,
-                            p.memory_mb,
-                            json.dumps(list(p.gpus)),
-                            str(AttemptState.STARTING),
-                            ts,
-                        )
-                        for node, p in enumerate(order.placements)
-                    ],
-                )
-        return started
+                attempts += [
+                    (
+                        order.job_id,
+                        order.attempt,
+                        node,
+                        p.host,
+                        p.cpus,
+                        p.memory_mb,
+                        json.dumps(list(p.gpus)),
+                        str(AttemptState.STARTING),
+                        ts,
+                    )
+                    for node, p in enumerate(order.placements)
+                ]
+            db.executemany(INSERT_TRANSITION, transitions)
+            db.executemany(
+                f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+                attempts,
+            )
+            return started
+
+        return await self._write(work)
 
     async def transition(
         self,
@@ -336,24 +370,25 @@ class Store:
             sets.append("exit_code = ?")
             params.append(exit_code)
         params += [job_id, str(old)]
-        async with self._tx() as db:
-            cur = await db.execute(
+        updates = list(attempt_updates)
+
+        def work(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
                 f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state = ?", params
             )
             if cur.rowcount != 1:
                 return False
-            await db.execute(
-                "INSERT INTO transitions (job_id, ts, old, new, reason) VALUES (?, ?, ?, ?, ?)",
-                (job_id, ts, str(old), str(new), reason),
-            )
-            for upd in attempt_updates:
-                await upd.apply(db)
-        return True
+            db.execute(INSERT_TRANSITION, (job_id, ts, str(old), str(new), reason))
+            for upd in updates:
+                upd.apply(db)
+            return True
+
+        return await self._write(work)
 
     async def bulk_transition(
         self,
         job_ids: Sequence[int],
-        olds: Iterable[JobState],
+        olds: Sequence[JobState],
         new: JobState,
         reason: str | None,
         ts: float,
@@ -366,22 +401,26 @@ class Store:
         (RETURNING gives the ids that really moved), so a 10,000-child array is
         cancelled or released in a few statements. Returns (id, old state) pairs.
         """
-        moved: list[tuple[int, JobState]] = []
         ids = json.dumps(list(job_ids))
-        async with self._tx() as db:
+        for old in olds:
+            check_transition(old, new)
+
+        def work(db: sqlite3.Connection) -> list[tuple[int, JobState]]:
+            moved: list[tuple[int, JobState]] = []
             for old in olds:
-                check_transition(old, new)
-                cur = await db.execute(
+                cur = db.execute(
                     "UPDATE jobs SET state = ?, reason = ?, ended = COALESCE(?, ended)"
                     " WHERE id IN (SELECT value FROM json_each(?)) AND state = ? RETURNING id",
                     (str(new), reason, ended, ids, str(old)),
                 )
-                moved += [(int(r[0]), old) for r in await cur.fetchall()]
-            await db.executemany(
-                "INSERT INTO transitions (job_id, ts, old, new, reason) VALUES (?, ?, ?, ?, ?)",
+                moved += [(int(r[0]), old) for r in cur.fetchall()]
+            db.executemany(
+                INSERT_TRANSITION,
                 [(job_id, ts, str(old), str(new), reason) for job_id, old in moved],
             )
-        return moved
+            return moved
+
+        return await self._write(work)
 
     async def set_summary_state(
         self, job_id: int, new: JobState, reason: str | None, ts: float, *, ended: float | None
@@ -431,9 +470,13 @@ class Store:
             )
 
     async def update_attempts(self, updates: Iterable[AttemptUpdate]) -> None:
-        async with self._tx() as db:
-            for upd in updates:
-                await upd.apply(db)
+        pending = list(updates)
+
+        def work(db: sqlite3.Connection) -> None:
+            for upd in pending:
+                upd.apply(db)
+
+        await self._write(work)
 
     async def load_active(self) -> list[JobRecord]:
         """Every job not in a final state, with the attempt rows of its current attempt."""

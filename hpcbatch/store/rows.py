@@ -10,8 +10,6 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from hpcbatch.core.records import AttemptRecord, AttemptState, JobRecord, Placement
 from hpcbatch.core.states import JobState
 
@@ -115,7 +113,7 @@ class AttemptUpdate:
     stdout: str | None = None
     stderr: str | None = None
 
-    async def apply(self, db: aiosqlite.Connection) -> None:
+    def apply(self, db: sqlite3.Connection) -> None:
         sets = ["state = ?"]
         params: list[Any] = [str(self.state)]
         for column in ("started", "ended", "exit_code", "signal", "reason", "stdout", "stderr"):
@@ -124,7 +122,7 @@ class AttemptUpdate:
                 sets.append(f"{column} = ?")
                 params.append(value)
         params += [self.job_id, self.attempt, self.node]
-        await db.execute(
+        db.execute(
             f"UPDATE attempts SET {', '.join(sets)} WHERE job_id = ? AND attempt = ? AND node = ?",
             params,
         )
