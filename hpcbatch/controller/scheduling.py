@@ -19,6 +19,8 @@ from hpcbatch.store.db import StartOrder, StoreError
 
 log = logging.getLogger(__name__)
 
+MAX_PASS_GAP_S = 0.05  # the longest a wake-up waits for the previous pass's cool-down
+
 
 class SchedulerLoop:
     def __init__(self, jobs: JobService) -> None:
@@ -30,6 +32,7 @@ class SchedulerLoop:
         self._task: asyncio.Task[None] | None = None
         self.passes = 0
         self.last_pass_s = 0.0
+        self._last_end = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -48,6 +51,13 @@ class SchedulerLoop:
         delay = 0.1
         while not self._stopping:
             await self._wake.wait()
+            # Under a stream of wake-ups (a submit burst, many exits), space the passes
+            # so that scheduling takes at most about half the loop's time: a pass costs
+            # O(runnable jobs), and one pass per event would make a burst quadratic. An
+            # idle controller still schedules a lone submit at once.
+            since = time.perf_counter() - self._last_end
+            if since < self.last_pass_s:
+                await asyncio.sleep(min(self.last_pass_s - since, MAX_PASS_GAP_S))
             self._wake.clear()
             if self._stopping:
                 break
@@ -129,4 +139,5 @@ class SchedulerLoop:
 
     def _account(self, t0: float) -> None:
         self.passes += 1
-        self.last_pass_s = time.perf_counter() - t0
+        self._last_end = time.perf_counter()
+        self.last_pass_s = self._last_end - t0

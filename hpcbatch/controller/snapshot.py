@@ -15,7 +15,7 @@ from typing import Any
 from hpcbatch.controller.cluster import Cluster
 from hpcbatch.core import fairshare
 from hpcbatch.core.gang import gang_shape
-from hpcbatch.core.records import AttemptRecord, AttemptState, JobRecord, Placement
+from hpcbatch.core.records import AttemptRecord, JobRecord, Placement
 from hpcbatch.core.scheduler import ComputeEnvView, JobView, QueuePolicy, QueueView, RunningView
 from hpcbatch.store.db import Store
 
@@ -122,10 +122,15 @@ class Snapshot:
             )
             for name, ce in inv.compute_environments.items()
         ]
+        # What holds resources now, from the hosts' holders: O(allocations), not O(jobs).
+        held: dict[int, list[AttemptRecord]] = {}
+        for host in cluster.hosts.values():
+            for a in host.holders.values():
+                held.setdefault(a.job_id, []).append(a)
         running = [
-            running_view(cluster, job, attempts)
-            for job in active.values()
-            if (attempts := _live_attempts(job))
+            running_view(cluster, active[job_id], attempts)
+            for job_id, attempts in held.items()
+            if job_id in active
         ]
         fair = any(q.policy == QueuePolicy.FAIRSHARE for q in queues)
         usage = ledger.snapshot(now, running) if fair else {}
@@ -138,14 +143,6 @@ class Snapshot:
             "compute_envs": self.compute_envs,
             "usage": self.usage,
         }
-
-
-def _live_attempts(job: JobRecord) -> list[AttemptRecord]:
-    return [
-        a
-        for a in job.attempts
-        if a.attempt == job.attempt and a.state in (AttemptState.STARTING, AttemptState.RUNNING)
-    ]
 
 
 def running_view(cluster: Cluster, job: JobRecord, attempts: list[AttemptRecord]) -> RunningView:
