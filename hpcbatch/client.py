@@ -83,6 +83,29 @@ class Client:
             raise ClientError(str(reply.get("kind", "error")), str(reply.get("error", "failed")))
         return reply.get("result")
 
+    def pipeline(
+        self, op: str, many: list[dict[str, Any]], window: int = 128
+    ) -> list[Any | ClientError]:
+        """Send many requests of one kind without waiting for each answer.
+
+        Up to `window` requests are in flight at once (the socket buffers never
+        fill both ways), so the controller never waits for this process between
+        them. Returns each result in order, or the ClientError of one refused.
+        """
+        out: list[Any | ClientError] = []
+        sent = 0
+        while len(out) < len(many):
+            while sent < len(many) and sent - len(out) < window:
+                self._send(op, many[sent])
+                sent += 1
+            reply = self._recv()
+            if reply.get("ok"):
+                out.append(reply.get("result"))
+            else:
+                kind = str(reply.get("kind", "error"))
+                out.append(ClientError(kind, str(reply.get("error", "failed"))))
+        return out
+
     def watch(self) -> Iterator[dict[str, Any]]:
         """Subscribe to controller events; yields them until the connection ends."""
         self.set_timeout(None)

@@ -19,7 +19,7 @@ from hpcbatch.store.db import StartOrder, StoreError
 
 log = logging.getLogger(__name__)
 
-MAX_PASS_GAP_S = 0.05  # the longest a wake-up waits for the previous pass's cool-down
+MAX_PASS_GAP_S = 0.2  # the longest a wake-up waits for the previous pass's cool-down
 
 
 class SchedulerLoop:
@@ -33,6 +33,7 @@ class SchedulerLoop:
         self.passes = 0
         self.last_pass_s = 0.0
         self._last_end = 0.0
+        self._last_started = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -55,14 +56,17 @@ class SchedulerLoop:
             # so that scheduling takes at most about half the loop's time: a pass costs
             # O(runnable jobs), and one pass per event would make a burst quadratic. An
             # idle controller still schedules a lone submit at once.
+            # A pass that started nothing waits longer (4x): until something ends, new
+            # submissions rarely change its answer.
+            gap = self.last_pass_s * (1 if self._last_started else 4)
             since = time.perf_counter() - self._last_end
-            if since < self.last_pass_s:
-                await asyncio.sleep(min(self.last_pass_s - since, MAX_PASS_GAP_S))
+            if since < gap:
+                await asyncio.sleep(min(gap - since, MAX_PASS_GAP_S))
             self._wake.clear()
             if self._stopping:
                 break
             try:
-                await self.pass_once()
+                self._last_started = await self.pass_once()
                 delay = 0.1
             except StoreError as exc:
                 log.error("scheduling pass could not write: %s", exc)
