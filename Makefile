@@ -11,7 +11,7 @@ prereqs:
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip >/dev/null
-	$(BIN)/pip install -q -e '.[dev,mpi]'
+	$(BIN)/pip install -q -e '.[dev,mpi]' --config-settings editable_mode=compat
 	@touch $@
 
 venv: prereqs $(BIN)/.installed

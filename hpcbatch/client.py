@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class ClientError(Exception):
@@ -25,7 +27,7 @@ class ClientError(Exception):
 class Client:
     """One connection to the controller; requests are answered in order."""
 
-    def __init__(self, path: Path, timeout: float | None = 30.0) -> None:
+    def __init__(self, path: Path | str, timeout: float | None = 30.0) -> None:
         self.path = path
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)

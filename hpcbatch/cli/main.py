@@ -8,15 +8,18 @@ aiosqlite, textual) are imported only inside the commands that need them, so
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 from hpcbatch.client import Client, ClientError
+
+if TYPE_CHECKING:  # argparse and pathlib cost `hpcbatch submit` start-up: imported where used
+    import argparse
+    from pathlib import Path
 
 EXIT_USAGE = 2
 
@@ -26,17 +29,20 @@ class CliError(Exception):
 
 
 def _home(args: argparse.Namespace) -> Path:
-    from hpcbatch.controller.settings import default_home
+    from pathlib import Path
 
-    return Path(args.home).expanduser() if getattr(args, "home", None) else default_home()
+    from hpcbatch.locations import home_dir
+
+    return Path(args.home or home_dir()).expanduser()
 
 
-def _socket(args: argparse.Namespace) -> Path:
-    from hpcbatch.controller.settings import default_socket
+def _socket(args: argparse.Namespace) -> str:
+    from hpcbatch.locations import socket_path
 
     if getattr(args, "socket", None):
-        return Path(args.socket).expanduser()
-    return default_socket(_home(args) if getattr(args, "home", None) else None)
+        return os.path.expanduser(str(args.socket))
+    home = getattr(args, "home", None)
+    return socket_path(os.path.expanduser(home) if home else None)
 
 
 def _client(args: argparse.Namespace, timeout: float | None = 30.0) -> Client:
@@ -100,7 +106,7 @@ def cmd_submit(argv: list[str], socket_path: str | None) -> int:
     sub = build_submission(argv, sys.stdin)
     for warning in sub.warnings:
         print(f"hpcbatch: warning: {warning}", file=sys.stderr)
-    args = argparse.Namespace(socket=socket_path, home=None)
+    args = cast("argparse.Namespace", SimpleNamespace(socket=socket_path, home=None))
     with _client(args, timeout=None if sub.wait else 30.0) as client:
         result = client.call("submit", request=sub.request, warnings=sub.warnings)
         job_id = result["job_id"]
@@ -126,7 +132,7 @@ def cmd_run(argv: list[str], socket_path: str | None) -> int:
     sub = build_submission(argv, None, run_mode=True)
     for warning in sub.warnings:
         print(f"hpcbatch: warning: {warning}", file=sys.stderr)
-    args = argparse.Namespace(socket=socket_path, home=None)
+    args = cast("argparse.Namespace", SimpleNamespace(socket=socket_path, home=None))
     with _client(args, timeout=None) as client:
         job_id = client.call("submit", request=sub.request)["job_id"]
         from hpcbatch.cli.logs import follow
@@ -307,6 +313,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(
         prog="hpcbatch",
         description="Batch jobs on hosts you reach over SSH: AWS Batch's model, Slurm's scripts.",
@@ -465,7 +473,7 @@ def _split_globals(argv: list[str]) -> tuple[dict[str, str], list[str]]:
         else:
             break
     if "home" in found and "socket" not in found:
-        found["socket"] = str(Path(found["home"]).expanduser() / "controller.sock")
+        found["socket"] = os.path.join(os.path.expanduser(found["home"]), "controller.sock")
     return found, argv[i:]
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from hpcbatch.core.directives import (
     JOB_REQUEST_KEYS,
@@ -56,10 +54,9 @@ PASSED_EXTRAS = (
 )
 
 
-@dataclass
-class Submission:
+class Submission(NamedTuple):
     request: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str]
     wait: bool = False
     json: bool = False
     parsable: bool = False
@@ -150,7 +147,8 @@ def _read_script(path: str, stdin: IO[str] | None) -> str:
             raise DirectiveError("command line", None, "no script given on standard input")
         return stdin.read()
     try:
-        return Path(path).read_text()
+        with open(path, encoding="utf-8") as f:
+            return f.read()
     except FileNotFoundError:
         raise DirectiveError(path, None, "no such file") from None
     except IsADirectoryError:
@@ -227,7 +225,7 @@ def build_submission(
     if "retry_attempts" in own:
         request["retry"] = {"attempts": _retry_attempts(own["retry_attempts"])}
     if script_path and script_path != "-":
-        request["script_path"] = str(Path(script_path).resolve())
+        request["script_path"] = os.path.realpath(script_path)
     return Submission(
         request=request,
         warnings=script_opts.warnings + cli.warnings,

@@ -6,24 +6,20 @@ passed in explicitly: no module-level configuration.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from hpcbatch import locations
 
 
 def default_home() -> Path:
     """`$HPCBATCH_HOME`, else `~/.hpcbatch`."""
-    env = os.environ.get("HPCBATCH_HOME")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".hpcbatch"
+    return Path(locations.home_dir())
 
 
 def default_socket(home: Path | None = None) -> Path:
-    env = os.environ.get("HPCBATCH_SOCKET")
-    if env:
-        return Path(env).expanduser()
-    return (home or default_home()) / "controller.sock"
+    """`$HPCBATCH_SOCKET`, else `controller.sock` in the home."""
+    return Path(locations.socket_path(str(home) if home else None))
 
 
 @dataclass(frozen=True, slots=True)

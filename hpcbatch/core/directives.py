@@ -35,8 +35,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from hpcbatch.core.units import UnitError, parse_memory_mb, parse_time
 
@@ -108,21 +107,36 @@ class DirectiveError(ValueError):
         return f"{where}: {self.message}"
 
 
-@dataclass
 class ParsedOptions:
     """Options from one source (a script's directives, or the command line).
 
     `values` uses the keys of `JOB_REQUEST_KEYS` and `EXTRA_KEYS`, plus
     `mem_per_cpu_mb` and `gpus_per_job`, which `merge` turns into `memory_mb`
     and `gpus`. `warnings` are complete lines, each naming where it comes from.
+    (A plain class, not a dataclass: `hpcbatch submit` imports this module, and
+    `dataclasses` would cost the CLI ~10 ms of start-up through `inspect`.)
     """
 
-    values: dict[str, object] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    __slots__ = ("values", "warnings")
+
+    def __init__(
+        self, values: dict[str, object] | None = None, warnings: list[str] | None = None
+    ) -> None:
+        self.values = {} if values is None else values
+        self.warnings = [] if warnings is None else warnings
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ParsedOptions):
+            return NotImplemented
+        return (self.values, self.warnings) == (other.values, other.warnings)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ParsedOptions(values={self.values!r}, warnings={self.warnings!r})"
 
 
-@dataclass(frozen=True)
-class ExportSpec:
+class ExportSpec(NamedTuple):
     """`--export`: which of the submitter's environment variables the job gets.
 
     `everything` is ALL (the whole submit environment, the default in Slurm);
@@ -291,8 +305,7 @@ def _exclusive(value: str, warn: _Warn) -> object:
 # --------------------------------------------------------------------------- the table
 
 
-@dataclass(frozen=True)
-class _Option:
+class _Option(NamedTuple):
     names: tuple[str, ...]
     key: str
     arity: Literal["value", "flag", "optional"] = "value"
