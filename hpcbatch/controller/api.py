@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from hpcbatch import __version__
 from hpcbatch.controller.cancel import cancel_jobs
 from hpcbatch.controller.jobs import ApiError, Caller
+from hpcbatch.controller.stats import controller_stats
 from hpcbatch.core.records import JobRecord
 from hpcbatch.core.states import AdminState, JobState
 from hpcbatch.transport.link import AgentError, HostUnavailable
@@ -74,6 +75,7 @@ class ApiServer:
         self._conns: set[asyncio.Task[Any]] = set()
         self.ops: dict[str, Handler] = {
             "ping": self.op_ping,
+            "stats": self.op_stats,
             "submit": self.op_submit,
             "jobs": self.op_jobs,
             "show": self.op_show,
@@ -196,6 +198,9 @@ class ApiServer:
             "admin": caller.admin,
             "inventory": str(self.c.inventory.path),
         }
+
+    async def op_stats(self, args: dict[str, Any], caller: Caller) -> Any:
+        return controller_stats(self.c)
 
     async def op_submit(self, args: dict[str, Any], caller: Caller) -> Any:
         request = args.get("request")

@@ -32,6 +32,8 @@ class SchedulerLoop:
         self._task: asyncio.Task[None] | None = None
         self.passes = 0
         self.last_pass_s = 0.0
+        self.max_pass_s = 0.0  # these two for the `stats` op
+        self.total_pass_s = 0.0
         self._last_end = 0.0
         self._last_started = 0
 
@@ -145,3 +147,5 @@ class SchedulerLoop:
         self.passes += 1
         self._last_end = time.perf_counter()
         self.last_pass_s = self._last_end - t0
+        self.max_pass_s = max(self.max_pass_s, self.last_pass_s)
+        self.total_pass_s += self.last_pass_s

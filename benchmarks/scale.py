@@ -1,0 +1,447 @@
+"""Scale benchmark: the controller against 1,000 and 5,000 simulated SSH hosts.
+
+For each size N (`--hosts 1000,5000`) it starts N simulated hosts
+(`hpcbatch.transport.sim`: a real asyncssh server per host on its own
+loopback address, host-key checked against a known_hosts file, with a
+simulated agent that speaks the real agent protocol and "runs" jobs as
+timers), then the controller as its own process on the generated inventory
+(`python -m hpcbatch.cli.main --home DIR controller --inventory ...`,
+unchanged code path), and measures:
+
+1. start-up: controller process start to every host UP (polling `stats`);
+2. controller RSS (VmRSS/VmHWM) and CPU time (/proc/PID/stat) at each phase;
+3. `--jobs` queued jobs submitted at once (arrays of 10,000 children, the
+   rest plain jobs pipelined), each "running" `sleep D` with D in 0..1 s,
+   then sustained throughput (jobs finished per second between 10% and 90%
+   done) and the scheduler's pass times (`stats`: passes, mean, max);
+4. heartbeat lag: `--blackhole` hosts go silent (no agent output, no SSH
+   reads); time from each one's last byte to the controller marking it not
+   UP (seen on the `watch` stream), against the configured limit.
+
+Prints one table with a column per size. Run:
+    .venv/bin/python benchmarks/scale.py --hosts 1000,5000 --jobs 50000
+    .venv/bin/python benchmarks/scale.py --quick     # 100 hosts, 2,000 jobs
+See docs/scale.md for what each figure means and measured results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from hpcbatch.client import Client, ClientError
+from hpcbatch.transport.link import LinkSettings
+from hpcbatch.transport.sim.cluster import SimCluster
+
+TICK = os.sysconf("SC_CLK_TCK")
+ARRAY_MAX = 10_000
+DURATIONS = ("0", "0.25", "0.5", "0.75", "1")  # seconds: one array (or share) each
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on; the message says why."""
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+# --------------------------------------------------------------------------- controller
+
+
+class Controller:
+    """The controller as a child process, on a simulated cluster's inventory."""
+
+    def __init__(self, inventory: Path, heartbeat_s: float, profile: Path | None) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="hb-scale-", dir="/tmp"))
+        self.socket = self.home / "controller.sock"
+        self.log_path = self.home / "controller.log"
+        prefix = [sys.executable]
+        if profile is not None:
+            prefix += ["-m", "cProfile", "-o", str(profile)]
+        self.argv = [
+            *prefix, "-m", "hpcbatch.cli.main", "--home", str(self.home), "controller",
+            "--inventory", str(inventory), "--log-level", "warning",
+            "--heartbeat", f"{heartbeat_s:g}",
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+
+    def start(self) -> None:
+        with open(self.log_path, "wb") as log:
+            self.started = time.monotonic()
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def check(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise BenchError(f"the controller exited ({self.proc.returncode}):\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        return "(no log)"
+
+    def client(self, timeout: float = 300.0) -> Client:
+        self.check()
+        return Client(self.socket, timeout=timeout)
+
+    def stats(self) -> dict[str, Any]:
+        with self.client(60) as c:
+            return dict(c.call("stats"))
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        self.proc = None
+
+    def job_states(self) -> dict[str, int]:
+        """Final count by state of every job but array parents, read from the store."""
+        db = sqlite3.connect(f"file:{self.home / 'hpcbatch.db'}?mode=ro", uri=True)
+        try:
+            rows = db.execute(
+                "SELECT state, count(*) FROM jobs WHERE id NOT IN (SELECT array_parent FROM "
+                "jobs WHERE array_parent IS NOT NULL) GROUP BY state"
+            ).fetchall()
+        finally:
+            db.close()
+        return {str(s): int(n) for s, n in rows}
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def wait_all_up(ctl: Controller, n: int, timeout: float) -> dict[str, Any]:
+    first_up: float | None = None
+    deadline = time.monotonic() + timeout
+    while True:
+        ctl.check()
+        st: dict[str, Any] | None = None
+        if ctl.socket.exists():
+            with contextlib.suppress(ClientError, OSError):
+                st = ctl.stats()
+        now = time.monotonic()
+        if st is not None:
+            up = int(st["hosts"].get("UP", 0))
+            if up and first_up is None:
+                first_up = now - ctl.started
+            if up >= n:
+                return {"all_up_s": now - ctl.started, "first_up_s": first_up, "stats": st}
+        if now > deadline:
+            raise BenchError(f"only {st and st['hosts']} of {n} hosts UP after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def requests_for(jobs: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Arrays of up to 10,000 children, and the remainder (under 1,000) as plain jobs."""
+    arrays: list[dict[str, Any]] = []
+    left, i = jobs, 0
+    while left >= 1000:
+        size = min(ARRAY_MAX, left)
+        d = DURATIONS[i % len(DURATIONS)]
+        arrays.append({"script": f"#!/bin/sh\nsleep {d}\n", "name": f"scale-a{i}",
+                       "array": f"0-{size - 1}"})  # fmt: skip
+        left -= size
+        i += 1
+    plain = [
+        {
+            "request": {
+                "script": f"#!/bin/sh\nsleep {DURATIONS[k % len(DURATIONS)]}\n",
+                "name": "scale-p",
+            }
+        }
+        for k in range(left)
+    ]
+    return arrays, plain
+
+
+def submit(ctl: Controller, jobs: int) -> dict[str, Any]:
+    arrays, plain = requests_for(jobs)
+    t0 = time.perf_counter()
+    with ctl.client() as c:
+        for req in arrays:
+            c.call("submit", request=req)
+        refused = [r for r in c.pipeline("submit", plain) if isinstance(r, ClientError)]
+    if refused:
+        raise BenchError(f"{len(refused)} submissions refused: {refused[0]}")
+    took = time.perf_counter() - t0
+    return {"submit_s": took, "arrays": len(arrays), "plain": len(plain)}
+
+
+def run_jobs(ctl: Controller, jobs: int, timeout: float) -> dict[str, Any]:
+    """Poll until every job is final: throughput, pass times, RSS and CPU over the run."""
+    samples: list[tuple[float, int]] = []
+    t0 = time.monotonic()
+    cpu0 = cpu_s(ctl.pid)
+    peak_rss = 0.0
+    st: dict[str, Any] = {}
+    while True:
+        st = ctl.stats()
+        now = time.monotonic()
+        left = sum(int(v) for v in st["jobs"].values())
+        samples.append((now, jobs - left))
+        peak_rss = max(peak_rss, rss_mb(ctl.pid))
+        if left == 0:
+            break
+        if now - t0 > timeout:
+            raise BenchError(f"{left} jobs still active after {timeout:.0f} s: {st['jobs']}")
+        time.sleep(0.5)
+    wall = time.monotonic() - t0
+    cpu = cpu_s(ctl.pid) - cpu0
+
+    def at(fraction: float) -> float:
+        want = fraction * jobs
+        return next(t for t, done in samples if done >= want)
+
+    t10, t90 = at(0.1), at(0.9)
+    sustained = 0.8 * jobs / (t90 - t10) if t90 > t10 else float("nan")
+    sched = st["scheduler"]
+    return {
+        "run_s": wall,
+        "overall_jobs_per_s": jobs / wall,
+        "sustained_jobs_per_s": sustained,
+        "cpu_s": cpu,
+        "cpu_ms_per_job": cpu * 1000 / jobs,
+        "cpu_util": cpu / wall,
+        "peak_rss_mb": peak_rss,
+        "passes": sched["passes"],
+        "pass_mean_ms": 1000 * sched["total_pass_s"] / max(1, sched["passes"]),
+        "pass_max_ms": 1000 * sched["max_pass_s"],
+    }
+
+
+class HostWatcher(threading.Thread):
+    """Records when each watched host first leaves UP, from the controller's event stream."""
+
+    def __init__(self, ctl: Controller, names: set[str]) -> None:
+        super().__init__(daemon=True)
+        self.names = names
+        self.left_up: dict[str, float] = {}
+        self.client = ctl.client(None)  # type: ignore[arg-type]
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError, ClientError, ValueError):
+            events = self.client.watch()
+            self.ready.set()
+            for ev in events:
+                host = ev.get("host") if ev.get("event") == "host" else None
+                if host and host["name"] in self.names and host["state"] != "UP":
+                    self.left_up.setdefault(host["name"], time.time())
+        self.ready.set()
+
+
+def heartbeat_lag(ctl: Controller, sim: SimCluster, k: int, heartbeat_s: float) -> dict[str, Any]:
+    link = LinkSettings()
+    limit = link.keepalive_s * (link.keepalive_count + 1)
+    step = max(1, len(sim.hosts) // k)
+    names = [h["name"] for h in sim.hosts[::step][:k]]
+    watcher = HostWatcher(ctl, set(names))
+    watcher.start()
+    watcher.ready.wait(10)
+    time.sleep(0.5)
+    silenced = sim.blackhole(names)
+    deadline = time.monotonic() + limit + 60
+    while len(watcher.left_up) < len(names) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    found = dict(watcher.left_up)
+    with contextlib.suppress(OSError):
+        watcher.client.close()
+    sim.restore(names)
+    if len(found) < len(names):
+        raise BenchError(f"only {len(found)} of {len(names)} black-holed hosts left UP")
+    from_silence = [found[n] - silenced[n][0] for n in names]
+    from_last = [found[n] - silenced[n][1] for n in names]
+    beyond = [x - limit for x in from_last]
+    return {
+        "blackholed": len(names),
+        "limit_s": limit,
+        "lag_from_silence_s": (min(from_silence), max(from_silence)),
+        "beyond_limit_s": (min(beyond), max(beyond)),
+    }
+
+
+# --------------------------------------------------------------------------- one size
+
+
+def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix=f"hb-sim{n}-", dir="/tmp"))
+    out: dict[str, Any] = {"hosts": n, "jobs": args.jobs}
+    profile = Path(args.profile).with_suffix(f".{n}.prof") if args.profile else None
+    try:
+        t = time.monotonic()
+        with SimCluster(root / "sim", n, procs=args.sim_procs) as sim:
+            out["sim_listen_s"] = time.monotonic() - t
+            print(f"[{n}] {n} sim hosts listening in {len(sim.procs)} processes "
+                  f"({out['sim_listen_s']:.1f} s)", flush=True)  # fmt: skip
+            ctl = Controller(sim.inventory, args.heartbeat, profile)
+            try:
+                ctl.start()
+                up = wait_all_up(ctl, n, args.up_timeout)
+                out.update(all_up_s=up["all_up_s"], first_up_s=up["first_up_s"])
+                out["connect_cpu_s"] = cpu_s(ctl.pid)
+                time.sleep(args.settle)
+                out["idle_rss_mb"] = rss_mb(ctl.pid)
+                c0, t0 = cpu_s(ctl.pid), time.monotonic()
+                time.sleep(args.settle)
+                out["idle_cpu_util"] = (cpu_s(ctl.pid) - c0) / (time.monotonic() - t0)
+                print(f"[{n}] all UP in {out['all_up_s']:.1f} s; idle RSS "
+                      f"{out['idle_rss_mb']:.0f} MB, idle CPU {out['idle_cpu_util']:.0%}",
+                      flush=True)  # fmt: skip
+                out.update(submit(ctl, args.jobs))
+                print(f"[{n}] {args.jobs} jobs submitted in {out['submit_s']:.1f} s", flush=True)
+                out.update(run_jobs(ctl, args.jobs, args.run_timeout))
+                states = ctl.job_states()
+                out["job_states"] = states
+                if states.get("SUCCEEDED", 0) != args.jobs:
+                    raise BenchError(f"not every job SUCCEEDED: {states}")
+                print(f"[{n}] all {args.jobs} SUCCEEDED in {out['run_s']:.1f} s", flush=True)
+                if args.blackhole:
+                    out.update(heartbeat_lag(ctl, sim, args.blackhole, args.heartbeat))
+                out["final_rss_mb"] = rss_mb(ctl.pid)
+                out["peak_rss_mb"] = max(out.get("peak_rss_mb", 0.0), rss_mb(ctl.pid, "VmHWM"))
+                out["controller_cpu_s"] = cpu_s(ctl.pid)
+                out["sim_cpu_s"] = sum(cpu_s(p) for p in sim.pids)
+            except BaseException:
+                print(f"controller log ({ctl.log_path}):\n{ctl.log_tail()}", file=sys.stderr)
+                raise
+            finally:
+                ctl.stop()
+                if not args.keep:
+                    shutil.rmtree(ctl.home, ignore_errors=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _fmt(v: Any, spec: str) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, tuple):
+        return "..".join(format(x, spec) for x in v)
+    return format(v, spec)
+
+
+ROWS = [
+    ("sim hosts listening (s)", "sim_listen_s", ".1f"),
+    ("controller start -> first host UP (s)", "first_up_s", ".1f"),
+    ("controller start -> all hosts UP (s)", "all_up_s", ".1f"),
+    ("controller CPU to connect all (s)", "connect_cpu_s", ".1f"),
+    ("RSS, all UP and idle (MB)", "idle_rss_mb", ".0f"),
+    ("CPU, all UP and idle (of one core)", "idle_cpu_util", ".0%"),
+    ("submit all jobs (s)", "submit_s", ".1f"),
+    ("jobs: submit -> all SUCCEEDED (s)", "run_s", ".1f"),
+    ("throughput, sustained 10%-90% (jobs/s)", "sustained_jobs_per_s", ".0f"),
+    ("throughput, overall (jobs/s)", "overall_jobs_per_s", ".0f"),
+    ("controller CPU per job (ms)", "cpu_ms_per_job", ".2f"),
+    ("controller CPU while running (of one core)", "cpu_util", ".0%"),
+    ("scheduling passes", "passes", "d"),
+    ("scheduling pass, mean (ms)", "pass_mean_ms", ".1f"),
+    ("scheduling pass, max (ms)", "pass_max_ms", ".1f"),
+    ("RSS peak (MB)", "peak_rss_mb", ".0f"),
+    ("heartbeat: hosts black-holed", "blackholed", "d"),
+    ("heartbeat: configured silence limit (s)", "limit_s", ".0f"),
+    ("heartbeat: silence -> not UP (s)", "lag_from_silence_s", ".1f"),
+    ("heartbeat: lag beyond the limit (s)", "beyond_limit_s", ".1f"),
+    ("sim processes' CPU, whole run (s)", "sim_cpu_s", ".0f"),
+]
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    width = max(len(r[0]) for r in ROWS)
+    head = "".join(f"{str(r['hosts']) + ' hosts':>16}" for r in results)
+    print()
+    print(f"{'':<{width}}{head}")
+    for label, key, spec in ROWS:
+        print(f"{label:<{width}}" + "".join(f"{_fmt(r.get(key), spec):>16}" for r in results))
+    if len(results) > 1:
+        a, b = results[0], results[-1]
+        print(f"\ngrowth from {a['hosts']} to {b['hosts']} hosts ({b['hosts'] / a['hosts']:g}x):")
+        for label, key in (("all UP", "all_up_s"), ("idle RSS", "idle_rss_mb"),
+                           ("connect CPU", "connect_cpu_s"), ("pass mean", "pass_mean_ms"),
+                           ("throughput", "sustained_jobs_per_s")):  # fmt: skip
+            if a.get(key) and b.get(key):
+                print(f"  {label}: x{b[key] / a[key]:.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hosts", default="1000,5000", help="comma-separated cluster sizes")
+    p.add_argument("--jobs", type=int, default=50_000, help="queued jobs per size")
+    p.add_argument("--quick", action="store_true", help="100 hosts, 2,000 jobs (under a minute)")
+    p.add_argument("--heartbeat", type=float, default=5.0, help="agent heartbeat interval, s")
+    p.add_argument("--blackhole", type=int, default=20, help="hosts silenced for the lag (0: skip)")
+    p.add_argument("--sim-procs", type=int, default=None, help="sim-host processes (N/1250)")
+    p.add_argument("--up-timeout", type=float, default=600.0)
+    p.add_argument("--run-timeout", type=float, default=1800.0)
+    p.add_argument("--settle", type=float, default=3.0, help="idle seconds measured after UP")
+    p.add_argument("--profile", help="cProfile the controller into PATH.<hosts>.prof")
+    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.hosts, args.jobs, args.blackhole = "100", 2000, 5
+    sizes = [int(x) for x in args.hosts.split(",") if x.strip()]
+    print(f"$ {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at start "
+          "(shared: figures are noisy)", flush=True)  # fmt: skip
+    results = []
+    try:
+        for n in sizes:
+            results.append(run_size(n, args))
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if results:
+            print_table(results)
+        return 1
+    print_table(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
