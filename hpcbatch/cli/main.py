@@ -60,6 +60,7 @@ def _print_json(value: Any) -> None:
 def cmd_controller(args: argparse.Namespace) -> int:
     import asyncio
     import logging
+    from pathlib import Path
 
     from hpcbatch.controller.app import run_controller
     from hpcbatch.controller.settings import ControllerSettings
