@@ -384,8 +384,8 @@ ROWS = [
     ("RSS peak (MB)", "peak_rss_mb", ".0f"),
     ("heartbeat: hosts black-holed", "blackholed", "d"),
     ("heartbeat: configured silence limit (s)", "limit_s", ".0f"),
-    ("heartbeat: silence -> not UP (s)", "lag_from_silence_s", ".1f"),
-    ("heartbeat: lag beyond the limit (s)", "beyond_limit_s", ".1f"),
+    ("heartbeat: silence -> not UP (s)", "lag_from_silence_s", ".2f"),
+    ("heartbeat: lag beyond the limit (s)", "beyond_limit_s", ".2f"),
     ("sim processes' CPU, whole run (s)", "sim_cpu_s", ".0f"),
 ]
 
