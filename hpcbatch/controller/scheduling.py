@@ -35,6 +35,7 @@ class SchedulerLoop:
         self.max_pass_s = 0.0  # these two for the `stats` op
         self.total_pass_s = 0.0
         self._last_end = 0.0
+        self._cost = 0.0  # of the last pass, or of the last look that found nothing to run
         self._last_started = 0
 
     def wake(self) -> None:
@@ -60,7 +61,7 @@ class SchedulerLoop:
             # idle controller still schedules a lone submit at once.
             # A pass that started nothing waits longer (4x): until something ends, new
             # submissions rarely change its answer.
-            gap = self.last_pass_s * (1 if self._last_started else 4)
+            gap = self._cost * (1 if self._last_started else 4)
             since = time.perf_counter() - self._last_end
             if since < gap:
                 await asyncio.sleep(min(gap - since, MAX_PASS_GAP_S))
@@ -87,6 +88,10 @@ class SchedulerLoop:
         t0 = time.perf_counter()
         runnable = [j for j in jobs.active.values() if j.state == JobState.RUNNABLE]
         if not runnable:
+            # This look is O(active jobs) too: when tens of thousands run and each exit
+            # wakes the loop, unspaced looks cost more than everything else together.
+            self._last_end = time.perf_counter()
+            self._cost = self._last_end - t0
             return 0
         cluster = jobs.cluster
         snap = Snapshot.build(cluster, jobs.active, self.ledger, time.time())
@@ -146,6 +151,6 @@ class SchedulerLoop:
     def _account(self, t0: float) -> None:
         self.passes += 1
         self._last_end = time.perf_counter()
-        self.last_pass_s = self._last_end - t0
+        self.last_pass_s = self._cost = self._last_end - t0
         self.max_pass_s = max(self.max_pass_s, self.last_pass_s)
         self.total_pass_s += self.last_pass_s
