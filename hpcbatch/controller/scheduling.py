@@ -32,8 +32,10 @@ class SchedulerLoop:
         self._task: asyncio.Task[None] | None = None
         self.passes = 0
         self.last_pass_s = 0.0
-        self.max_pass_s = 0.0  # these two for the `stats` op
-        self.total_pass_s = 0.0
+        self.max_pass_s = 0.0  # these for the `stats` op: whole passes (with their
+        self.total_pass_s = 0.0  # writes, and waits for the job lock), and planning alone
+        self.max_plan_s = 0.0
+        self.total_plan_s = 0.0
         self._last_end = 0.0
         self._cost = 0.0  # of the last pass, or of the last look that found nothing to run
         self._last_started = 0
@@ -101,6 +103,9 @@ class SchedulerLoop:
             [jobs.view(j) for j in runnable],
             **snap.kwargs(),
         )
+        plan_s = time.perf_counter() - t0
+        self.max_plan_s = max(self.max_plan_s, plan_s)
+        self.total_plan_s += plan_s
         for job_id, reason in plan.reasons.items():
             job = jobs.active.get(job_id)
             if job is not None and job.reason != reason:

@@ -32,6 +32,8 @@ def controller_stats(c: Controller) -> dict[str, Any]:
             "last_pass_s": sched.last_pass_s,
             "max_pass_s": sched.max_pass_s,
             "total_pass_s": sched.total_pass_s,
+            "max_plan_s": sched.max_plan_s,
+            "total_plan_s": sched.total_plan_s,
         },
         "tasks": len(c.jobs._tasks),
         "cpu_s": usage.ru_utime + usage.ru_stime,
