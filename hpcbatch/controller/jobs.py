@@ -115,6 +115,7 @@ class JobService:
         self.lock = asyncio.Lock()
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._acks: dict[str, list[str]] = {}  # host -> exits to acknowledge
         # A job's request never changes: its scheduler view is built once, not every pass.
         self._views: dict[int, JobView] = {}
         # Array parents by id (owned by the ArrayTracker): live, but never run.
@@ -460,7 +461,7 @@ class JobService:
                     self._finished(job)
                     for x in others:
                         self.spawn(self._kill(x, why, STOP_GRACE_S), f"kill-{x.attempt_id}")
-        self.spawn(self._ack(host, str(ev["attempt"])), f"ack-{ev['attempt']}")
+        self._queue_ack(host, str(ev["attempt"]))
         if stale:
             log.info("%s: collected stale attempt %s", host, ev["attempt"])
 
@@ -473,13 +474,24 @@ class JobService:
             for a in attempts
         ]
 
-    async def _ack(self, host: str, attempt: str) -> None:
+    def _queue_ack(self, host: str, attempt: str) -> None:
+        """Acknowledge exits in batches: one `ack` per host for every exit collected
+        before the flush runs (a burst of exits costs a few messages,
+        not one round trip each)."""
+        pending = self._acks.setdefault(host, [])
+        pending.append(attempt)
+        if len(pending) == 1:
+            self.spawn(self._ack(host), f"ack-{host}")
+
+    async def _ack(self, host: str) -> None:
+        await asyncio.sleep(0)  # let the exits already queued join this batch
+        attempts = self._acks.pop(host, [])
         link = self.links.get(host)
-        if link is None:
+        if link is None or not attempts:
             return
-        # On failure it is listed again by the next hello, and acked then.
+        # On failure they are listed again by the next hello, and acked then.
         with contextlib.suppress(HostUnavailable, AgentError):
-            await link.request("ack", attempts=[attempt])
+            await link.request("ack", attempts=attempts)
 
     # ------------------------------------------------------------------ cancel / fail
 
