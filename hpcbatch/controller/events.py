@@ -25,6 +25,11 @@ class EventBus:
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
         self._subscribers.discard(queue)
 
+    @property
+    def watched(self) -> bool:
+        """Whether anyone listens: callers skip building events nobody will read."""
+        return bool(self._subscribers)
+
     def publish(self, event: dict[str, Any]) -> None:
         for queue in list(self._subscribers):
             try:

@@ -150,7 +150,8 @@ class JobService:
 
     def publish_summary(self, job: JobRecord) -> None:
         """Tell watchers (dashboard, `wait`) about a job, without telling the observers."""
-        self.bus.publish({"event": "job", "job": job.summary()})
+        if self.bus.watched:  # a summary costs ~10 us: a 10,000-child array, 0.1 s
+            self.bus.publish({"event": "job", "job": job.summary()})
 
     def current_attempts(self, job: JobRecord) -> list[AttemptRecord]:
         return [a for a in job.attempts if a.attempt == job.attempt]
