@@ -43,6 +43,7 @@ DEFINITION_OVERRIDES = (
     "ntasks_per_node",
     "fabric",
     "exclusive",
+    "warn_signal",
 )
 PASSED_EXTRAS = (
     "ntasks",
@@ -53,6 +54,7 @@ PASSED_EXTRAS = (
     "image",
     "main_node",
     "launch_mode",
+    "warn_signal",
 )
 
 

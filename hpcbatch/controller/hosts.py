@@ -160,5 +160,7 @@ class HostService:
                 self.jobs.launch_soon(job, [a])
             else:
                 await self.jobs.fail_job(
-                    job, f"lost: attempt {a.attempt_id} is no longer known on {name}"
+                    job,
+                    f"host {name} lost attempt {a.attempt_id}: it is no longer known there",
+                    host_failure=True,
                 )
