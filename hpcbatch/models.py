@@ -67,6 +67,11 @@ class ComputeEnvSpec(StrictModel):
     selector: dict[str, str] = Field(default_factory=dict)
     state: Literal["ENABLED", "DISABLED"] = "ENABLED"
     max_vcpus: int | None = Field(default=None, ge=1)
+    # A shell command run on each host when it connects (before it takes work) and
+    # every interval: a non-zero exit drains the host, its output the reason.
+    health_check: str | None = Field(default=None, min_length=1, max_length=4096)
+    health_check_interval_s: int = Field(default=300, ge=1, le=86_400)
+    health_check_timeout_s: int = Field(default=60, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _some_hosts(self) -> ComputeEnvSpec:

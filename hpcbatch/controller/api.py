@@ -82,6 +82,7 @@ class ApiServer:
             "hosts": self.op_hosts,
             "drain": self.op_drain,
             "resume": self.op_resume,
+            "down": self.op_down,
             "queues": self.op_queues,
             "wait": self.op_wait,
             "register": self.op_register,
@@ -360,6 +361,11 @@ class ApiServer:
         name = self._host(args, caller)
         reason = args.get("reason") or f"drained by {caller.user}"
         return (await self.c.hosts.set_admin(name, AdminState.DRAIN, reason)).summary()
+
+    async def op_down(self, args: dict[str, Any], caller: Caller) -> Any:
+        name = self._host(args, caller)
+        reason = args.get("reason") or f"set down by {caller.user}"
+        return (await self.c.hosts.set_admin(name, AdminState.DOWN, str(reason))).summary()
 
     async def op_resume(self, args: dict[str, Any], caller: Caller) -> Any:
         name = self._host(args, caller)

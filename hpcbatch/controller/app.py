@@ -23,6 +23,7 @@ from hpcbatch.controller.cluster import Cluster
 from hpcbatch.controller.definitions import DefinitionService
 from hpcbatch.controller.deps import DependencyTracker
 from hpcbatch.controller.events import EventBus
+from hpcbatch.controller.health import HostMonitor
 from hpcbatch.controller.hosts import HostService
 from hpcbatch.controller.jobs import JobService
 from hpcbatch.controller.scheduling import SchedulerLoop
@@ -83,6 +84,8 @@ class Controller:
         self.links: dict[str, HostLink] = {}
         self.jobs = JobService(store, self.cluster, self.bus, self.links, settings, self._wake)
         self.hosts = HostService(store, self.cluster, self.bus, self.jobs)
+        self.monitor = HostMonitor(self.hosts, self.links, settings)
+        self.hosts.on_connect = self.monitor.on_connect
         self.definitions = DefinitionService(store)
         self.arrays = ArrayTracker(
             store,
@@ -133,6 +136,7 @@ class Controller:
             self.links[name] = link
             link.start()
         self.scheduler.start()
+        self.monitor.start()
         log.info(
             "controller up: %d hosts, %d active jobs, socket %s",
             len(self.links),
@@ -160,6 +164,7 @@ class Controller:
     async def stop(self) -> None:
         """Clean shutdown in order; jobs keep running on the hosts."""
         await self.api.stop()
+        await self.monitor.stop()
         await self.scheduler.stop()
         await self.jobs.drain_tasks()
         await asyncio.gather(*(link.close() for link in self.links.values()))

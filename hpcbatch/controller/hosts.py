@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hpcbatch.controller.cluster import Cluster, HostRuntime
@@ -36,6 +37,8 @@ class HostService:
         self.bus = bus
         self.jobs = jobs
         self.relay = RelayService(jobs)
+        # Health checks and resource checks on connect (controller/health.py), if set.
+        self.on_connect: Callable[[HostLink, HostRuntime], Awaitable[None]] | None = None
 
     def publish(self, host: HostRuntime) -> None:
         self.bus.publish({"event": "host", "host": host.summary()})
@@ -49,12 +52,30 @@ class HostService:
                 host.admin_reason = reason
 
     async def set_admin(self, name: str, state: AdminState, reason: str | None) -> HostRuntime:
+        """Drain, resume or take a host DOWN (kept across restarts). DOWN ends its
+        running attempts as host failures: killed there, retried per their rules."""
         host = self.cluster.hosts[name]
         await self.store.set_host_admin(name, str(state), reason, time.time())
         host.admin, host.admin_reason = state, reason
         self.publish(host)
+        if state == AdminState.DOWN:
+            await self.host_failed(name, f"host {name} set DOWN: {reason}")
         self.jobs.wake_scheduler()
         return host
+
+    async def mark_down(self, name: str, why: str) -> None:
+        """The host has been silent too long: DOWN until it reconnects; its attempts
+        end as host failures (fenced there if it comes back)."""
+        host = self.cluster.hosts[name]
+        if host.state != HostState.DOWN:
+            log.warning("%s: DOWN: %s", name, why)
+        host.state, host.reason = HostState.DOWN, why
+        self.publish(host)
+        await self.host_failed(name, f"host {name} lost: {why}")
+
+    async def host_failed(self, name: str, reason: str) -> None:
+        for job, _a in self.jobs.attempts_on(name):
+            await self.jobs.fail_job(job, reason, host_failure=True)
 
     # ------------------------------------------------------------------ LinkListener
 
@@ -79,6 +100,8 @@ class HostService:
         await self.store.save_facts(spec.name, hello.get("facts") or {}, time.time())
         try:
             await self.reconcile(link, list(hello.get("attempts") or []))
+            if self.on_connect is not None:
+                await self.on_connect(link, host)
         except (HostUnavailable, AgentError) as exc:
             host.state, host.reason = HostState.UNREACHABLE, f"reconcile failed: {exc}"
             self.publish(host)
