@@ -218,19 +218,3 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def processes_under(directory: Path) -> list[int]:
-    """Processes whose command line or working directory lies under `directory`:
-    what is left of jobs (and agents) of sandbox hosts rooted there."""
-    found = []
-    prefix = str(directory)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-            if (prefix in cmd or cwd.startswith(prefix)) and pid_alive(int(entry)):
-                found.append(int(entry))
-    return found
