@@ -147,6 +147,8 @@ def _retry_attempts(text: str) -> int:
 
 
 def _read_script(path: str, stdin: IO[str] | None) -> str:
+    if not path:
+        raise DirectiveError("command line", None, "the script path is empty")
     if path == "-":
         if stdin is None:
             raise DirectiveError("command line", None, "no script given on standard input")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcbatch import __version__
+from hpcbatch.controller.apiargs import check_args
 from hpcbatch.controller.cancel import cancel_jobs
 from hpcbatch.controller.jobs import ApiError, Caller
 from hpcbatch.core.records import JobRecord
@@ -165,6 +166,7 @@ class ApiServer:
             handler = self.ops.get(op) if isinstance(op, str) else None
             if handler is None:
                 raise ApiError("bad_request", f"unknown operation {op!r}")
+            check_args(str(op), msg)
             result = await handler(msg, caller)
             return {"id": rid, "ok": True, "result": result}
         except ApiError as exc:
