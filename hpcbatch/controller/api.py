@@ -26,6 +26,7 @@ from hpcbatch.controller.cancel import cancel_jobs
 from hpcbatch.controller.jobs import ApiError, Caller
 from hpcbatch.core.records import JobRecord
 from hpcbatch.core.states import AdminState, JobState
+from hpcbatch.store.db import StoreError
 from hpcbatch.transport.link import AgentError, HostUnavailable
 
 if TYPE_CHECKING:
@@ -173,6 +174,12 @@ class ApiServer:
             return {"id": rid, "ok": False, "kind": exc.kind, "error": exc.message}
         except TimeoutError:
             return {"id": rid, "ok": False, "kind": "timeout", "error": "timed out"}
+        except StoreError as exc:
+            # Disk full, read-only, I/O error: the change was rolled back, nothing of
+            # this request was accepted; what was accepted before is kept.
+            log.error("store write failed: %s", exc)
+            return {"id": rid, "ok": False, "kind": "unavailable",
+                    "error": f"the controller cannot write its store: {exc}"}  # fmt: skip
         except Exception as exc:
             log.exception("API request failed")
             return {"id": rid, "ok": False, "kind": "internal", "error": f"internal error: {exc}"}

@@ -57,9 +57,18 @@ class ControllerError(RuntimeError):
 
 def _lock_store(database: Path) -> int:
     """One controller per store: a second one would launch every job twice."""
-    database.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ControllerError(f"cannot create {database.parent}: {exc.strerror or exc}") from None
     path = database.with_name(database.name + ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ControllerError(
+            f"cannot open the store's lock file {path}: {exc.strerror or exc} "
+            "(the controller must be able to write its store's directory)"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -9,6 +9,7 @@ attempts that were written down but never reached the host are launched.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from hpcbatch.controller.relay import RelayService
 from hpcbatch.core.facts import FactsError, effective_resources, facts_from_agent
 from hpcbatch.core.records import AttemptState, parse_attempt_id
 from hpcbatch.core.states import AdminState, HostState
-from hpcbatch.store.db import Store
+from hpcbatch.store.db import Store, StoreError
 from hpcbatch.transport.link import AgentError, HostLink, HostUnavailable
 
 log = logging.getLogger(__name__)
@@ -125,11 +126,25 @@ class HostService:
     def agent_event(self, link: HostLink, event: dict[str, Any]) -> None:
         kind = event.get("ev")
         if kind == "exit":
-            self.jobs.spawn(self.jobs.on_exit(link.name, event), f"exit-{event.get('attempt')}")
+            self.jobs.spawn(self._collect(link.name, event), f"exit-{event.get('attempt')}")
         elif self.relay.handles(kind):
             self.relay.on_event(link.name, event)
         elif kind == "error":
             log.warning("%s: agent: %s", link.name, event.get("error"))
+
+    async def _collect(self, host: str, event: dict[str, Any]) -> None:
+        """Record an exit; while the store cannot be written (disk full, read-only),
+        try again with backoff: the agent keeps the exit until it is acknowledged."""
+        delay = 0.5
+        while True:
+            try:
+                await self.jobs.on_exit(host, event)
+                return
+            except StoreError as exc:
+                log.error("%s: cannot record the exit of %s, retrying in %.1f s: %s",
+                          host, event.get("attempt"), delay, exc)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     # ------------------------------------------------------------------ reconcile
 
