@@ -60,9 +60,12 @@ async def test_timeout_is_not_retried_unless_a_rule_says(
 ) -> None:
     _c, api = await controller_factory()
     plain = await api.submit(script="#!/bin/sh\nsleep 30\n", time_limit_s=1, retry={"attempts": 3})
-    (job,) = await api.wait(plain, timeout=60)
-    assert job["state"] == "FAILED" and job["reason"].startswith("timeout"), job
+    rule = {"attempts": 2, "evaluate_on_exit": [{"on_reason": "timeout*", "action": "RETRY"}]}
+    ruled = await api.submit(script="#!/bin/sh\nsleep 30\n", time_limit_s=1, retry=rule)
+    for job in await api.wait(plain, ruled, timeout=60):
+        assert job["state"] == "FAILED" and job["reason"].startswith("timeout"), job
     assert [a["attempt"] for a in (await api("show", job_id=plain))["attempts"]] == [1]
+    assert [a["attempt"] for a in (await api("show", job_id=ruled))["attempts"]] == [1, 2]
 
 
 async def test_signal_before_the_time_limit(sandbox: Sandbox, controller_factory: Any) -> None:
