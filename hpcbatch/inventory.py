@@ -129,6 +129,9 @@ class ResolvedComputeEnv:
     hosts: tuple[str, ...]
     enabled: bool = True
     max_vcpus: int | None = None
+    health_check: str | None = None
+    health_check_interval_s: int = 300
+    health_check_timeout_s: int = 60
 
 
 @dataclass(frozen=True)
@@ -535,6 +538,9 @@ def _resolve_envs(
             hosts=tuple(chosen),
             enabled=spec.state == "ENABLED",
             max_vcpus=spec.max_vcpus,
+            health_check=spec.health_check,
+            health_check_interval_s=spec.health_check_interval_s,
+            health_check_timeout_s=spec.health_check_timeout_s,
         )
     return envs
 

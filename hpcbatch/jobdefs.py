@@ -90,6 +90,7 @@ class DefinitionOverrides(StrictModel):
     ntasks_per_node: int | None = Field(default=None, ge=1)
     fabric: str | None = None
     exclusive: bool | None = None
+    warn_signal: dict[str, Any] | None = None  # `--signal`: checked as JobRequest.warn_signal
 
 
 def parse_definition_ref(text: str) -> tuple[str, int | None]:
@@ -151,6 +152,7 @@ def request_from_definition(
         "workdir",
         "submit_dir",
         "ntasks_per_node",
+        "warn_signal",
     ):
         value = getattr(over, key)
         if value is not None:

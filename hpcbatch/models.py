@@ -67,6 +67,11 @@ class ComputeEnvSpec(StrictModel):
     selector: dict[str, str] = Field(default_factory=dict)
     state: Literal["ENABLED", "DISABLED"] = "ENABLED"
     max_vcpus: int | None = Field(default=None, ge=1)
+    # A shell command run on each host when it connects (before it takes work) and
+    # every interval: a non-zero exit drains the host, its output the reason.
+    health_check: str | None = Field(default=None, min_length=1, max_length=4096)
+    health_check_interval_s: int = Field(default=300, ge=1, le=86_400)
+    health_check_timeout_s: int = Field(default=60, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _some_hosts(self) -> ComputeEnvSpec:
@@ -168,6 +173,24 @@ class RetryStrategy(StrictModel):
     evaluate_on_exit: list[RetryRule] = Field(default_factory=list, max_length=5)
 
 
+class WarnSignal(StrictModel):
+    """`--signal=[B:]SIG@SECONDS`: a signal sent that long before the time limit
+    (to the job's whole process group, or with `batch_only` to the script alone)."""
+
+    name: str = Field(pattern=r"^[A-Z][A-Z0-9+-]{0,11}$")
+    before_s: int = Field(default=60, ge=0, le=65535)
+    batch_only: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        import signal
+
+        if f"SIG{name}" not in signal.Signals.__members__:
+            raise ValueError(f"{name!r} is not a signal name (e.g. USR1, TERM)")
+        return name
+
+
 class JobRequest(StrictModel):
     """One submission, after merging script directives and command-line options.
 
@@ -207,6 +230,7 @@ class JobRequest(StrictModel):
     # Set when the request was built from a registered definition (`name:revision`).
     definition: str | None = None
     retry: RetryStrategy | None = None
+    warn_signal: WarnSignal | None = None
 
     @field_validator("env")
     @classmethod

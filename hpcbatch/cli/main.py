@@ -79,6 +79,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
         home=home,
         socket=Path(args.socket).expanduser() if args.socket else None,
         heartbeat_s=args.heartbeat,
+        down_after_s=args.down_after,
+        link_timeout_s=args.link_timeout,
         sync=args.sync.upper(),
     )
     if args.detach:
@@ -230,13 +232,14 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     from hpcbatch.cli.format import hosts_table
 
     with _client(args) as client:
-        if args.action in ("drain", "resume"):
+        if args.action in ("drain", "resume", "down"):
             if not args.host:
                 raise CliError(f"hosts {args.action}: name a host")
+            done = {"drain": "drained", "resume": "resumed", "down": "down"}[args.action]
             for name in args.host:
                 op_args = {"host": name, "reason": args.reason}
                 client.call(args.action, **op_args)
-                print(f"{name}: {'drained' if args.action == 'drain' else 'resumed'}")
+                print(f"{name}: {done}")
             return 0
         hosts = client.call("hosts")
     if args.json:
@@ -337,6 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--heartbeat", type=float, default=5.0, help="agent heartbeat interval, s")
     sp.add_argument(
+        "--down-after",
+        type=float,
+        default=120.0,
+        help="a host silent this long (s) is DOWN: its jobs fail over (default 120)",
+    )
+    sp.add_argument(
+        "--link-timeout",
+        type=float,
+        help="a connected host silent this long (s) is cut off (default 4 heartbeats, >= 10)",
+    )
+    sp.add_argument(
         "--sync",
         choices=["normal", "full"],
         default="normal",
@@ -390,8 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--node", type=int, default=0)
     sp.add_argument("--attempt", type=int)
 
-    sp = add("hosts", cmd_hosts, "list hosts (sinfo-like), or drain/resume one")
-    sp.add_argument("action", nargs="?", default="list", choices=["list", "drain", "resume"])
+    sp = add("hosts", cmd_hosts, "list hosts (sinfo-like), or drain/resume/down one")
+    sp.add_argument(
+        "action", nargs="?", default="list", choices=["list", "drain", "resume", "down"]
+    )
     sp.add_argument("host", nargs="*")
     sp.add_argument("--reason")
     sp.add_argument("--json", action="store_true")

@@ -60,7 +60,7 @@ class HostRuntime:
         why: str | None = None
         if not available:
             if self.admin != AdminState.ACTIVE:
-                why = f"{self.name} drained"
+                why = f"{self.name} {'down' if self.admin == AdminState.DOWN else 'drained'}"
             elif not self.known:
                 why = f"{self.name} not yet probed"
             else:

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from hpcbatch.controller import gang
 from hpcbatch.controller.cluster import Cluster
 from hpcbatch.controller.events import EventBus
-from hpcbatch.controller.retries import retry_reason
+from hpcbatch.controller.retries import host_failure_retry, retry_reason
 from hpcbatch.controller.settings import ControllerSettings
 from hpcbatch.controller.snapshot import job_view
 from hpcbatch.core.gang import STOP_GRACE_S, gang_shape
@@ -496,8 +496,13 @@ class JobService:
 
     # ------------------------------------------------------------------ cancel / fail
 
-    async def fail_job(self, job: JobRecord, reason: str) -> bool:
-        """Fail a job now; its live attempts are marked LOST (fenced if they ever run)."""
+    async def fail_job(self, job: JobRecord, reason: str, *, host_failure: bool = False) -> bool:
+        """Fail a job now; its live attempts are marked LOST (fenced if they ever run).
+
+        With `host_failure` (its host is DOWN, or lost the attempt) the job's retry
+        strategy decides first: another attempt (RUNNABLE, maybe on another host)
+        or FAILED.
+        """
         async with self.lock:
             if job.id not in self.active:
                 return False
@@ -513,21 +518,30 @@ class JobService:
                 )
                 for a in live
             ]
+            if host_failure and not live:
+                return False  # already retried or ended (another node of it was lost first)
+            again = host_failure_retry(job, reason) if host_failure else None
             ok = await self.store.transition(
                 job.id,
                 job.state,
-                JobState.FAILED,
-                reason,
+                JobState.RUNNABLE if again else JobState.FAILED,
+                again or reason,
                 now,
-                ended=now,
+                ended=None if again else now,
                 attempt_updates=updates,
             )
             if not ok:
                 return False
             for a in live:
                 a.state, a.ended, a.reason = AttemptState.LOST, now, reason
-            job.state, job.reason, job.ended = JobState.FAILED, reason, now
-            self._finished(job)
+            if again:
+                self.cluster.release(self.current_attempts(job))
+                job.state, job.reason = JobState.RUNNABLE, again
+                self.publish(job)
+                self.wake_scheduler()
+            else:
+                job.state, job.reason, job.ended = JobState.FAILED, reason, now
+                self._finished(job)
         for a in live:
             self.spawn(self._kill(a, reason), f"kill-{a.attempt_id}")
         return True

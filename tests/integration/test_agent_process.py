@@ -37,7 +37,7 @@ FACT_KEYS = {
     "hostname", "cpus", "memory_mb", "nvidia_smi", "nvidia_smi_error", "infiniband",
     "efa", "dev_infiniband", "runtimes", "python", "kernel", "user", "home",
 }  # fmt: skip
-EXIT_KEYS = {"ev", "attempt", "code", "signal", "reason", "timed_out", "started", "ended"}
+EXIT_KEYS = {"ev", "attempt", "code", "signal", "reason", "timed_out", "killed", "started", "ended"}
 
 
 class Agent:

@@ -275,7 +275,8 @@ class Agent:
             reason = f"{LOST} (killed: {kill['reason']})"
         started = rec.get("started") if isinstance(rec, dict) else None
         return {"code": None, "signal": None, "reason": reason, "timed_out": False,
-                "started": started, "ended": time.time()}  # fmt: skip
+                "killed": isinstance(kill, dict), "started": started,
+                "ended": time.time()}  # fmt: skip
 
     # ----------------------------------------------------------------- attempts on disk
 
@@ -345,6 +346,11 @@ class Agent:
         }
         if spec["timeout_s"] is not None and spec["timeout_s"] <= 0:
             raise BadRequest(f"timeout_s must be positive (or null), got {spec['timeout_s']}")
+        spec["warn_signal"] = want(req, "warn_signal", int)
+        if spec["warn_signal"] is not None and not 0 < spec["warn_signal"] < signal.NSIG:
+            raise BadRequest(f"warn_signal {spec['warn_signal']} is not a signal number")
+        spec["warn_before_s"] = want(req, "warn_before_s", float, 60.0)
+        spec["warn_batch_only"] = want(req, "warn_batch_only", bool, False)
         paths = {s: self.output_path(req, s, spec["cwd"], adir) for s in ("stdout", "stderr")}
         args = want_strings(req, "args")
         want_files(req)  # checked before anything is written
@@ -405,7 +411,9 @@ class Agent:
         meta.update(cwd_resolved=spec["cwd"], stdout_path=paths["stdout"])
         meta.update(stderr_path=paths["stderr"], argv=spec["argv"])
         write_json(os.path.join(adir, "meta.json"), meta)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        if not want(req, "append", bool, False):  # a retry's attempt adds to the files
+            flags |= os.O_TRUNC
         fds: list[int] = []
         try:
             for stream in ("stdout", "stderr"):

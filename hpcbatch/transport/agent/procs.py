@@ -250,8 +250,9 @@ def supervise(
     code, sig = exit_fields(status)
     if exec_error:
         reason = f"exec failed: {exec_error}"
+    killed = os.path.exists(os.path.join(adir, "kill"))  # a kill request (cancel, fence)
     result = {"code": code, "signal": sig, "reason": reason, "timed_out": timed_out,
-              "started": started, "ended": time.time()}  # fmt: skip
+              "killed": killed, "started": started, "ended": time.time()}  # fmt: skip
     write_json(os.path.join(adir, "exit"), result)
 
 
@@ -259,6 +260,12 @@ def wait_job(adir: str, job: int, spec: dict[str, Any], wake: int) -> tuple[int,
     """Wait for the job; on timeout or SIGTERM (a `kill`): TERM its group, KILL after grace."""
     timeout = spec["timeout_s"]
     deadline = time.monotonic() + timeout if timeout is not None else None
+    # `--signal`: a warning signal that long before the limit (to the group, or
+    # with batch_only to the script alone), as Slurm does.
+    warn_sig: int = spec.get("warn_signal") or 0
+    warn_at: float | None = None
+    if deadline is not None and warn_sig:
+        warn_at = max(time.monotonic(), deadline - float(spec.get("warn_before_s") or 0))
     kill_at: float | None = None
     reason: str | None = None
     timed_out = False
@@ -275,6 +282,13 @@ def wait_job(adir: str, job: int, spec: dict[str, Any], wake: int) -> tuple[int,
             reason = reason or str(req.get("reason") or "killed")
             grace = req.get("grace_s")
             grace = float(grace) if isinstance(grace, (int, float)) else spec["grace_s"]
+        if warn_at is not None and now >= warn_at:
+            warn_at = None
+            if spec.get("warn_batch_only"):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(job, warn_sig)
+            else:
+                signal_group(job, warn_sig)
         if deadline is not None and now >= deadline and not timed_out:
             timed_out = True
             reason = reason or f"timed out after {timeout:g} s"
@@ -285,7 +299,7 @@ def wait_job(adir: str, job: int, spec: dict[str, Any], wake: int) -> tuple[int,
             kill_at = min(kill_at if kill_at is not None else now + grace, now + grace)
         if kill_at is not None and now >= kill_at:
             signal_group(job, signal.SIGKILL)
-        waits = [t - now for t in (deadline, kill_at) if t is not None and t > now]
+        waits = [t - now for t in (deadline, kill_at, warn_at) if t is not None and t > now]
         selectors_wait(wake, min(waits) if waits else None)
 
 
