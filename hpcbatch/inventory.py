@@ -129,6 +129,7 @@ class ResolvedComputeEnv:
     hosts: tuple[str, ...]
     enabled: bool = True
     max_vcpus: int | None = None
+    container_runtimes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -535,6 +536,9 @@ def _resolve_envs(
             hosts=tuple(chosen),
             enabled=spec.state == "ENABLED",
             max_vcpus=spec.max_vcpus,
+            container_runtimes=(
+                tuple(spec.container_runtimes) if spec.container_runtimes else None
+            ),
         )
     return envs
 

@@ -51,6 +51,7 @@ PASSED_EXTRAS = (
     "dependency",
     "fabric",
     "image",
+    "mounts",
     "main_node",
     "launch_mode",
 )

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from hpcbatch.controller.cluster import Cluster, HostRuntime
+from hpcbatch.controller.containers import on_progress
 from hpcbatch.controller.events import EventBus
 from hpcbatch.controller.gang import host_lost
 from hpcbatch.controller.jobs import JobService
@@ -105,6 +106,8 @@ class HostService:
             self.jobs.spawn(self.jobs.on_exit(link.name, event), f"exit-{event.get('attempt')}")
         elif self.relay.handles(kind):
             self.relay.on_event(link.name, event)
+        elif kind == "progress":
+            on_progress(self.jobs, link.name, event)
         elif kind == "error":
             log.warning("%s: agent: %s", link.name, event.get("error"))
 

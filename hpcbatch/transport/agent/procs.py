@@ -247,12 +247,25 @@ def supervise(
     os.close(report)
     status, reason, timed_out = wait_job(adir, job, spec, wake)
     signal_group(job, signal.SIGKILL)  # leftover background processes of the job
+    if spec.get("cleanup") and (reason or timed_out or spec.get("always_cleanup")):
+        run_cleanup(spec["cleanup"], spec["env"])  # a container outlives its client
     code, sig = exit_fields(status)
     if exec_error:
         reason = f"exec failed: {exec_error}"
     result = {"code": code, "signal": sig, "reason": reason, "timed_out": timed_out,
               "started": started, "ended": time.time()}  # fmt: skip
     write_json(os.path.join(adir, "exit"), result)
+
+
+def run_cleanup(commands: list[list[str]], env: dict[str, str]) -> None:
+    """Run each command (e.g. `podman rm --force NAME`), ignoring failures: best effort
+    that must not keep the exit status from being written."""
+    for argv in commands:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, env=env, timeout=60,
+            )  # fmt: skip
 
 
 def wait_job(adir: str, job: int, spec: dict[str, Any], wake: int) -> tuple[int, str | None, bool]:
