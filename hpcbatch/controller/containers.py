@@ -131,7 +131,7 @@ async def _fail_attempt(jobs: JobService, job: JobRecord, a: AttemptRecord, reas
     """End the attempt as an exit with `reason`: retry rules and multi-node rules apply."""
     now = time.time()
     event = {"attempt": a.attempt_id, "code": None, "signal": None, "reason": reason,
-             "timed_out": False, "started": None, "ended": now}  # fmt: skip
+             "timed_out": False, "started": None, "ended": now, "retryable": True}  # fmt: skip
     await jobs.on_exit(a.host, event)
 
 

@@ -38,7 +38,9 @@ def retry_reason(job: JobRecord, ev: dict[str, Any], reason: str) -> str | None:
         reason=reason,
         status_reason=reason,
         timed_out=bool(ev.get("timed_out")),
-        cancelled=bool(ev.get("reason")),  # a kill the controller asked for (cancel, fence)
+        # A kill the controller asked for (cancel, fence); not a failure that happened to
+        # the attempt on its own (`retryable`: a failed image pull, see controller/containers).
+        cancelled=bool(ev.get("reason")) and not ev.get("retryable"),
     )
     if not decision.retry:
         return None

@@ -204,11 +204,12 @@ def unrunnable(
         if choose_runtime(image, available, order) is not None:
             return None
         found = ", ".join(sorted(available)) or "none"
-        seen.append(f"{name} ({found})")
+        allowed = f"; its compute environment allows {', '.join(order)}" if order else ""
+        seen.append(f"{name} (has {found}{allowed})")
     if not seen:
         return None
     wanted = ", ".join(runtimes_for(image.kind))
     return (
-        f"no host of this queue can run {KIND_WORDS[image.kind]} ({image.ref}): it needs one of "
-        f"{wanted} (allowed by the compute environment); hosts have: {'; '.join(seen)}"
+        f"no host of this queue can run {KIND_WORDS[image.kind]} ({image.ref}): "
+        f"it needs one of {wanted}; {'; '.join(seen)}"
     )

@@ -54,6 +54,7 @@ def ctx(**over: Any) -> dict[str, Any]:
         "fast_links": [],
         "fast_link_names": [],
         "nvidia": [],
+        "init": True,
         "scan": scan,
     }
     base.update(over)
@@ -71,8 +72,7 @@ def test_podman_golden() -> None:
     assert out["argv"] == [
         "/usr/bin/podman", "run", "--rm", "--log-driver=none",
         "--name", "hb-abc123-7.1.0", "--pull=never", "--network=host", "--ipc=host",
-        "--pid=host", "--workdir", "/home/ann/run",
-        "--ulimit", "nofile=1024:4096", "--ulimit", "nproc=512:-1",
+        "--init", "--workdir", "/home/ann/run",
         "--device", "nvidia.com/gpu=2", "--device", "nvidia.com/gpu=3",
         "--volume", "/home/ann/run:/home/ann/run",
         "--volume", "/var/lib/hb/attempts/7.1.0:/var/lib/hb/attempts/7.1.0",
@@ -101,7 +101,7 @@ def test_docker_golden_with_fast_links() -> None:
     out = build(spec("docker", gpus=[1]), ctx(fast_links=links, env={"A": "1"}))
     assert out["argv"] == [
         "/usr/bin/docker", "run", "--name", "hb-abc123-7.1.0", "--pull=never",
-        "--network=host", "--ipc=host", "--pid=host", "--workdir", "/home/ann/run",
+        "--network=host", "--ipc=host", "--init", "--workdir", "/home/ann/run",
         "--user", "1000:1000",
         "--ulimit", "nofile=1024:4096", "--ulimit", "nproc=512:-1",
         "--device", "/dev/infiniband/rdma_cm", "--device", "/dev/infiniband/uverbs0",
@@ -119,6 +119,19 @@ def test_docker_golden_with_fast_links() -> None:
         "fast-link devices passed: /dev/infiniband/rdma_cm /dev/infiniband/uverbs0"
         in (out["notes"])
     )
+
+
+def test_podman_as_root_gets_the_agents_limits_and_without_mqueue_shares_dev_shm() -> None:
+    out = build(spec("podman"), ctx(uid=0, mqueue=False, init=False))
+    argv = out["argv"]
+    assert argv[argv.index("--network=host") + 1 : argv.index("--workdir")] == [
+        "--volume", "/dev/shm:/dev/shm",
+    ]  # fmt: skip
+    assert "--ipc=host" not in argv
+    assert argv[argv.index("--workdir") + 2 : argv.index("--workdir") + 6] == [
+        "--ulimit", "nofile=1024:4096", "--ulimit", "nproc=512:-1",
+    ]  # fmt: skip
+    assert "no /dev/mqueue on this host" in out["notes"][-1]
 
 
 def test_rootless_podman_cannot_raise_memlock_and_says_so() -> None:

@@ -80,7 +80,9 @@ def test_unrunnable_names_the_hosts_and_what_they_have() -> None:
     why = unrunnable(sif, [("node1", {"bwrap": "/b"}, None), ("node2", {}, None)])
     assert why is not None
     assert "a SIF file (/x.sif)" in why and "apptainer, singularity" in why
-    assert "node1 (bwrap); node2 (none)" in why
+    assert "node1 (has bwrap); node2 (has none)" in why
+    why = unrunnable(sif, [("n1", {"apptainer": "/a"}, ["bwrap"])])
+    assert why is not None and "n1 (has apptainer; its compute environment allows bwrap)" in why
     assert unrunnable(sif, [("n1", {}, None), ("n2", {"apptainer": "/a"}, None)]) is None
     assert unrunnable(sif, []) is None
 
@@ -141,3 +143,21 @@ def test_compute_environment_runtime_order() -> None:
     assert ce.container_runtimes == ["bwrap", "podman"]
     with pytest.raises(ValueError, match="container_runtimes"):
         ComputeEnvSpec(name="c", hosts=["n1"], container_runtimes=["lxc"])  # type: ignore[list-item]
+
+
+def test_facts_carry_runtime_versions_and_unusable_runtimes() -> None:
+    from hpcbatch.core.facts import FactsError, facts_from_agent
+
+    raw = {
+        "cpus": 2,
+        "memory_mb": 1024,
+        "runtimes": {"podman": "/usr/bin/podman"},
+        "runtime_versions": {"podman": "podman version 4.3.1", "docker": "Docker 28"},
+        "runtimes_unusable": {"docker": "no usable docker daemon socket at /run/docker.sock"},
+    }
+    facts = facts_from_agent(raw)
+    assert facts.runtimes == {"podman": "/usr/bin/podman"}
+    assert facts.runtime_versions["podman"] == "podman version 4.3.1"
+    assert "docker" in facts.runtimes_unusable
+    with pytest.raises(FactsError, match="'runtime_versions' should map names to versions"):
+        facts_from_agent({**raw, "runtime_versions": ["podman"]})

@@ -23,6 +23,7 @@ import hashlib
 import os
 import resource
 import stat
+import subprocess
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # (aliases only for the checker: hosts may run Python 3.8)
@@ -111,17 +112,33 @@ def _oci(spec: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
     # returns); docker's --rm can lose it, so docker's container is removed after.
     if runtime == "podman":
         argv += ["--rm", "--log-driver=none"]
-    argv += ["--name", name, "--pull=never", "--network=host", "--ipc=host", "--pid=host",
-             "--workdir", ctx["cwd"]]  # fmt: skip
+    argv += ["--name", name, "--pull=never", "--network=host"]
+    notes: list[str] = []
+    if ctx.get("mqueue", True):
+        argv.append("--ipc=host")
+    else:
+        # --ipc=host needs the host's /dev/mqueue; without it, share /dev/shm at least
+        # (where MPI and NCCL keep their shared memory).
+        argv += ["--volume", "/dev/shm:/dev/shm"]
+        notes.append("no /dev/mqueue on this host: private IPC namespace, host /dev/shm shared")
+    # The container keeps its own PID namespace: killing its first process then ends
+    # every process in it (with the host's, a job's children could outlive the container
+    # where rootless podman has no cgroup to kill). An init (catatonit, docker-init)
+    # forwards TERM to the job, which a PID 1 shell would ignore, and reaps zombies.
+    if runtime == "docker" or ctx.get("init"):
+        argv.append("--init")
+    argv += ["--workdir", ctx["cwd"]]
     if runtime == "docker" and ctx.get("uid"):
         # The daemon runs as root: files the job writes must belong to its user.
         argv += ["--user", f"{ctx['uid']}:{ctx.get('gid', ctx['uid'])}"]
-    limits = ctx.get("limits") or {}
+    # A root runtime applies its own defaults (podman as root: 1048576 open files), which
+    # the host may not allow: give the agent's own limits, as a job without a container
+    # has. Rootless podman inherits them already (and may not set nproc at all).
+    limits = (ctx.get("limits") or {}) if runtime == "docker" or ctx.get("uid") == 0 else {}
     for res in ("nofile", "nproc"):
         if res in limits:
             soft, hard = limits[res]
             argv += ["--ulimit", f"{res}={_limit(soft)}:{_limit(hard)}"]
-    notes: list[str] = []
     links = list(ctx.get("fast_links") or [])
     if links:
         for dev in links:
@@ -352,5 +369,47 @@ def host_context(
         "fast_links": devices("/dev/infiniband"),
         "fast_link_names": sorted(ib_names),
         "nvidia": nvidia_nodes(),
+        "mqueue": os.path.isdir("/dev/mqueue"),
+        "init": any(
+            os.access(p, os.X_OK) for p in ("/usr/libexec/podman/catatonit", "/usr/bin/catatonit")
+        ),
         "scan": scan_dir,
     }
+
+
+def probe_runtimes(found: dict[str, str]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """(usable runtimes: name -> path, versions, unusable: name -> why) among those on PATH.
+
+    The version commands run in parallel (a few tens of ms each). docker counts only
+    where its daemon's socket is reachable: a client alone runs nothing.
+    """
+    usable, versions, unusable = dict(found), {}, {}
+    env = {**os.environ, "USER": os.environ.get("USER") or str(os.getuid())}  # ch-run needs it
+    procs = {}
+    for name, path in found.items():
+        try:
+            procs[name] = subprocess.Popen(
+                [path, "--version"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+        except OSError as exc:
+            unusable[name] = f"cannot run {path}: {exc}"
+    for name, proc in procs.items():
+        try:
+            out = proc.communicate(timeout=10)[0].decode(errors="replace").strip()
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            unusable[name] = f"{name} --version did not answer within 10 s"
+            continue
+        versions[name] = out.splitlines()[0][:200] if out else ""
+        if proc.returncode != 0:
+            unusable[name] = f"{name} --version exited with {proc.returncode}: {out[:200]}"
+    if "docker" in found and "docker" not in unusable:
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        sock = host[len("unix://") :] if host.startswith("unix://") else None
+        if sock is not None and not os.access(sock, os.R_OK | os.W_OK):
+            unusable["docker"] = f"no usable docker daemon socket at {sock}"
+    for name in unusable:
+        usable.pop(name, None)
+    return usable, versions, unusable

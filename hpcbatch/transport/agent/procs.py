@@ -22,6 +22,8 @@ import subprocess
 import time
 from typing import Any, NoReturn
 
+from hpcbatch.transport.agent.containers import probe_runtimes
+
 ATTEMPT_RE = re.compile(r"[A-Za-z0-9_.-]+")
 OUTPUT_CAP = 64 * 1024
 DEFAULT_GRACE_S = 10.0
@@ -354,6 +356,9 @@ def host_facts() -> dict[str, Any]:
     except KeyError:
         user = os.environ.get("USER", str(os.getuid()))
     smi, smi_error = nvidia_smi()
+    runtimes, versions, unusable = probe_runtimes(
+        {n: p for n in RUNTIMES for p in [shutil.which(n)] if p}
+    )
     getaffinity = getattr(os, "sched_getaffinity", None)
     return {
         "hostname": socket.gethostname(),
@@ -364,7 +369,9 @@ def host_facts() -> dict[str, Any]:
         "infiniband": ib,
         "efa": efa,
         "dev_infiniband": os.path.isdir("/dev/infiniband"),
-        "runtimes": {n: p for n in RUNTIMES for p in [shutil.which(n)] if p},
+        "runtimes": runtimes,
+        "runtime_versions": versions,
+        "runtimes_unusable": unusable,
         "python": platform.python_version(),
         "kernel": platform.release(),
         "user": user,
