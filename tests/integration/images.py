@@ -36,7 +36,7 @@ def _key() -> str:
 def busybox_rootfs() -> Path:
     """A busybox root filesystem directory (built once per busybox binary)."""
     key = _key()
-    target = CACHE / f"busybox-{key}" / "rootfs"
+    target = CACHE / f"busybox-{key}-v2" / "rootfs"
     if target.is_dir():
         return target
     CACHE.mkdir(mode=0o755, exist_ok=True)
@@ -55,6 +55,7 @@ def busybox_rootfs() -> Path:
             (build / "bin" / applet).symlink_to("busybox")
     (build / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (build / "etc" / "group").write_text("root:x:0:\n")
+    (build / "etc" / "hpcbatch-test-image").write_text("busybox\n")  # "am I inside?"
     for path in [build, *build.rglob("*")]:
         if not path.is_symlink():
             path.chmod(0o1777 if path.name == "tmp" else 0o755)
@@ -81,7 +82,7 @@ def podman_image(sandbox: Sandbox) -> str:
     """`localhost/hpcbatch-busybox:<key>` in the sandbox login user's podman store."""
     if shutil.which("podman") is None:
         raise RuntimeError("podman is missing: apt-get install podman runc (install-prereqs.sh)")
-    name = f"localhost/hpcbatch-busybox:{_key()}"
+    name = f"localhost/hpcbatch-busybox:{_key()}-v2"
     tar = busybox_tar()
     script = f"podman image exists {name} || podman import --quiet {tar} {name}"
     proc = subprocess.run(

@@ -10,6 +10,7 @@ compute environment's `container_runtimes`, as an operator would.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import uuid
@@ -256,3 +257,49 @@ def _meta(sandbox: Sandbox, host: str, attempt: str) -> dict[str, Any]:
     found = (sandbox.root / "hosts" / host / "work").glob(f"*/attempts/{attempt}/meta.json")
     path = max(found, key=lambda p: p.stat().st_mtime)
     return dict(json.loads(path.read_text()))
+
+
+# The host's MPI and Python, bound into a busybox image: the image needs no MPI of its own.
+HOST_MPI_MOUNTS = [
+    "/usr:/usr:ro,/lib:/lib:ro,/lib64:/lib64:ro,/etc/alternatives:ro,/etc/openmpi:ro"
+]
+MPI_SCRIPT = """#!/bin/sh
+cd "$SLURM_SUBMIT_DIR" || exit 1
+mpirun sh -c 'echo "rank $OMPI_COMM_WORLD_RANK on $HPCBATCH_SANDBOX_HOST" \
+    "image=$(cat /etc/hpcbatch-test-image)"'
+exec mpirun python3 hello.py
+"""
+
+
+@pytest.mark.mpi
+async def test_mpi_ranks_in_containers_on_two_hosts(
+    sandbox: Sandbox, controller_factory: Any, tmp_path: Path
+) -> None:
+    """mpirun inside the main node's container; hpcbatch-rsh relays orted to the other
+    node, where the agent starts it in that node's container: every rank is in the image."""
+    from tests.integration.test_mpi import EXAMPLES, host_python_has_mpi4py
+
+    host_python_has_mpi4py()
+    image = image_for("bwrap", sandbox)
+    inv = inventory_with(sandbox, tmp_path, ["bwrap"], ["bwrap"])
+    _, api = await controller_factory(inventory=inv)
+    job = await api.submit(
+        script=MPI_SCRIPT,
+        nodes=2,
+        ntasks_per_node=1,
+        image=image,
+        mounts=HOST_MPI_MOUNTS,
+        submit_dir=str(EXAMPLES),
+        workdir=str(EXAMPLES),
+        time_limit_s=90,
+    )
+    (summary,) = await api.wait(job, timeout=120)
+    out, err = await api.logs(job), await api.logs(job, "stderr")
+    assert summary["state"] == "SUCCEEDED", (summary, out, err)
+    hosts = summary["hosts"]
+    assert len(hosts) == 2
+    ranks = re.findall(r"rank (\d) on (\S+) image=busybox", out)
+    assert sorted(r for r, _ in ranks) == ["0", "1"], out
+    assert sorted(h for _, h in ranks) == sorted(hosts), out
+    assert len(re.findall(r"hello from rank \d of 2", out)) == 2, out
+    assert "hpcbatch: container: bwrap" in err

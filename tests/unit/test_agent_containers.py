@@ -55,6 +55,8 @@ def ctx(**over: Any) -> dict[str, Any]:
         "fast_link_names": [],
         "nvidia": [],
         "init": True,
+        "bin": "/var/lib/hb/bin",
+        "agent_paths": ["/var/lib/hb/bin", "/var/lib/hb/agent-1.pyz"],
         "scan": scan,
     }
     base.update(over)
@@ -76,15 +78,20 @@ def test_podman_golden() -> None:
         "--device", "nvidia.com/gpu=2", "--device", "nvidia.com/gpu=3",
         "--volume", "/home/ann/run:/home/ann/run",
         "--volume", "/var/lib/hb/attempts/7.1.0:/var/lib/hb/attempts/7.1.0",
+        "--volume", "/var/lib/hb/bin:/var/lib/hb/bin:ro",
+        "--volume", "/var/lib/hb/agent-1.pyz:/var/lib/hb/agent-1.pyz:ro",
         "--volume", "/data:/data:ro",
-        "--env", "CUDA_VISIBLE_DEVICES", "--env", "HPCBATCH_JOB_ID", "--env", "SLURM_JOB_ID",
+        "--env", "CUDA_VISIBLE_DEVICES", "--env", "HPCBATCH_JOB_ID", "--env", "PATH",
+        "--env", "SLURM_JOB_ID",
         "localhost/tool:1", "/bin/sh", "/var/lib/hb/attempts/7.1.0/script", "a b",
     ]  # fmt: skip
-    # Values travel in the environment, not in argv; the host's PATH and HOME stay out.
+    # Values travel in the environment, not in argv; the host's PATH and HOME stay out:
+    # PATH inside has the agent's shims (hpcbatch-rsh for mpirun), then the usual places.
     assert out["env"] == {
         "HPCBATCH_JOB_ID": "7",
         "SLURM_JOB_ID": "7",
         "CUDA_VISIBLE_DEVICES": "0,1",
+        "PATH": "/var/lib/hb/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     }
     rm = ["/usr/bin/podman", "rm", "--force", "--time", "0", "hb-abc123-7.1.0"]
     assert out["cleanup"] == [rm]
@@ -109,7 +116,9 @@ def test_docker_golden_with_fast_links() -> None:
         "--gpus", '"device=1"',
         "--volume", "/home/ann/run:/home/ann/run",
         "--volume", "/var/lib/hb/attempts/7.1.0:/var/lib/hb/attempts/7.1.0",
-        "--env", "A", "--env", "CUDA_VISIBLE_DEVICES",
+        "--volume", "/var/lib/hb/bin:/var/lib/hb/bin:ro",
+        "--volume", "/var/lib/hb/agent-1.pyz:/var/lib/hb/agent-1.pyz:ro",
+        "--env", "A", "--env", "CUDA_VISIBLE_DEVICES", "--env", "PATH",
         "localhost/tool:1", "/bin/sh", "/var/lib/hb/attempts/7.1.0/script", "a b",
     ]  # fmt: skip
     # docker run --rm can lose the exit code: no --rm, the container is removed after.
@@ -149,6 +158,8 @@ def test_apptainer_golden() -> None:
         "/usr/bin/apptainer", "exec", "--pwd", "/home/ann/run",
         "--bind", "/home/ann/run:/home/ann/run",
         "--bind", "/var/lib/hb/attempts/7.1.0:/var/lib/hb/attempts/7.1.0",
+        "--bind", "/var/lib/hb/bin:/var/lib/hb/bin:ro",
+        "--bind", "/var/lib/hb/agent-1.pyz:/var/lib/hb/agent-1.pyz:ro",
         "--bind", "/scratch:/scratch", "--nv",
         "docker://localhost/tool:1", "/bin/sh", "/var/lib/hb/attempts/7.1.0/script", "a b",
     ]  # fmt: skip
@@ -164,7 +175,8 @@ def test_charliecloud_golden() -> None:
         "/usr/bin/ch-run", "-b", "/data:/var/cache", "-c", "/tmp/job", "/img", "--",
         "/bin/sh", "/var/lib/hb/attempts/7.1.0/script", "a b",
     ]  # fmt: skip
-    assert out["env"]["PATH"].startswith("/usr/local/sbin:")
+    # The agent's shims are not in the image (ch-run cannot add mount points): skipped.
+    assert out["env"]["PATH"].startswith("/var/lib/hb/bin:/usr/local/sbin:")
 
 
 def test_charliecloud_refuses_mount_points_missing_from_the_image() -> None:
@@ -193,6 +205,8 @@ def test_bwrap_golden_makes_room_for_mount_points() -> None:
         "--dev-bind", "/dev/nvidiactl", "/dev/nvidiactl",
         "--bind", "/home/ann/run", "/home/ann/run",
         "--bind", "/var/lib/hb/attempts/7.1.0", "/var/lib/hb/attempts/7.1.0",
+        "--ro-bind", "/var/lib/hb/bin", "/var/lib/hb/bin",
+        "--ro-bind", "/var/lib/hb/agent-1.pyz", "/var/lib/hb/agent-1.pyz",
         "--chdir", "/home/ann/run",
         "/bin/sh", "/var/lib/hb/attempts/7.1.0/script", "a b",
     ]  # fmt: skip

@@ -79,17 +79,24 @@ def build(spec: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 def _mounts(spec: dict[str, Any], ctx: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    """(source, target, read-only): the working and attempt directories, then the user's."""
+    """(source, target, read-only): the working and attempt directories, the agent's
+    shims (hpcbatch-rsh, srun: what mpirun inside calls), then the user's."""
     seen = set()
     out = []
+    shims = [(p, p, True) for p in ctx.get("agent_paths") or []]
     for src, dst, ro in [(ctx["cwd"], ctx["cwd"], False),
-                         (ctx["attempt_dir"], ctx["attempt_dir"], False)] + [
+                         (ctx["attempt_dir"], ctx["attempt_dir"], False)] + shims + [
         _split_mount(m) for m in spec.get("mounts") or []
     ]:  # fmt: skip
         if dst not in seen:
             seen.add(dst)
             out.append((src, dst, ro))
     return out
+
+
+def _guest_path(ctx: dict[str, Any]) -> str:
+    """PATH inside: the agent's shims first (as outside), then the usual directories."""
+    return ":".join([*((ctx.get("bin") and [ctx["bin"]]) or []), GUEST_PATH])
 
 
 def _split_mount(text: str) -> tuple[str, str, bool]:
@@ -154,6 +161,7 @@ def _oci(spec: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
     for src, dst, ro in _mounts(spec, ctx):
         argv += ["--volume", f"{src}:{dst}" + (":ro" if ro else "")]
     env = {k: v for k, v in ctx["env"].items() if k not in HOST_ONLY}
+    env["PATH"] = _guest_path(ctx)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = _gpu_env(spec)
     for key in sorted(env):
@@ -203,6 +211,8 @@ def _charliecloud(spec: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
         if dst == "/tmp" or dst.startswith("/tmp/"):
             continue
         if scan is not None and not _exists(scan, spec["image"], dst):
+            if dst in (ctx.get("agent_paths") or []):
+                continue  # no hpcbatch-rsh/srun inside, then: only MPI needs them
             missing.append(dst)
         argv += ["-b", f"{src}:{dst}"]
     if missing:
@@ -211,7 +221,8 @@ def _charliecloud(spec: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
             f"{', '.join(missing)} missing there (create them in the image, or use bwrap)"
         )
     argv += ["-c", ctx["cwd"], spec["image"], "--", *ctx["inner"]]
-    return {"argv": argv, "env": {"PATH": GUEST_PATH}, "cleanup": [], "always_cleanup": False}
+    env = {"PATH": _guest_path(ctx)}
+    return {"argv": argv, "env": env, "cleanup": [], "always_cleanup": False}
 
 
 def _exists(scan: Scan, image: str, guest: str) -> bool:
@@ -240,7 +251,8 @@ def _bwrap(spec: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
         if dst != "/tmp":
             argv += ["--ro-bind" if ro else "--bind", src, dst]
     argv += ["--chdir", ctx["cwd"], *ctx["inner"]]
-    return {"argv": argv, "env": {"PATH": GUEST_PATH}, "cleanup": [], "always_cleanup": False}
+    env = {"PATH": _guest_path(ctx)}
+    return {"argv": argv, "env": env, "cleanup": [], "always_cleanup": False}
 
 
 def _bwrap_tree(scan: Scan, image: str, guest: str, targets: list[str]) -> list[str]:
@@ -346,7 +358,13 @@ def nvidia_nodes() -> list[str]:
 
 
 def host_context(
-    root: str, attempt: str, adir: str, cwd: str, inner: list[str], env: dict[str, str]
+    root: str,
+    attempt: str,
+    adir: str,
+    cwd: str,
+    inner: list[str],
+    env: dict[str, str],
+    agent_paths: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     limits = {
         "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
@@ -359,6 +377,8 @@ def host_context(
         ib_names = []
     return {
         "name": container_name(root, attempt),
+        "bin": os.path.join(root, "bin"),
+        "agent_paths": [p for p in agent_paths if os.path.exists(p)],
         "cwd": cwd,
         "attempt_dir": adir,
         "inner": inner,

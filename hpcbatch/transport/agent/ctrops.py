@@ -21,7 +21,14 @@ import subprocess
 from typing import TYPE_CHECKING, Any
 
 from hpcbatch.transport.agent.containers import ContainerError, build, host_context
-from hpcbatch.transport.agent.procs import BadRequest, signal_group, want, want_attempt
+from hpcbatch.transport.agent.procs import (
+    BadRequest,
+    read_json,
+    signal_group,
+    want,
+    want_attempt,
+)
+from hpcbatch.transport.agent.tools import code_location
 
 if TYPE_CHECKING:
     from hpcbatch.transport.agent.hpcbatch_agent import Agent
@@ -66,7 +73,8 @@ def container_command(
 ) -> str:
     """Wrap `spec["argv"]` in the container runtime; return the lines for the job's log."""
     ctr = want_container(req)
-    ctx = host_context(agent.root, attempt, adir, spec["cwd"], spec["argv"], spec["job_env"])
+    ctx = host_context(agent.root, attempt, adir, spec["cwd"], spec["argv"], spec["job_env"],
+                       agent_paths(agent))  # fmt: skip
     try:
         cmd = build(ctr, ctx)
     except ContainerError as exc:
@@ -84,6 +92,33 @@ def container_command(
     except OSError:
         pass
     return text + "".join(f"hpcbatch: {line}\n" for line in cmd["notes"])
+
+
+def agent_paths(agent: Agent) -> tuple[str, ...]:
+    """What the shims in `<root>/bin` need inside a container: the directory, and the
+    agent's code they import (the zipapp on hosts)."""
+    code = code_location()[1]
+    return (agent.bin,) if code.startswith(agent.bin) else (agent.bin, code)
+
+
+def relayed_command(
+    agent: Agent, attempt: str, command: str, env: dict[str, str], cwd: str | None, serial: int
+) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) for a command relayed into `attempt` (mpirun's orted, srun's
+    tasks): inside the attempt's container when it has one, so that every rank of a
+    containerised job runs in its image. Outside otherwise."""
+    meta = read_json(agent.path(attempt, "meta.json"))
+    inner = ["/bin/sh", "-c", command]
+    if not isinstance(meta, dict) or not isinstance(meta.get("container"), dict):
+        return inner, env
+    adir = agent.path(attempt)
+    ctx = host_context(agent.root, f"{attempt}-r{serial}", adir, cwd or adir, inner, env,
+                       agent_paths(agent))  # fmt: skip
+    try:
+        cmd = build(want_container(meta), ctx)
+    except (ContainerError, BadRequest) as exc:
+        raise BadRequest(f"cannot start the relayed command in its container: {exc}") from None
+    return cmd["argv"], {**env, **cmd["env"]}
 
 
 def kill_pull(agent: Agent, attempt: str) -> None:
