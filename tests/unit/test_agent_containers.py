@@ -179,6 +179,12 @@ def test_charliecloud_golden() -> None:
     assert out["env"]["PATH"].startswith("/var/lib/hb/bin:/usr/local/sbin:")
 
 
+def test_charliecloud_binds_home_its_own_way() -> None:
+    c = ctx(cwd="/home/ann", attempt_dir="/tmp/w/attempts/7.1.0", home="/home/ann", user="ann")
+    out = build(spec("ch-run", kind="dir", image="/img"), c)
+    assert out["argv"][:5] == ["/usr/bin/ch-run", "--home", "-c", "/home/ann", "/img"]
+
+
 def test_charliecloud_refuses_mount_points_missing_from_the_image() -> None:
     with pytest.raises(ContainerError, match=r"/home/ann/run, /var/lib/hb/attempts/7\.1\.0 "):
         build(spec("ch-run", kind="dir", image="/img"), ctx())

@@ -205,7 +205,13 @@ def _charliecloud(spec: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
     argv = [spec["exe"]]
     scan = ctx.get("scan")
     missing = []
+    home, user = ctx.get("home"), ctx.get("user")
     for src, dst, _ro in _mounts(spec, ctx):  # (ch-run 0.31 binds are read-write)
+        at_home = dst == home == src and home == f"/home/{user}"
+        if at_home and (scan is None or _exists(scan, spec["image"], "/home")):
+            if "--home" not in argv:
+                argv.append("--home")  # ch-run's own bind of $HOME at /home/$USER
+            continue
         # ch-run binds host /tmp itself; elsewhere it cannot create a mount point
         # in a read-only image.
         if dst == "/tmp" or dst.startswith("/tmp/"):
@@ -378,6 +384,8 @@ def host_context(
     return {
         "name": container_name(root, attempt),
         "bin": os.path.join(root, "bin"),
+        "home": os.path.expanduser("~"),
+        "user": os.environ.get("USER", ""),
         "agent_paths": [p for p in agent_paths if os.path.exists(p)],
         "cwd": cwd,
         "attempt_dir": adir,
