@@ -132,6 +132,7 @@ class ResolvedComputeEnv:
     health_check: str | None = None
     health_check_interval_s: int = 300
     health_check_timeout_s: int = 60
+    container_runtimes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -541,6 +542,9 @@ def _resolve_envs(
             health_check=spec.health_check,
             health_check_interval_s=spec.health_check_interval_s,
             health_check_timeout_s=spec.health_check_timeout_s,
+            container_runtimes=(
+                tuple(spec.container_runtimes) if spec.container_runtimes else None
+            ),
         )
     return envs
 

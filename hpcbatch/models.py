@@ -14,11 +14,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hpcbatch.core.containers import ImageError, parse_image, parse_mounts
 from hpcbatch.core.gang import NodeRangeError, check_node_ranges
 from hpcbatch.core.retry import RetryStrategyError, rule_from_fields
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_RE)]
+
+
+ContainerRuntime = Literal["podman", "docker", "apptainer", "singularity", "ch-run", "bwrap"]
 
 
 class StrictModel(BaseModel):
@@ -72,6 +76,8 @@ class ComputeEnvSpec(StrictModel):
     health_check: str | None = Field(default=None, min_length=1, max_length=4096)
     health_check_interval_s: int = Field(default=300, ge=1, le=86_400)
     health_check_timeout_s: int = Field(default=60, ge=1, le=3600)
+    # Container runtimes allowed here, in order of preference (docs/containers.md).
+    container_runtimes: list[ContainerRuntime] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _some_hosts(self) -> ComputeEnvSpec:
@@ -225,8 +231,10 @@ class JobRequest(StrictModel):
     node_ranges: list[NodeRange] = Field(default_factory=list, max_length=10_000)
     array: str | None = None  # `--array`: see core.arrays
     dependency: str | None = None  # `--dependency`: see core.dependencies
-    # Containers are not run yet: the controller refuses an image with a clear message.
+    # A container image (docs/containers.md): an OCI name, a directory or a SIF file;
+    # `mounts` are extra binds, `SRC[:DST][:ro]`, several per item comma-separated.
     image: str | None = None
+    mounts: list[str] = Field(default_factory=list, max_length=100)
     # Set when the request was built from a registered definition (`name:revision`).
     definition: str | None = None
     retry: RetryStrategy | None = None
@@ -237,8 +245,29 @@ class JobRequest(StrictModel):
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
         return check_environment(env)
 
+    @field_validator("image")
+    @classmethod
+    def _image_ref(cls, image: str | None) -> str | None:
+        if image is None or not image.strip():
+            return None
+        try:
+            parse_image(image)
+        except ImageError as exc:
+            raise ValueError(str(exc)) from None
+        return image.strip()
+
+    @field_validator("mounts")
+    @classmethod
+    def _mount_specs(cls, mounts: list[str]) -> list[str]:
+        try:
+            return [m.spec() for m in parse_mounts(mounts)]
+        except ImageError as exc:
+            raise ValueError(str(exc)) from None
+
     @model_validator(mode="after")
     def _multi_node(self) -> JobRequest:
+        if self.mounts and self.image is None:
+            raise ValueError("mounts are for containers: give an image too")
         if self.main_node is not None and self.main_node >= self.nodes:
             raise ValueError(
                 f"main_node {self.main_node} is not a node of a {self.nodes}-node job "

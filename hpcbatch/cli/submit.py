@@ -50,6 +50,7 @@ PASSED_EXTRAS = (
     "dependency",
     "fabric",
     "image",
+    "mounts",
     "main_node",
     "launch_mode",
     "warn_signal",

@@ -121,6 +121,8 @@ class HostRuntime:
                 "fast_links": list(f.fast_links),
                 "efa": list(f.efa),
                 "runtimes": dict(f.runtimes),
+                "runtime_versions": dict(f.runtime_versions),
+                "runtimes_unusable": dict(f.runtimes_unusable),
                 "python": f.python,
                 "kernel": f.kernel,
             },

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hpcbatch.controller.cluster import Cluster, HostRuntime
+from hpcbatch.controller.containers import on_progress
 from hpcbatch.controller.events import EventBus
 from hpcbatch.controller.gang import host_lost
 from hpcbatch.controller.jobs import JobService
@@ -129,6 +130,8 @@ class HostService:
             self.jobs.spawn(self._collect(link.name, event), f"exit-{event.get('attempt')}")
         elif self.relay.handles(kind):
             self.relay.on_event(link.name, event)
+        elif kind == "progress":
+            on_progress(self.jobs, link.name, event)
         elif kind == "error":
             log.warning("%s: agent: %s", link.name, event.get("error"))
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hpcbatch.controller import gang
+from hpcbatch.controller import containers, gang
 from hpcbatch.controller.cluster import Cluster
 from hpcbatch.controller.events import EventBus
 from hpcbatch.controller.retries import host_failure_retry, retry_reason
@@ -38,9 +38,7 @@ from hpcbatch.transport.link import AgentError, HostLink, HostUnavailable
 
 log = logging.getLogger(__name__)
 
-NOT_YET = {
-    "image": "container images (--image)",
-}
+NOT_YET: dict[str, str] = {}
 
 
 class ApiError(Exception):
@@ -227,6 +225,9 @@ class JobService:
             why = infeasible(view, known_hosts)
             if why is not None:
                 raise ApiError("infeasible", f"refused: {why}")
+        why = containers.check_image(self.cluster, req, queue)
+        if why is not None:
+            raise ApiError("infeasible", f"refused: {why}")
         return req, queue
 
     async def submit(self, raw: Any, caller: Caller) -> int:
@@ -274,6 +275,11 @@ class JobService:
         if link is None or not link.connected:
             return  # launched when the host (re)connects: see HostService.reconcile
         fields = gang.launch_fields(self, job, a)
+        if req.get("image"):
+            container = await containers.prepare(self, job, a, link)
+            if container is False:
+                return
+            fields["container"] = container
         # The check and the write to the channel happen with no await between them,
         # so a cancel cannot slip in and be overtaken by this launch.
         # (A gang's job may be RUNNING already: a first node's exit can overtake the

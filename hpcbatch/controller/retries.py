@@ -55,7 +55,9 @@ def retry_reason(job: JobRecord, ev: dict[str, Any], reason: str) -> str | None:
         reason=reason,
         status_reason=reason,
         timed_out=bool(ev.get("timed_out")),
-        cancelled=killed_on_request(ev),
+        # A kill the controller asked for (cancel, fence) is not retried; a failed
+        # image pull (`retryable`, see controller/containers) is a failure like any other.
+        cancelled=killed_on_request(ev) and not ev.get("retryable"),
     )
     if not decision.retry:
         return None

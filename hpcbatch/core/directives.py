@@ -81,6 +81,7 @@ EXTRA_KEYS: Final = frozenset(
         "dependency",
         "fabric",
         "image",
+        "mounts",  # list[str]: `SRC[:DST][:ro]` items, comma-separated (checked by the model)
         "main_node",
         "launch_mode",
         "warn_signal",  # dict: {"name": "USR1", "before_s": 60, "batch_only": False}
@@ -199,6 +200,12 @@ def _integer(low: int, high: int) -> _Converter:
 
 def _text(value: str, warn: _Warn) -> object:
     return value
+
+
+def _mounts(value: str, warn: _Warn) -> object:
+    if not value.strip():
+        raise _BadValue("expected SRC[:DST][:ro][,SRC[:DST][:ro]...]")
+    return [value]
 
 
 def _time(value: str, warn: _Warn) -> object:
@@ -379,7 +386,8 @@ _OPTIONS: Final = (
     _Option(("-a", "--array"), "array"),
     _Option(("-d", "--dependency"), "dependency"),
     _Option(("--fabric",), "fabric"),
-    _Option(("--image",), "image"),
+    _Option(("--image", "--container-image"), "image"),
+    _Option(("--mount", "--container-mounts"), "mounts", convert=_mounts),
     _Option(("--main-node",), "main_node"),
     _Option(("--launch-mode",), "launch_mode"),
     _Option(("--signal",), "warn_signal", convert=_signal),

@@ -92,6 +92,8 @@ def test_option_forms(tokens: list[str]) -> None:
         (["--dependency=afterany:1:2"], {"dependency": "afterany:1:2"}),
         (["--fabric=efa"], {"fabric": "efa"}),
         (["--image", "docker://alpine"], {"image": "docker://alpine"}),
+        (["--container-mounts=/a:/b,/c:ro"], {"mounts": ["/a:/b,/c:ro"]}),
+        (["--container-image", "alpine"], {"image": "alpine"}),
         (["--main-node=n1"], {"main_node": "n1"}),
         (["--launch-mode", "mpi"], {"launch_mode": "mpi"}),
         (["-J", "-weird"], {"name": "-weird"}),  # a value may start with -, as in getopt
@@ -496,8 +498,8 @@ def test_merge_ntasks_fewer_than_nodes() -> None:
 def test_merge_keys_are_documented() -> None:
     every_option = shlex.split(
         "-J j -c 2 --mem-per-cpu=1G -G 2 -t 5 -o o -e e -D d -p q -N 2 -n 4 --export=ALL"
-        " --exclusive -a 1-2 -d afterok:1 --fabric=efa --image=i --main-node=m --launch-mode=mpi"
-        " --signal=USR1"
+        " --exclusive -a 1-2 -d afterok:1 --fabric=efa --image=i --mount=/a:/b --main-node=m"
+        " --launch-mode=mpi --signal=USR1"
     )
     merged = merge(ParsedOptions(), opts(*every_option))
     assert set(merged) == JOB_REQUEST_KEYS | EXTRA_KEYS

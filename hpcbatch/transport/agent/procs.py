@@ -22,6 +22,8 @@ import subprocess
 import time
 from typing import Any, NoReturn
 
+from hpcbatch.transport.agent.containers import probe_runtimes
+
 ATTEMPT_RE = re.compile(r"[A-Za-z0-9_.-]+")
 OUTPUT_CAP = 64 * 1024
 DEFAULT_GRACE_S = 10.0
@@ -247,6 +249,8 @@ def supervise(
     os.close(report)
     status, reason, timed_out = wait_job(adir, job, spec, wake)
     signal_group(job, signal.SIGKILL)  # leftover background processes of the job
+    if spec.get("cleanup") and (reason or timed_out or spec.get("always_cleanup")):
+        run_cleanup(spec["cleanup"], spec["env"])  # a container outlives its client
     code, sig = exit_fields(status)
     if exec_error:
         reason = f"exec failed: {exec_error}"
@@ -254,6 +258,17 @@ def supervise(
     result = {"code": code, "signal": sig, "reason": reason, "timed_out": timed_out,
               "killed": killed, "started": started, "ended": time.time()}  # fmt: skip
     write_json(os.path.join(adir, "exit"), result)
+
+
+def run_cleanup(commands: list[list[str]], env: dict[str, str]) -> None:
+    """Run each command (e.g. `podman rm --force NAME`), ignoring failures: best effort
+    that must not keep the exit status from being written."""
+    for argv in commands:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, env=env, timeout=60,
+            )  # fmt: skip
 
 
 def wait_job(adir: str, job: int, spec: dict[str, Any], wake: int) -> tuple[int, str | None, bool]:
@@ -355,6 +370,9 @@ def host_facts() -> dict[str, Any]:
     except KeyError:
         user = os.environ.get("USER", str(os.getuid()))
     smi, smi_error = nvidia_smi()
+    runtimes, versions, unusable = probe_runtimes(
+        {n: p for n in RUNTIMES for p in [shutil.which(n)] if p}
+    )
     getaffinity = getattr(os, "sched_getaffinity", None)
     return {
         "hostname": socket.gethostname(),
@@ -365,7 +383,9 @@ def host_facts() -> dict[str, Any]:
         "infiniband": ib,
         "efa": efa,
         "dev_infiniband": os.path.isdir("/dev/infiniband"),
-        "runtimes": {n: p for n in RUNTIMES for p in [shutil.which(n)] if p},
+        "runtimes": runtimes,
+        "runtime_versions": versions,
+        "runtimes_unusable": unusable,
         "python": platform.python_version(),
         "kernel": platform.release(),
         "user": user,
