@@ -175,7 +175,7 @@ class DashApp(App[None]):
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         if event.tabbed_content.id == "views":
             self.redraw()
-            self._focus_view()
+            self.call_after_refresh(self._focus_view)
 
     def _focus_view(self) -> None:
         active = self.query_one(TabbedContent).active or self.initial
@@ -189,7 +189,7 @@ class DashApp(App[None]):
         if not isinstance(self.screen, JobDetailScreen):
             self.query_one(TabbedContent).active = name
             self.redraw(force=True)
-            self._focus_view()
+            self.call_after_refresh(self._focus_view)  # once the pane is shown
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -215,7 +215,7 @@ class DashApp(App[None]):
         jobs = self.query_one(JobsView)
         jobs.set_filter(event.filter_text)
         self._drawn["jobs"] = self.model.version
-        self._focus_view()
+        self.call_after_refresh(self._focus_view)
 
     # ------------------------------------------------------------------ actions (confirmed)
 

@@ -91,7 +91,7 @@ def host_row(h: Host, jobs: list[int], pal: Palette, width: int) -> Text:
     )
     text.append(" ")
     label = f"{agpu}/{gpus}" if gpus else "-"
-    text.append_text(usage(agpu, gpus, label.ljust(3), 10, pal.role("success")))
+    text.append_text(usage(agpu, gpus, label.ljust(3), 10, pal.role("gpu")))
     text.append(" ")
     labels = ",".join(f"{k}={v}" for k, v in sorted((h.get("labels") or {}).items()))
     ids = ",".join(str(j) for j in jobs)

@@ -1,8 +1,8 @@
 """State colours taken from the active Textual theme, so dark and light both read well.
 
-Rows are drawn as Rich text, which cannot use CSS variables; the theme's own
-success/warning/error/accent colours are looked up instead, and the views
-redraw when the theme changes.
+Rows are drawn as Rich text, which cannot use CSS variables: the views ask
+for a palette matching the active theme's background and redraw when the
+theme changes.
 """
 
 from __future__ import annotations
@@ -10,63 +10,75 @@ from __future__ import annotations
 from textual.app import App
 from textual.theme import Theme
 
-FALLBACK = {
-    "success": "green",
-    "warning": "yellow",
-    "error": "red",
-    "accent": "cyan",
-    "primary": "blue",
-    "secondary": "magenta",
-    "foreground": "default",
+# Fixed colours per background: Textual's own themes give some roles colours too
+# close to their backgrounds (textual-dark's secondary is a dark navy) or to
+# each other (its accent and warning are one orange), and a state must read
+# at a glance. These pairs keep a contrast ratio above 4.5 on either background.
+DARK = {
+    "waiting": "#b4a7ff",
+    "runnable": "#e5c07b",
+    "starting": "#56b6c2",
+    "running": "#98c379",
+    "done": "#9da5b4",
+    "failed": "#ff7b86",
+    "allocated": "#61afef",
+    "gpu": "#d19af0",
+}
+LIGHT = {
+    "waiting": "#5a4fcf",
+    "runnable": "#8a5a00",
+    "starting": "#0b6e7a",
+    "running": "#1a7f37",
+    "done": "#57606a",
+    "failed": "#c4101e",
+    "allocated": "#0757b8",
+    "gpu": "#7a3fd1",
 }
 
 JOB_ROLE = {
-    "SUBMITTED": "secondary",
-    "PENDING": "secondary",
-    "RUNNABLE": "warning",
-    "STARTING": "accent",
-    "RUNNING": "success",
-    "SUCCEEDED": "foreground",
-    "FAILED": "error",
+    "SUBMITTED": "waiting",
+    "PENDING": "waiting",
+    "RUNNABLE": "runnable",
+    "STARTING": "starting",
+    "RUNNING": "running",
+    "SUCCEEDED": "done",
+    "FAILED": "failed",
 }
 HOST_ROLE = {
-    "idle": "success",
-    "mixed": "accent",
-    "allocated": "primary",
-    "draining": "warning",
-    "drained": "warning",
-    "down": "error",
-    "unreachable": "error",
-    "connecting": "secondary",
-    "unknown": "secondary",
+    "idle": "running",
+    "mixed": "starting",
+    "allocated": "allocated",
+    "draining": "runnable",
+    "drained": "runnable",
+    "down": "failed",
+    "unreachable": "failed",
+    "connecting": "waiting",
+    "unknown": "waiting",
+}
+ROLE_ALIASES = {
+    "success": "running",
+    "error": "failed",
+    "primary": "allocated",
+    "warning": "runnable",
 }
 
 
 class Palette:
-    """Colour names for states under one theme."""
+    """Colour names for states on a dark or a light background."""
 
     def __init__(self, theme: Theme | None) -> None:
-        self.colors = dict(FALLBACK)
-        if theme is not None:
-            for role in FALLBACK:
-                value = getattr(theme, role, None)
-                if isinstance(value, str) and value:
-                    self.colors[role] = value
         self.dark = True if theme is None else bool(theme.dark)
+        self.colors = DARK if self.dark else LIGHT
 
     def role(self, role: str) -> str:
-        return self.colors.get(role, "default")
+        return self.colors.get(ROLE_ALIASES.get(role, role), "default")
 
     def job(self, state: str) -> str:
-        style = self.role(JOB_ROLE.get(state, "foreground"))
+        style = self.role(JOB_ROLE.get(state, "done"))
         return f"bold {style}" if state in ("RUNNING", "FAILED") else style
 
     def host(self, state: str) -> str:
-        return self.role(HOST_ROLE.get(state, "foreground"))
-
-    @property
-    def dim(self) -> str:
-        return "dim"
+        return self.role(HOST_ROLE.get(state, "done"))
 
 
 def palette(app: App[object]) -> Palette:

@@ -113,6 +113,8 @@ def overview(job: dict[str, Any], pal: Palette) -> RenderableType:
 class JobDetailScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
+        Binding("left", "tab(-1)", "Prev tab", show=False),
+        Binding("right", "tab(1)", "Next tab", show=False),
         Binding("o", "stream", "stdout/stderr"),
         Binding("n", "node", "Next node"),
         Binding("f", "follow", "Follow"),
@@ -147,16 +149,35 @@ class JobDetailScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static(id="detail-title")
         with TabbedContent(initial="tab-overview", id="detail-tabs"):
-            with TabPane("Overview", id="tab-overview"), VerticalScroll():
+            with TabPane("Overview", id="tab-overview"), VerticalScroll(id="overview-scroll"):
                 yield Static(id="overview")
-            with TabPane("Script", id="tab-script"), VerticalScroll():
+            with TabPane("Script", id="tab-script"), VerticalScroll(id="script-scroll"):
                 yield Static(id="script")
             with TabPane("Log", id="tab-log"):
                 yield Static(id="log-status")
                 yield Log(id="log", auto_scroll=True)
         yield Footer()
 
+    TABS = ("tab-overview", "tab-script", "tab-log")
+    SCROLLERS = {
+        "tab-overview": "#overview-scroll",
+        "tab-script": "#script-scroll",
+        "tab-log": "#log",
+    }
+
+    def action_tab(self, step: int) -> None:
+        tabs = self.query_one("#detail-tabs", TabbedContent)
+        i = self.TABS.index(tabs.active) if tabs.active in self.TABS else 0
+        tabs.active = self.TABS[(i + step) % len(self.TABS)]
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        # Arrows and page keys scroll what the tab shows; left/right change tabs.
+        pane = event.pane.id or ""
+        if pane in self.SCROLLERS:
+            self.query_one(self.SCROLLERS[pane]).focus()
+
     def on_mount(self) -> None:
+        self.query_one("#overview-scroll").focus()
         if self._initial_log:
             self.query_one(Log).write(self._initial_log)
         self._show()

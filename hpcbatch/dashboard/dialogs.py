@@ -49,8 +49,8 @@ class ConfirmScreen(ModalScreen[bool]):
             if self.detail:
                 yield Static(self.detail, id="detail")
             with Horizontal():
-                yield Button("No [n]", id="no")
-                yield Button(f"{self.yes} [y]", id="yes", variant="error")
+                yield Button("No (n)", id="no")
+                yield Button(f"{self.yes} (y)", id="yes", variant="error")
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()
@@ -128,6 +128,7 @@ HELP = """\
   e  d         enable / disable the queue: asks first
 
 [b]Job detail[/b]
+  left right   Overview, Script, Log tabs; up/down/page keys scroll
   o            stdout / stderr
   n            next node of a multi-node job
   f            follow the log on / off

@@ -125,7 +125,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("gpus", "GPUS", 4, right=True, default=False),
     Column("memory", "MEM", 6, right=True, default=False),
     Column("elapsed", "TIME", 9, right=True),
-    Column("limit", "LIMIT", 9, right=True, drop=4),
+    Column("limit", "LIMIT", 10, right=True, drop=4),
     Column("attempt", "TRY", 3, right=True, default=False),
     Column("exit", "EXIT", 4, right=True, default=False),
     Column("submitted", "SUBMITTED", 19, default=False),

@@ -43,8 +43,8 @@ class VTable(ScrollView, can_focus=True):
     DEFAULT_CSS = """
     VTable { height: 1fr; background: $surface; }
     VTable > .vtable--header { text-style: bold; background: $panel; color: $foreground; }
-    VTable > .vtable--cursor { background: $boost; }
-    VTable:focus > .vtable--cursor { background: $accent 35%; }
+    VTable > .vtable--cursor { background: $foreground 8%; }
+    VTable:focus > .vtable--cursor { background: $foreground 20%; }
     VTable > .vtable--group { text-style: bold; color: $accent; }
     """
 
