@@ -53,26 +53,38 @@ class DashApi:
         self._next = 0
 
     async def call(self, op: str, **args: Any) -> Any:
-        """One request; its result, or ClientError (`unavailable` when the link broke)."""
+        """One request; its result, or ClientError (`unavailable` when the link broke).
+
+        A caller cancelled while waiting (a worker replaced by a newer one) leaves
+        its reply unread on the connection, so the connection is dropped then: the
+        next request must never read an answer meant for another.
+        """
         async with self._lock:
             if self._conn is None:
                 self._conn = await _open(self.path)
             reader, writer = self._conn
             self._next += 1
+            rid = self._next
             try:
-                writer.write(_line({"id": self._next, "op": op, **args}))
+                writer.write(_line({"id": rid, "op": op, **args}))
                 await writer.drain()
                 raw = await asyncio.wait_for(reader.readline(), self.timeout)
             except TimeoutError:
                 await self._drop()
                 raise ClientError("timeout", f"the controller did not answer {op!r}") from None
-            except (OSError, ConnectionError) as exc:
+            except (OSError, ConnectionError, ValueError) as exc:
                 await self._drop()
                 raise ClientError("unavailable", f"lost the controller: {exc}") from None
+            except BaseException:
+                await self._drop()
+                raise
             if not raw:
                 await self._drop()
                 raise ClientError("unavailable", "the controller closed the connection")
-        reply: dict[str, Any] = json.loads(raw)
+            reply: dict[str, Any] = json.loads(raw)
+            if reply.get("id") != rid:
+                await self._drop()
+                raise ClientError("internal", f"reply {reply.get('id')} to request {rid}")
         if not reply.get("ok"):
             raise ClientError(str(reply.get("kind", "error")), str(reply.get("error", "failed")))
         return reply.get("result")

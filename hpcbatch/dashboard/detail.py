@@ -20,6 +20,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Log, Static, TabbedContent, TabPane
 
@@ -219,7 +220,8 @@ class JobDetailScreen(Screen[None]):
         except ClientError as exc:
             self.notify(f"job {self.job_id}: {exc.message}", severity="error")
             return
-        self._show()
+        with contextlib.suppress(NoMatches):  # closed while the answer was on its way
+            self._show()
         self._wake.set()
 
     def job_changed(self) -> None:
@@ -251,6 +253,10 @@ class JobDetailScreen(Screen[None]):
     @work(exclusive=True, group="detail-log")
     async def tail(self) -> None:
         """Read the chosen stream from the chosen node; keep reading while following."""
+        with contextlib.suppress(NoMatches):  # closed while a read was on its way
+            await self._tail()
+
+    async def _tail(self) -> None:
         if self.api is None:
             return
         log = self.query_one(Log)

@@ -122,7 +122,7 @@ class JobsView(Vertical):
         )
         self._by_key = {r.key: r for r in self.rows}
         table = self.table
-        self._id_width = max((len(r.values["id"]) for r in self.rows), default=0)
+        self._id_width = max((len(r.id_text) for r in self.rows), default=0)
         cols = fit_columns(self.columns, table.content_width, self._id_width)
         pal = palette(self.app)
         rows = self.rows
@@ -136,6 +136,13 @@ class JobsView(Vertical):
 
         table.set_rows(header_text(cols, self.sort, self.reverse), [r.key for r in rows], render)
         self._status(len(rows))
+
+    def tick(self) -> None:
+        """Redraw the times on screen without rebuilding the rows (10,000 jobs stay cheap)."""
+        now = self.clock()
+        for row in self.rows:
+            row.retime(now)
+        self.table.refresh()
 
     def _status(self, shown: int) -> None:
         total = sum(self.model.job_counts().values())

@@ -135,13 +135,34 @@ COLUMN_KEYS = tuple(c.key for c in COLUMNS)
 DEFAULT_COLUMNS = tuple(c.key for c in COLUMNS if c.default)
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
+    """One line of the table; its cells are made when it is first drawn (see `cells`)."""
+
     key: str  # "12", "12_3"; unique in the table
     job_id: int
     kind: str  # "job", "array" (a collapsed or expanded parent), "child"
     state: str
-    values: dict[str, str] = field(default_factory=dict)
+    job: Job
+    id_text: str
+    now: float
+    model: Model | None = None  # arrays: for their children's counts
+    _values: dict[str, str] | None = field(default=None, repr=False)
+
+    def retime(self, now: float) -> None:
+        """Elapsed times move on: remake the cells when next drawn."""
+        self.now = now
+        self._values = None
+
+    @property
+    def values(self) -> dict[str, str]:
+        if self._values is None:
+            self._values = _values(self.job, self.now)
+            self._values["id"] = self.id_text
+            if self.kind == "array" and self.model is not None:
+                counts = self.model.child_counts(self.job_id)
+                self._values["reason"] = counts_text(dict(counts))
+        return self._values
 
 
 def _values(job: Job, now: float) -> dict[str, str]:
@@ -218,17 +239,17 @@ def job_rows(
     top.sort(key=sort_key(sort, now), reverse=reverse)
     rows: list[Row] = []
     for job in top:
+        jid = int(job["id"])
         if job.get("array_size") is None:
-            rows.append(Row(str(job["id"]), int(job["id"]), "job", job["state"], _values(job, now)))
+            rows.append(Row(str(jid), jid, "job", job["state"], job, str(jid), now))
             continue
-        rows.append(_array_row(model, job, now, int(job["id"]) in open_))
-        if int(job["id"]) in open_:
-            for kid in model.array_children(int(job["id"])):
+        rows.append(_array_row(model, job, now, jid in open_))
+        if jid in open_:
+            for kid in model.array_children(jid):
                 if _shown(kid, flt, hide_final):
-                    values = _values(kid, now)
-                    values["id"] = "  " + values["id"]
+                    key = str(kid["display_id"])
                     rows.append(
-                        Row(str(kid["display_id"]), int(kid["id"]), "child", kid["state"], values)
+                        Row(key, int(kid["id"]), "child", kid["state"], kid, "  " + key, now)
                     )
     return rows
 
@@ -239,12 +260,10 @@ def _shown(job: Job, flt: JobFilter, hide_final: bool) -> bool:
 
 def _array_row(model: Model, job: Job, now: float, is_open: bool) -> Row:
     kids = model.array_children(int(job["id"]))
-    values = _values(job, now)
     indices = sorted(int(k["array_index"]) for k in kids if k.get("array_index") is not None)
     spec = format_spec(indices) if indices else f"0-{int(job.get('array_size') or 1) - 1}"
-    values["id"] = f"{'▾' if is_open else '▸'}{job['id']}_[{spec}]"
-    values["reason"] = counts_text(dict(model.child_counts(int(job["id"]))))
-    return Row(str(job["id"]), int(job["id"]), "array", job["state"], values)
+    id_text = f"{'▾' if is_open else '▸'}{job['id']}_[{spec}]"
+    return Row(str(job["id"]), int(job["id"]), "array", job["state"], job, id_text, now, model)
 
 
 def fit_columns(wanted: Iterable[str], width: int, id_width: int = 0) -> list[tuple[Column, int]]:
