@@ -116,6 +116,8 @@ class DashApp(App[None]):
 
     def _on_state(self, connected: bool, message: str) -> None:
         self.connected = connected
+        if not self.is_running or not self.screen_stack:
+            return
         banner = self.query_one("#banner", Static)
         banner.set_class(not connected, "down")
         if not connected:
@@ -123,6 +125,8 @@ class DashApp(App[None]):
         self._topline()
 
     def _on_change(self, job_ids: set[int]) -> None:
+        if not self.is_running or not self.screen_stack:
+            return  # shutting down: nothing to draw on
         self.request_redraw()
         screen = self.screen
         if isinstance(screen, JobDetailScreen) and job_ids:
