@@ -49,10 +49,10 @@ class DashApp(App[None]):
         Binding("q", "quit", "Quit"),
     ]
     CSS = """
-    #banner { dock: top; height: auto; background: $error; color: $foreground; padding: 0 1;
+    #banner { height: auto; background: $error; color: $foreground; padding: 0 1;
               display: none; text-style: bold; }
     #banner.down { display: block; }
-    #topline { dock: top; height: 1; background: $primary; color: $foreground; padding: 0 1; }
+    #topline { height: 1; background: $primary; color: $foreground; padding: 0 1; }
     TabbedContent { height: 1fr; }
     TabbedContent > ContentSwitcher { height: 1fr; }
     TabPane { padding: 0; height: 1fr; }

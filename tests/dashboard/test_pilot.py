@@ -171,8 +171,24 @@ async def test_drain_and_resume_a_host_and_disable_a_queue(
         await pilot.press("d", "y")
         await until(lambda: "DISABLED" in drawn(queues.table, "batch"), what="queue disabled")
         assert next(q for q in await api("queues") if q["name"] == "batch")["state"] == "DISABLED"
+        # A job in the disabled queue waits, and its detail says why in plain words.
+        job = await api.submit(name="dash-waits", queue="batch", script="#!/bin/sh\ntrue\n")
+        await pilot.press("2")
+        await until(lambda: "QueueDisabled" in (row(app, str(job)) or {}).get("reason", ""))
+        await pilot.pause()
+        await open_row(pilot, app, str(job))
+        screen = app.screen
+        assert isinstance(screen, JobDetailScreen)
+        await until(lambda: screen.job.get("request"), what="the job's detail")
+        assert "Why it waits: Its queue is disabled" in text_of(
+            screen.query_one("#overview", Static)
+        )
+        await pilot.press("escape", "3")
+        await pilot.pause()
+        queues.table.move_to("batch")
         await pilot.press("e", "y")
         await until(lambda: "ENABLED" in drawn(queues.table, "batch"), what="queue enabled")
+        assert (await api.wait(job))[0]["state"] == "SUCCEEDED"  # enabled: it runs
 
 
 async def test_controller_going_away_shows_a_banner_and_reconnects(

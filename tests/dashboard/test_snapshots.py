@@ -111,3 +111,10 @@ def test_confirm_cancel(snap_compare: Snap) -> None:
 
 def test_help(snap_compare: Snap) -> None:
     assert snap_compare(app(), terminal_size=(100, 40), press=["question_mark"])
+
+
+def test_controller_unreachable_banner(snap_compare: Snap) -> None:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        pilot.app._on_state(False, "no controller socket at /run/hb.sock; reconnecting every 3s")  # type: ignore[attr-defined]
+
+    assert snap_compare(app(), terminal_size=(80, 24), run_before=run_before)
