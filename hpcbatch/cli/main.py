@@ -301,6 +301,15 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dash(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpcbatch.dashboard import create_app
+
+    create_app(Path(_socket(args)), light=args.light, initial=args.view).run()
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from hpcbatch.cli.sandbox_cmd import run_sandbox
 
@@ -428,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     from hpcbatch.cli.admin import add_commands
 
     add_commands(add, _client)
+
+    sp = add("dash", cmd_dash, "the terminal dashboard: hosts, jobs, queues, live logs")
+    sp.add_argument("--light", action="store_true", help="light colours (t toggles)")
+    sp.add_argument("--view", choices=["cluster", "jobs", "queues"], default="jobs")
 
     sp = add("sandbox", cmd_sandbox, "a local cluster of real sshd hosts on loopback")
     sp.add_argument("action", choices=["up", "down", "status"])

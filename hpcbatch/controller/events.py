@@ -35,8 +35,11 @@ class EventBus:
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
+                # Dropped: what it had not read is useless to it now (it must resync),
+                # and the two closing items need two free slots.
                 self._subscribers.discard(queue)
-                queue.get_nowait()
+                while not queue.empty():
+                    queue.get_nowait()
                 queue.put_nowait({"event": "overflow"})
                 queue.put_nowait(None)
 
