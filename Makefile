@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo demo-down test test-fast lint typecheck check prereqs venv bench bench-mpi clean
+.PHONY: demo demo-down test test-fast lint typecheck check prereqs venv bench bench-mpi soak clean
 
 prereqs:
 	@bash scripts/install-prereqs.sh
@@ -37,6 +37,11 @@ typecheck: venv
 	$(BIN)/mypy --strict hpcbatch
 
 check: lint typecheck test
+
+# 2,000 jobs on 4 sandbox hosts through 3 controller SIGKILLs, a 20 s black hole and
+# a killed sshd (a short version runs in `make test`).
+soak: venv
+	$(BIN)/python -m tests.integration.soak
 
 bench: venv
 	$(BIN)/python benchmarks/dispatch.py

@@ -129,6 +129,10 @@ class ResolvedComputeEnv:
     hosts: tuple[str, ...]
     enabled: bool = True
     max_vcpus: int | None = None
+    health_check: str | None = None
+    health_check_interval_s: int = 300
+    health_check_timeout_s: int = 60
+    container_runtimes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -535,6 +539,12 @@ def _resolve_envs(
             hosts=tuple(chosen),
             enabled=spec.state == "ENABLED",
             max_vcpus=spec.max_vcpus,
+            health_check=spec.health_check,
+            health_check_interval_s=spec.health_check_interval_s,
+            health_check_timeout_s=spec.health_check_timeout_s,
+            container_runtimes=(
+                tuple(spec.container_runtimes) if spec.container_runtimes else None
+            ),
         )
     return envs
 

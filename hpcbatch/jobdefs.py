@@ -34,6 +34,7 @@ class JobDefinition(StrictModel):
     command: list[str] | None = Field(default=None, min_length=1)
     script: str | None = Field(default=None, min_length=1)
     image: str | None = None
+    mounts: list[str] = Field(default_factory=list, max_length=100)
     cpus: int = Field(default=1, ge=1, le=100_000)
     memory_mb: int | None = Field(default=None, ge=1)
     gpus: int = Field(default=0, ge=0, le=1024)
@@ -90,6 +91,7 @@ class DefinitionOverrides(StrictModel):
     ntasks_per_node: int | None = Field(default=None, ge=1)
     fabric: str | None = None
     exclusive: bool | None = None
+    warn_signal: dict[str, Any] | None = None  # `--signal`: checked as JobRequest.warn_signal
 
 
 def parse_definition_ref(text: str) -> tuple[str, int | None]:
@@ -142,6 +144,8 @@ def request_from_definition(
             request["node_ranges"] = [r.model_dump(exclude_none=True) for r in defn.node_ranges]
     if defn.image is not None:
         request["image"] = defn.image
+        if defn.mounts:
+            request["mounts"] = list(defn.mounts)
     for key in (
         "queue",
         "array",
@@ -151,6 +155,7 @@ def request_from_definition(
         "workdir",
         "submit_dir",
         "ntasks_per_node",
+        "warn_signal",
     ):
         value = getattr(over, key)
         if value is not None:

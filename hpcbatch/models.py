@@ -14,11 +14,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hpcbatch.core.containers import ImageError, parse_image, parse_mounts
 from hpcbatch.core.gang import NodeRangeError, check_node_ranges
 from hpcbatch.core.retry import RetryStrategyError, rule_from_fields
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_RE)]
+
+
+ContainerRuntime = Literal["podman", "docker", "apptainer", "singularity", "ch-run", "bwrap"]
 
 
 class StrictModel(BaseModel):
@@ -67,6 +71,13 @@ class ComputeEnvSpec(StrictModel):
     selector: dict[str, str] = Field(default_factory=dict)
     state: Literal["ENABLED", "DISABLED"] = "ENABLED"
     max_vcpus: int | None = Field(default=None, ge=1)
+    # A shell command run on each host when it connects (before it takes work) and
+    # every interval: a non-zero exit drains the host, its output the reason.
+    health_check: str | None = Field(default=None, min_length=1, max_length=4096)
+    health_check_interval_s: int = Field(default=300, ge=1, le=86_400)
+    health_check_timeout_s: int = Field(default=60, ge=1, le=3600)
+    # Container runtimes allowed here, in order of preference (docs/containers.md).
+    container_runtimes: list[ContainerRuntime] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _some_hosts(self) -> ComputeEnvSpec:
@@ -168,6 +179,24 @@ class RetryStrategy(StrictModel):
     evaluate_on_exit: list[RetryRule] = Field(default_factory=list, max_length=5)
 
 
+class WarnSignal(StrictModel):
+    """`--signal=[B:]SIG@SECONDS`: a signal sent that long before the time limit
+    (to the job's whole process group, or with `batch_only` to the script alone)."""
+
+    name: str = Field(pattern=r"^[A-Z][A-Z0-9+-]{0,11}$")
+    before_s: int = Field(default=60, ge=0, le=65535)
+    batch_only: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        import signal
+
+        if f"SIG{name}" not in signal.Signals.__members__:
+            raise ValueError(f"{name!r} is not a signal name (e.g. USR1, TERM)")
+        return name
+
+
 class JobRequest(StrictModel):
     """One submission, after merging script directives and command-line options.
 
@@ -202,19 +231,43 @@ class JobRequest(StrictModel):
     node_ranges: list[NodeRange] = Field(default_factory=list, max_length=10_000)
     array: str | None = None  # `--array`: see core.arrays
     dependency: str | None = None  # `--dependency`: see core.dependencies
-    # Containers are not run yet: the controller refuses an image with a clear message.
+    # A container image (docs/containers.md): an OCI name, a directory or a SIF file;
+    # `mounts` are extra binds, `SRC[:DST][:ro]`, several per item comma-separated.
     image: str | None = None
+    mounts: list[str] = Field(default_factory=list, max_length=100)
     # Set when the request was built from a registered definition (`name:revision`).
     definition: str | None = None
     retry: RetryStrategy | None = None
+    warn_signal: WarnSignal | None = None
 
     @field_validator("env")
     @classmethod
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
         return check_environment(env)
 
+    @field_validator("image")
+    @classmethod
+    def _image_ref(cls, image: str | None) -> str | None:
+        if image is None or not image.strip():
+            return None
+        try:
+            parse_image(image)
+        except ImageError as exc:
+            raise ValueError(str(exc)) from None
+        return image.strip()
+
+    @field_validator("mounts")
+    @classmethod
+    def _mount_specs(cls, mounts: list[str]) -> list[str]:
+        try:
+            return [m.spec() for m in parse_mounts(mounts)]
+        except ImageError as exc:
+            raise ValueError(str(exc)) from None
+
     @model_validator(mode="after")
     def _multi_node(self) -> JobRequest:
+        if self.mounts and self.image is None:
+            raise ValueError("mounts are for containers: give an image too")
         if self.main_node is not None and self.main_node >= self.nodes:
             raise ValueError(
                 f"main_node {self.main_node} is not a node of a {self.nodes}-node job "

@@ -111,7 +111,9 @@ def hosts_table(hosts: Sequence[dict[str, Any]]) -> str:
     rows = []
     for h in hosts:
         state = h["state"].lower()
-        if h.get("admin") == "DRAIN":
+        if h.get("admin") == "DOWN":
+            state = "down"
+        elif h.get("admin") == "DRAIN":
             state = "drain" if not h.get("jobs") else "draining"
         elif h["state"] == "UP":
             state = (

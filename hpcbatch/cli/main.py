@@ -79,6 +79,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
         home=home,
         socket=Path(args.socket).expanduser() if args.socket else None,
         heartbeat_s=args.heartbeat,
+        down_after_s=args.down_after,
+        link_timeout_s=args.link_timeout,
         sync=args.sync.upper(),
     )
     if args.detach:
@@ -230,13 +232,14 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     from hpcbatch.cli.format import hosts_table
 
     with _client(args) as client:
-        if args.action in ("drain", "resume"):
+        if args.action in ("drain", "resume", "down"):
             if not args.host:
                 raise CliError(f"hosts {args.action}: name a host")
+            done = {"drain": "drained", "resume": "resumed", "down": "down"}[args.action]
             for name in args.host:
                 op_args = {"host": name, "reason": args.reason}
                 client.call(args.action, **op_args)
-                print(f"{name}: {'drained' if args.action == 'drain' else 'resumed'}")
+                print(f"{name}: {done}")
             return 0
         hosts = client.call("hosts")
     if args.json:
@@ -298,6 +301,15 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dash(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpcbatch.dashboard import create_app
+
+    create_app(Path(_socket(args)), light=args.light, initial=args.view).run()
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from hpcbatch.cli.sandbox_cmd import run_sandbox
 
@@ -336,6 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
         "-i", "--inventory", help="inventory TOML (default $HPCBATCH_HOME/inventory.toml)"
     )
     sp.add_argument("--heartbeat", type=float, default=5.0, help="agent heartbeat interval, s")
+    sp.add_argument(
+        "--down-after",
+        type=float,
+        default=120.0,
+        help="a host silent this long (s) is DOWN: its jobs fail over (default 120)",
+    )
+    sp.add_argument(
+        "--link-timeout",
+        type=float,
+        help="a connected host silent this long (s) is cut off (default 4 heartbeats, >= 10)",
+    )
     sp.add_argument(
         "--sync",
         choices=["normal", "full"],
@@ -390,8 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--node", type=int, default=0)
     sp.add_argument("--attempt", type=int)
 
-    sp = add("hosts", cmd_hosts, "list hosts (sinfo-like), or drain/resume one")
-    sp.add_argument("action", nargs="?", default="list", choices=["list", "drain", "resume"])
+    sp = add("hosts", cmd_hosts, "list hosts (sinfo-like), or drain/resume/down one")
+    sp.add_argument(
+        "action", nargs="?", default="list", choices=["list", "drain", "resume", "down"]
+    )
     sp.add_argument("host", nargs="*")
     sp.add_argument("--reason")
     sp.add_argument("--json", action="store_true")
@@ -412,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     from hpcbatch.cli.admin import add_commands
 
     add_commands(add, _client)
+
+    sp = add("dash", cmd_dash, "the terminal dashboard: hosts, jobs, queues, live logs")
+    sp.add_argument("--light", action="store_true", help="light colours (t toggles)")
+    sp.add_argument("--view", choices=["cluster", "jobs", "queues"], default="jobs")
 
     sp = add("sandbox", cmd_sandbox, "a local cluster of real sshd hosts on loopback")
     sp.add_argument("action", choices=["up", "down", "status"])

@@ -41,6 +41,7 @@ DEFINITION_OVERRIDES = (
     "ntasks_per_node",
     "fabric",
     "exclusive",
+    "warn_signal",
 )
 PASSED_EXTRAS = (
     "ntasks",
@@ -49,8 +50,10 @@ PASSED_EXTRAS = (
     "dependency",
     "fabric",
     "image",
+    "mounts",
     "main_node",
     "launch_mode",
+    "warn_signal",
 )
 
 
@@ -142,6 +145,8 @@ def _retry_attempts(text: str) -> int:
 
 
 def _read_script(path: str, stdin: IO[str] | None) -> str:
+    if not path:
+        raise DirectiveError("command line", None, "the script path is empty")
     if path == "-":
         if stdin is None:
             raise DirectiveError("command line", None, "no script given on standard input")

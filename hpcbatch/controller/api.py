@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcbatch import __version__
+from hpcbatch.controller.apiargs import check_args
 from hpcbatch.controller.cancel import cancel_jobs
 from hpcbatch.controller.jobs import ApiError, Caller
 from hpcbatch.controller.stats import controller_stats
 from hpcbatch.core.records import JobRecord
 from hpcbatch.core.states import AdminState, JobState
+from hpcbatch.store.db import StoreError
 from hpcbatch.transport.link import AgentError, HostUnavailable
 
 if TYPE_CHECKING:
@@ -84,6 +86,7 @@ class ApiServer:
             "hosts": self.op_hosts,
             "drain": self.op_drain,
             "resume": self.op_resume,
+            "down": self.op_down,
             "queues": self.op_queues,
             "wait": self.op_wait,
             "register": self.op_register,
@@ -166,12 +169,19 @@ class ApiServer:
             handler = self.ops.get(op) if isinstance(op, str) else None
             if handler is None:
                 raise ApiError("bad_request", f"unknown operation {op!r}")
+            check_args(str(op), msg)
             result = await handler(msg, caller)
             return {"id": rid, "ok": True, "result": result}
         except ApiError as exc:
             return {"id": rid, "ok": False, "kind": exc.kind, "error": exc.message}
         except TimeoutError:
             return {"id": rid, "ok": False, "kind": "timeout", "error": "timed out"}
+        except StoreError as exc:
+            # Disk full, read-only, I/O error: the change was rolled back, nothing of
+            # this request was accepted; what was accepted before is kept.
+            log.error("store write failed: %s", exc)
+            return {"id": rid, "ok": False, "kind": "unavailable",
+                    "error": f"the controller cannot write its store: {exc}"}  # fmt: skip
         except Exception as exc:
             log.exception("API request failed")
             return {"id": rid, "ok": False, "kind": "internal", "error": f"internal error: {exc}"}
@@ -365,6 +375,11 @@ class ApiServer:
         name = self._host(args, caller)
         reason = args.get("reason") or f"drained by {caller.user}"
         return (await self.c.hosts.set_admin(name, AdminState.DRAIN, reason)).summary()
+
+    async def op_down(self, args: dict[str, Any], caller: Caller) -> Any:
+        name = self._host(args, caller)
+        reason = args.get("reason") or f"set down by {caller.user}"
+        return (await self.c.hosts.set_admin(name, AdminState.DOWN, str(reason))).summary()
 
     async def op_resume(self, args: dict[str, Any], caller: Caller) -> Any:
         name = self._host(args, caller)

@@ -23,6 +23,7 @@ from hpcbatch.controller.cluster import Cluster
 from hpcbatch.controller.definitions import DefinitionService
 from hpcbatch.controller.deps import DependencyTracker
 from hpcbatch.controller.events import EventBus
+from hpcbatch.controller.health import HostMonitor
 from hpcbatch.controller.hosts import HostService
 from hpcbatch.controller.jobs import JobService
 from hpcbatch.controller.scheduling import SchedulerLoop
@@ -56,9 +57,18 @@ class ControllerError(RuntimeError):
 
 def _lock_store(database: Path) -> int:
     """One controller per store: a second one would launch every job twice."""
-    database.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ControllerError(f"cannot create {database.parent}: {exc.strerror or exc}") from None
     path = database.with_name(database.name + ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ControllerError(
+            f"cannot open the store's lock file {path}: {exc.strerror or exc} "
+            "(the controller must be able to write its store's directory)"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -83,6 +93,8 @@ class Controller:
         self.links: dict[str, HostLink] = {}
         self.jobs = JobService(store, self.cluster, self.bus, self.links, settings, self._wake)
         self.hosts = HostService(store, self.cluster, self.bus, self.jobs)
+        self.monitor = HostMonitor(self.hosts, self.links, settings)
+        self.hosts.on_connect = self.monitor.on_connect
         self.definitions = DefinitionService(store)
         self.arrays = ArrayTracker(
             store,
@@ -141,6 +153,7 @@ class Controller:
             self.links[name] = link
             link.start()
         self.scheduler.start()
+        self.monitor.start()
         log.info(
             "controller up: %d hosts, %d active jobs, socket %s",
             len(self.links),
@@ -168,6 +181,7 @@ class Controller:
     async def stop(self) -> None:
         """Clean shutdown in order; jobs keep running on the hosts."""
         await self.api.stop()
+        await self.monitor.stop()
         await self.scheduler.stop()
         await self.jobs.drain_tasks()
         await asyncio.gather(*(link.close() for link in self.links.values()))

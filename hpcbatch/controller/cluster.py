@@ -60,7 +60,7 @@ class HostRuntime:
         why: str | None = None
         if not available:
             if self.admin != AdminState.ACTIVE:
-                why = f"{self.name} drained"
+                why = f"{self.name} {'down' if self.admin == AdminState.DOWN else 'drained'}"
             elif not self.known:
                 why = f"{self.name} not yet probed"
             else:
@@ -121,6 +121,8 @@ class HostRuntime:
                 "fast_links": list(f.fast_links),
                 "efa": list(f.efa),
                 "runtimes": dict(f.runtimes),
+                "runtime_versions": dict(f.runtime_versions),
+                "runtimes_unusable": dict(f.runtimes_unusable),
                 "python": f.python,
                 "kernel": f.kernel,
             },

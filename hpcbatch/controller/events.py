@@ -25,13 +25,21 @@ class EventBus:
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
         self._subscribers.discard(queue)
 
+    @property
+    def watched(self) -> bool:
+        """Whether anyone listens: callers skip building events nobody will read."""
+        return bool(self._subscribers)
+
     def publish(self, event: dict[str, Any]) -> None:
         for queue in list(self._subscribers):
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
+                # Dropped: what it had not read is useless to it now (it must resync),
+                # and the two closing items need two free slots.
                 self._subscribers.discard(queue)
-                queue.get_nowait()
+                while not queue.empty():
+                    queue.get_nowait()
                 queue.put_nowait({"event": "overflow"})
                 queue.put_nowait(None)
 

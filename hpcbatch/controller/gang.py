@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from typing import TYPE_CHECKING, Any
 
 from hpcbatch.core import gang
@@ -130,6 +131,10 @@ def launch_fields(jobs: JobService, job: JobRecord, a: AttemptRecord) -> dict[st
         stdout = stderr = None
     slots = ctx.slots
     return {
+        **warning_fields(req),
+        # A retried job's later attempts add to its output files instead of
+        # truncating them: every attempt's output is kept.
+        "append": job.attempt > 1,
         "script": spec.script,
         "args": list(spec.args),
         "env": node_environment(jobs, job, a),
@@ -144,6 +149,18 @@ def launch_fields(jobs: JobService, job: JobRecord, a: AttemptRecord) -> dict[st
     }
 
 
+def warning_fields(req: dict[str, Any]) -> dict[str, Any]:
+    """`--signal`: the agent sends the signal `before_s` before the time limit."""
+    warn = req.get("warn_signal")
+    if not warn or not req.get("time_limit_s"):
+        return {}
+    return {
+        "warn_signal": int(signal.Signals[f"SIG{warn['name']}"]),
+        "warn_before_s": float(warn.get("before_s", 60)),
+        "warn_batch_only": bool(warn.get("batch_only")),
+    }
+
+
 def _per_node(req: dict[str, Any]) -> bool:
     """Whether the output patterns name the node (`%N`), so nodes do not share files."""
     out, err = req.get("output"), req.get("error")
@@ -151,15 +168,17 @@ def _per_node(req: dict[str, Any]) -> bool:
 
 
 async def host_lost(jobs: JobService, host: str, reason: str) -> None:
-    """A host's link went down: every multi-node job with a node there fails now.
+    """A host's link went down: every multi-node job with a node there ends now.
 
     A single-node job keeps running (its shepherd does not need the link; the exit
     is collected when the host returns); a multi-node job cannot: its MPI ranks
     or relayed processes lost their peers, and its other nodes must be released.
+    It is a host failure: the whole job is retried if its retry strategy says so.
     """
     for job, a in jobs.attempts_on(host):
         if is_gang(job):
-            await jobs.fail_job(job, f"node {a.node} ({host}) was lost: {reason}")
+            why = f"host {host} lost (node {a.node}): {reason}"
+            await jobs.fail_job(job, why, host_failure=True)
 
 
 def exit_outcome(job: JobRecord, a: AttemptRecord, state: str, reason: str) -> gang.NodeExit:

@@ -9,11 +9,14 @@ attempts that were written down but never reached the host are launched.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hpcbatch.controller.cluster import Cluster, HostRuntime
+from hpcbatch.controller.containers import on_progress
 from hpcbatch.controller.events import EventBus
 from hpcbatch.controller.gang import host_lost
 from hpcbatch.controller.jobs import JobService
@@ -21,7 +24,7 @@ from hpcbatch.controller.relay import RelayService
 from hpcbatch.core.facts import FactsError, effective_resources, facts_from_agent
 from hpcbatch.core.records import AttemptState, parse_attempt_id
 from hpcbatch.core.states import AdminState, HostState
-from hpcbatch.store.db import Store
+from hpcbatch.store.db import Store, StoreError
 from hpcbatch.transport.link import AgentError, HostLink, HostUnavailable
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,8 @@ class HostService:
         self.bus = bus
         self.jobs = jobs
         self.relay = RelayService(jobs)
+        # Health checks and resource checks on connect (controller/health.py), if set.
+        self.on_connect: Callable[[HostLink, HostRuntime], Awaitable[None]] | None = None
 
     def publish(self, host: HostRuntime) -> None:
         self.bus.publish({"event": "host", "host": host.summary()})
@@ -49,12 +54,30 @@ class HostService:
                 host.admin_reason = reason
 
     async def set_admin(self, name: str, state: AdminState, reason: str | None) -> HostRuntime:
+        """Drain, resume or take a host DOWN (kept across restarts). DOWN ends its
+        running attempts as host failures: killed there, retried per their rules."""
         host = self.cluster.hosts[name]
         await self.store.set_host_admin(name, str(state), reason, time.time())
         host.admin, host.admin_reason = state, reason
         self.publish(host)
+        if state == AdminState.DOWN:
+            await self.host_failed(name, f"host {name} set DOWN: {reason}")
         self.jobs.wake_scheduler()
         return host
+
+    async def mark_down(self, name: str, why: str) -> None:
+        """The host has been silent too long: DOWN until it reconnects; its attempts
+        end as host failures (fenced there if it comes back)."""
+        host = self.cluster.hosts[name]
+        if host.state != HostState.DOWN:
+            log.warning("%s: DOWN: %s", name, why)
+        host.state, host.reason = HostState.DOWN, why
+        self.publish(host)
+        await self.host_failed(name, f"host {name} lost: {why}")
+
+    async def host_failed(self, name: str, reason: str) -> None:
+        for job, _a in self.jobs.attempts_on(name):
+            await self.jobs.fail_job(job, reason, host_failure=True)
 
     # ------------------------------------------------------------------ LinkListener
 
@@ -79,6 +102,8 @@ class HostService:
         await self.store.save_facts(spec.name, hello.get("facts") or {}, time.time())
         try:
             await self.reconcile(link, list(hello.get("attempts") or []))
+            if self.on_connect is not None:
+                await self.on_connect(link, host)
         except (HostUnavailable, AgentError) as exc:
             host.state, host.reason = HostState.UNREACHABLE, f"reconcile failed: {exc}"
             self.publish(host)
@@ -102,11 +127,27 @@ class HostService:
     def agent_event(self, link: HostLink, event: dict[str, Any]) -> None:
         kind = event.get("ev")
         if kind == "exit":
-            self.jobs.spawn(self.jobs.on_exit(link.name, event), f"exit-{event.get('attempt')}")
+            self.jobs.spawn(self._collect(link.name, event), f"exit-{event.get('attempt')}")
         elif self.relay.handles(kind):
             self.relay.on_event(link.name, event)
+        elif kind == "progress":
+            on_progress(self.jobs, link.name, event)
         elif kind == "error":
             log.warning("%s: agent: %s", link.name, event.get("error"))
+
+    async def _collect(self, host: str, event: dict[str, Any]) -> None:
+        """Record an exit; while the store cannot be written (disk full, read-only),
+        try again with backoff: the agent keeps the exit until it is acknowledged."""
+        delay = 0.5
+        while True:
+            try:
+                await self.jobs.on_exit(host, event)
+                return
+            except StoreError as exc:
+                log.error("%s: cannot record the exit of %s, retrying in %.1f s: %s",
+                          host, event.get("attempt"), delay, exc)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     # ------------------------------------------------------------------ reconcile
 
@@ -160,5 +201,7 @@ class HostService:
                 self.jobs.launch_soon(job, [a])
             else:
                 await self.jobs.fail_job(
-                    job, f"lost: attempt {a.attempt_id} is no longer known on {name}"
+                    job,
+                    f"host {name} lost attempt {a.attempt_id}: it is no longer known there",
+                    host_failure=True,
                 )

@@ -20,10 +20,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hpcbatch.controller import gang
+from hpcbatch.controller import containers, gang
 from hpcbatch.controller.cluster import Cluster
 from hpcbatch.controller.events import EventBus
-from hpcbatch.controller.retries import retry_reason
+from hpcbatch.controller.retries import host_failure_retry, retry_reason
 from hpcbatch.controller.settings import ControllerSettings
 from hpcbatch.controller.snapshot import job_view
 from hpcbatch.core.gang import STOP_GRACE_S, gang_shape
@@ -38,9 +38,7 @@ from hpcbatch.transport.link import AgentError, HostLink, HostUnavailable
 
 log = logging.getLogger(__name__)
 
-NOT_YET = {
-    "image": "container images (--image)",
-}
+NOT_YET: dict[str, str] = {}
 
 
 class ApiError(Exception):
@@ -115,6 +113,7 @@ class JobService:
         self.lock = asyncio.Lock()
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._acks: dict[str, list[str]] = {}  # host -> exits to acknowledge
         # A job's request never changes: its scheduler view is built once, not every pass.
         self._views: dict[int, JobView] = {}
         # Array parents by id (owned by the ArrayTracker): live, but never run.
@@ -149,7 +148,8 @@ class JobService:
 
     def publish_summary(self, job: JobRecord) -> None:
         """Tell watchers (dashboard, `wait`) about a job, without telling the observers."""
-        self.bus.publish({"event": "job", "job": job.summary()})
+        if self.bus.watched:  # a summary costs ~10 us: a 10,000-child array, 0.1 s
+            self.bus.publish({"event": "job", "job": job.summary()})
 
     def current_attempts(self, job: JobRecord) -> list[AttemptRecord]:
         return [a for a in job.attempts if a.attempt == job.attempt]
@@ -225,6 +225,9 @@ class JobService:
             why = infeasible(view, known_hosts)
             if why is not None:
                 raise ApiError("infeasible", f"refused: {why}")
+        why = containers.check_image(self.cluster, req, queue)
+        if why is not None:
+            raise ApiError("infeasible", f"refused: {why}")
         return req, queue
 
     async def submit(self, raw: Any, caller: Caller) -> int:
@@ -272,6 +275,11 @@ class JobService:
         if link is None or not link.connected:
             return  # launched when the host (re)connects: see HostService.reconcile
         fields = gang.launch_fields(self, job, a)
+        if req.get("image"):
+            container = await containers.prepare(self, job, a, link)
+            if container is False:
+                return
+            fields["container"] = container
         # The check and the write to the channel happen with no await between them,
         # so a cancel cannot slip in and be overtaken by this launch.
         # (A gang's job may be RUNNING already: a first node's exit can overtake the
@@ -460,7 +468,7 @@ class JobService:
                     self._finished(job)
                     for x in others:
                         self.spawn(self._kill(x, why, STOP_GRACE_S), f"kill-{x.attempt_id}")
-        self.spawn(self._ack(host, str(ev["attempt"])), f"ack-{ev['attempt']}")
+        self._queue_ack(host, str(ev["attempt"]))
         if stale:
             log.info("%s: collected stale attempt %s", host, ev["attempt"])
 
@@ -473,18 +481,34 @@ class JobService:
             for a in attempts
         ]
 
-    async def _ack(self, host: str, attempt: str) -> None:
+    def _queue_ack(self, host: str, attempt: str) -> None:
+        """Acknowledge exits in batches: one `ack` per host for every exit collected
+        before the flush runs (a burst of exits costs a few messages,
+        not one round trip each)."""
+        pending = self._acks.setdefault(host, [])
+        pending.append(attempt)
+        if len(pending) == 1:
+            self.spawn(self._ack(host), f"ack-{host}")
+
+    async def _ack(self, host: str) -> None:
+        await asyncio.sleep(0)  # let the exits already queued join this batch
+        attempts = self._acks.pop(host, [])
         link = self.links.get(host)
-        if link is None:
+        if link is None or not attempts:
             return
-        # On failure it is listed again by the next hello, and acked then.
+        # On failure they are listed again by the next hello, and acked then.
         with contextlib.suppress(HostUnavailable, AgentError):
-            await link.request("ack", attempts=[attempt])
+            await link.request("ack", attempts=attempts)
 
     # ------------------------------------------------------------------ cancel / fail
 
-    async def fail_job(self, job: JobRecord, reason: str) -> bool:
-        """Fail a job now; its live attempts are marked LOST (fenced if they ever run)."""
+    async def fail_job(self, job: JobRecord, reason: str, *, host_failure: bool = False) -> bool:
+        """Fail a job now; its live attempts are marked LOST (fenced if they ever run).
+
+        With `host_failure` (its host is DOWN, or lost the attempt) the job's retry
+        strategy decides first: another attempt (RUNNABLE, maybe on another host)
+        or FAILED.
+        """
         async with self.lock:
             if job.id not in self.active:
                 return False
@@ -500,21 +524,30 @@ class JobService:
                 )
                 for a in live
             ]
+            if host_failure and not live:
+                return False  # already retried or ended (another node of it was lost first)
+            again = host_failure_retry(job, reason) if host_failure else None
             ok = await self.store.transition(
                 job.id,
                 job.state,
-                JobState.FAILED,
-                reason,
+                JobState.RUNNABLE if again else JobState.FAILED,
+                again or reason,
                 now,
-                ended=now,
+                ended=None if again else now,
                 attempt_updates=updates,
             )
             if not ok:
                 return False
             for a in live:
                 a.state, a.ended, a.reason = AttemptState.LOST, now, reason
-            job.state, job.reason, job.ended = JobState.FAILED, reason, now
-            self._finished(job)
+            if again:
+                self.cluster.release(self.current_attempts(job))
+                job.state, job.reason = JobState.RUNNABLE, again
+                self.publish(job)
+                self.wake_scheduler()
+            else:
+                job.state, job.reason, job.ended = JobState.FAILED, reason, now
+                self._finished(job)
         for a in live:
             self.spawn(self._kill(a, reason), f"kill-{a.attempt_id}")
         return True

@@ -33,6 +33,17 @@ class ControllerSettings:
     kill_grace_s: float = 10.0
     reconnect_max_s: float = 30.0
     sync: str = "NORMAL"
+    # A connected host that sends nothing (not even a heartbeat) this long is cut
+    # off (None: 4 heartbeats, at least 10 s); one not heard from for
+    # `down_after_s` is DOWN and its attempts end as host failures.
+    link_timeout_s: float | None = None
+    down_after_s: float = 120.0
+
+    @property
+    def silence_limit_s(self) -> float:
+        if self.link_timeout_s is not None:
+            return self.link_timeout_s
+        return max(10.0, 4 * self.heartbeat_s)
 
     @classmethod
     def build(

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import signal
 from collections.abc import Callable, Collection, Mapping
 from typing import Final, Literal, NamedTuple
 
@@ -49,6 +50,7 @@ __all__ = [
     "merge",
     "parse_args",
     "parse_script",
+    "signal_name",
     "split_submit_argv",
 ]
 
@@ -79,8 +81,10 @@ EXTRA_KEYS: Final = frozenset(
         "dependency",
         "fabric",
         "image",
+        "mounts",  # list[str]: `SRC[:DST][:ro]` items, comma-separated (checked by the model)
         "main_node",
         "launch_mode",
+        "warn_signal",  # dict: {"name": "USR1", "before_s": 60, "batch_only": False}
     }
 )
 """The other keys `merge` may return: not `JobRequest` fields; the caller decides."""
@@ -198,6 +202,12 @@ def _text(value: str, warn: _Warn) -> object:
     return value
 
 
+def _mounts(value: str, warn: _Warn) -> object:
+    if not value.strip():
+        raise _BadValue("expected SRC[:DST][:ro][,SRC[:DST][:ro]...]")
+    return [value]
+
+
 def _time(value: str, warn: _Warn) -> object:
     return parse_time(value)
 
@@ -297,6 +307,47 @@ def _export(value: str, warn: _Warn) -> object:
     return ExportSpec(everything=everything, names=tuple(names), values=tuple(assigned))
 
 
+_SIGNAL_DEFAULT_BEFORE_S = 60  # as Slurm: a signal without @secs comes 60 s before the limit
+_SIGNAL_MAX_BEFORE_S = 65535
+
+
+def signal_name(text: str) -> str:
+    """`USR1`, `SIGUSR1`, `usr1` or `10` as the signal's name without `SIG` (`USR1`)."""
+    if re.fullmatch(r"[0-9]{1,3}", text):
+        try:
+            return signal.Signals(int(text)).name.removeprefix("SIG")
+        except ValueError:
+            raise _BadValue(f"{text} is not a signal number") from None
+    name = text.upper().removeprefix("SIG")
+    if (
+        not re.fullmatch(r"[A-Z0-9+-]{1,12}", name)
+        or f"SIG{name}" not in signal.Signals.__members__
+    ):
+        raise _BadValue(f"{text!r} is not a signal name (e.g. USR1, TERM, 10)")
+    return name
+
+
+def _signal(value: str, warn: _Warn) -> object:
+    """`--signal=[{R|B}:]SIG[@SECONDS]`: send SIG that long before the time limit."""
+    batch_only = False
+    text = value
+    if ":" in text:
+        flag, _, text = text.partition(":")
+        if flag == "B":
+            batch_only = True
+        elif flag == "R":
+            warn("ignored: the R: in --signal (there are no reservations)")
+        else:
+            raise _BadValue(f"{flag!r} before ':' must be B (the batch shell only) or R")
+    name, at, secs = text.partition("@")
+    before = _SIGNAL_DEFAULT_BEFORE_S
+    if at:
+        got = _integer(0, _SIGNAL_MAX_BEFORE_S)(secs, warn)
+        assert isinstance(got, int)
+        before = got
+    return {"name": signal_name(name), "before_s": before, "batch_only": batch_only}
+
+
 def _exclusive(value: str, warn: _Warn) -> object:
     warn(f"ignored: the {value!r} in --exclusive={value} (the job gets whole hosts)")
     return True
@@ -335,14 +386,11 @@ _OPTIONS: Final = (
     _Option(("-a", "--array"), "array"),
     _Option(("-d", "--dependency"), "dependency"),
     _Option(("--fabric",), "fabric"),
-    _Option(("--image",), "image"),
+    _Option(("--image", "--container-image"), "image"),
+    _Option(("--mount", "--container-mounts"), "mounts", convert=_mounts),
     _Option(("--main-node",), "main_node"),
     _Option(("--launch-mode",), "launch_mode"),
-    _Option(
-        ("--signal",),
-        "signal",
-        ignored="no early signal is sent; at the time limit the job gets TERM, then KILL",
-    ),
+    _Option(("--signal",), "warn_signal", convert=_signal),
     _Option(("--mail-type",), "mail_type", ignored="hpcbatch sends no mail"),
     _Option(("--mail-user",), "mail_user", ignored="hpcbatch sends no mail"),
     _Option(("-A", "--account"), "account", ignored="hpcbatch keeps no accounts"),

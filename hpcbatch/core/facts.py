@@ -76,6 +76,9 @@ class HostFacts:
     efa: tuple[str, ...] = ()
     dev_infiniband: bool = False
     runtimes: dict[str, str] = field(default_factory=dict, hash=False)
+    # `runtimes` are the usable container runtimes (name -> path); these say more.
+    runtime_versions: dict[str, str] = field(default_factory=dict, hash=False)
+    runtimes_unusable: dict[str, str] = field(default_factory=dict, hash=False)
     python: str | None = None
     hostname: str = ""
     kernel: str = ""
@@ -180,12 +183,24 @@ def _get_names(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(sorted(set(value)))
 
 
+def _get_map(raw: Mapping[str, Any], key: str, what: str) -> dict[str, str]:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise FactsError(f"host facts: {key!r} should map {what}, got {value!r}")
+    return dict(sorted(value.items()))
+
+
 def facts_from_agent(raw: Mapping[str, Any]) -> HostFacts:
     """Build `HostFacts` from the `facts` object of the agent's `hello` reply.
 
     Fields (see docs/architecture.md): `hostname`, `cpus`, `memory_mb`,
     `nvidia_smi`, `nvidia_smi_error`, `infiniband`, `efa`, `dev_infiniband`,
-    `runtimes`, `python`, `kernel`, `user`, `home`. Only `cpus` and
+    `runtimes` (usable container runtimes), `runtime_versions`, `runtimes_unusable`,
+    `python`, `kernel`, `user`, `home`. Only `cpus` and
     `memory_mb` are required; unknown fields are ignored (a newer agent may
     report more). A field of the wrong type raises `FactsError` naming it.
 
@@ -213,13 +228,7 @@ def facts_from_agent(raw: Mapping[str, Any]) -> HostFacts:
     if not isinstance(dev_ib, bool):
         raise FactsError(f"host facts: 'dev_infiniband' should be true or false, got {dev_ib!r}")
 
-    runtimes_raw = raw.get("runtimes")
-    if runtimes_raw is None:
-        runtimes_raw = {}
-    if not isinstance(runtimes_raw, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in runtimes_raw.items()
-    ):
-        raise FactsError(f"host facts: 'runtimes' should map names to paths, got {runtimes_raw!r}")
+    runtimes_raw = _get_map(raw, "runtimes", "names to paths")
 
     return HostFacts(
         cpus=cpus,
@@ -228,7 +237,9 @@ def facts_from_agent(raw: Mapping[str, Any]) -> HostFacts:
         fast_links=_get_names(raw, "infiniband"),
         efa=_get_names(raw, "efa"),
         dev_infiniband=dev_ib,
-        runtimes=dict(sorted(runtimes_raw.items())),
+        runtimes=runtimes_raw,
+        runtime_versions=_get_map(raw, "runtime_versions", "names to versions"),
+        runtimes_unusable=_get_map(raw, "runtimes_unusable", "names to reasons"),
         python=_get_str(raw, "python"),
         hostname=_get_str(raw, "hostname") or "",
         kernel=_get_str(raw, "kernel") or "",

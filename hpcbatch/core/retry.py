@@ -15,8 +15,10 @@ anything):
 Reason patterns may hold letters, digits, spaces, tabs, `.` and `:` (as in
 AWS Batch), and may end with `*`; matching is case-sensitive and whole-text.
 As in AWS Batch, when no rule matches the attempt is retried while attempts
-remain, and a user's cancel or terminate is never retried. A timeout is never
-retried either (design decision: a job that ran out of time will again).
+remain, and a user's cancel or terminate is never retried. A timeout is not
+retried either (a job that ran out of time will again), unless a RETRY rule
+about the reason matches it (`onReason: "timeout*"`): rules on exit codes
+alone never retry a timeout.
 """
 
 from __future__ import annotations
@@ -177,13 +179,16 @@ def decide(
     """Whether a failed attempt (number `attempt`, from 1) is followed by another."""
     if cancelled:
         return RetryDecision(False, "cancelled or terminated: not retried")
-    if timed_out:
-        return RetryDecision(False, "timed out: a timeout is not retried")
+    asked = False
     for n, rule in enumerate(strategy.rules, 1):
         if rule.matches(exit_code, reason, status_reason):
             if rule.action == Action.EXIT:
                 return RetryDecision(False, f"retry rule {n} ({rule}) matched")
+            # Only a rule about the reason (`onReason: "timeout*"`) retries a timeout.
+            asked = rule.on_reason is not None or rule.on_status_reason is not None
             break
+    if timed_out and not asked:
+        return RetryDecision(False, "timed out: a timeout is not retried unless a rule says so")
     if attempt >= strategy.attempts:
         return RetryDecision(False, f"attempt {attempt} of {strategy.attempts}: no attempts left")
     return RetryDecision(True, f"retrying: attempt {attempt + 1} of {strategy.attempts}")

@@ -101,3 +101,7 @@ class AdminState(StrEnum):
 
     DRAIN = "DRAIN"
     """Running work finishes; nothing new starts."""
+
+    DOWN = "DOWN"
+    """Taken out of service: its running attempts were ended as host failures
+    (retried per their rules) and killed; nothing starts until `resume`."""

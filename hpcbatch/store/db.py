@@ -98,7 +98,10 @@ class Store:
             store.cluster_id = await store._cluster_id()
         except sqlite3.Error as exc:
             await conn.close()
-            raise StoreError(f"cannot use the store {path}: {exc}") from exc
+            hint = ""
+            if "readonly" in str(exc) or "read-only" in str(exc):
+                hint = " (read-only: the controller must write the file and its directory)"
+            raise StoreError(f"cannot use the store {path}: {exc}{hint}") from exc
         except BaseException:
             await conn.close()
             raise

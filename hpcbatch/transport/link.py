@@ -184,6 +184,7 @@ class HostLink:
         self._closing = False
         self._kick = asyncio.Event()
         self.connected = False
+        self._drop_reason: str | None = None
         self.last_error: str | None = None
         self.last_seen: float = 0.0
 
@@ -214,8 +215,10 @@ class HostLink:
             with contextlib.suppress(Exception):
                 await self._conn.wait_closed()
 
-    async def drop(self) -> None:
-        """Close the current connection (the link reconnects by itself)."""
+    async def drop(self, reason: str | None = None) -> None:
+        """Close the current connection (the link reconnects by itself); `reason` is
+        what the listener hears in `link_down`."""
+        self._drop_reason = reason
         if self._conn is not None:
             self._conn.close()
 
@@ -292,6 +295,8 @@ class HostLink:
             except Exception as exc:  # the link must survive anything and keep retrying
                 log.exception("link %s failed", self.name)
                 reason = f"unexpected error: {exc!r}"
+            if self._drop_reason is not None:
+                reason, self._drop_reason = self._drop_reason, None
             was_connected = self.connected
             self.connected = False
             self.last_error = reason

@@ -16,9 +16,8 @@ from hpcbatch.client import Client
 from hpcbatch.controller.app import Controller
 from hpcbatch.controller.settings import ControllerSettings
 from hpcbatch.sandbox import Sandbox
-from tests.integration.sandbox_fixture import sandbox
 
-__all__ = ["sandbox"]
+# The session's `sandbox` fixture comes from tests/conftest.py (shared with tests/dashboard).
 
 
 class Api:

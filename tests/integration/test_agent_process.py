@@ -35,9 +35,10 @@ PYTHON = os.environ.get("HPCBATCH_TEST_AGENT_PYTHON", sys.executable)
 TIMEOUT = 10.0
 FACT_KEYS = {
     "hostname", "cpus", "memory_mb", "nvidia_smi", "nvidia_smi_error", "infiniband",
-    "efa", "dev_infiniband", "runtimes", "python", "kernel", "user", "home",
+    "efa", "dev_infiniband", "runtimes", "runtime_versions", "runtimes_unusable", "python",
+    "kernel", "user", "home",
 }  # fmt: skip
-EXIT_KEYS = {"ev", "attempt", "code", "signal", "reason", "timed_out", "started", "ended"}
+EXIT_KEYS = {"ev", "attempt", "code", "signal", "reason", "timed_out", "killed", "started", "ended"}
 
 
 class Agent:

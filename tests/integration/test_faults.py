@@ -19,6 +19,7 @@ from hpcbatch.client import Client, ClientError
 from hpcbatch.controller.app import Controller
 from hpcbatch.sandbox import Sandbox, start_host, stop_host
 from tests.integration.conftest import short_home, until
+from tests.integration.faults import signal_sshd
 
 pytestmark = pytest.mark.sshd
 
@@ -29,24 +30,7 @@ def kill_sshd(sb: Sandbox, name: str) -> None:
     Only processes whose command is sshd die; what ran in the sessions gets the
     hang-up a real sshd crash gives it. Detached jobs must survive this.
     """
-    host = sb.host(name)
-    root = int(host.pid_file.read_text())
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    tree, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        tree.add(pid)
-        todo.extend(p for p, pp in parents.items() if pp == pid and p not in tree)
-    for pid in tree:
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
-                os.kill(pid, signal.SIGKILL)
-    host.pid_file.unlink(missing_ok=True)
+    signal_sshd(sb, name, signal.SIGKILL)
 
 
 async def test_unreachable_host_at_start_joins_later(

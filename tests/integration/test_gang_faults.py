@@ -81,7 +81,7 @@ async def test_lost_node_fails_the_job_fast(sandbox: Sandbox, controller_factory
         (s,) = await api.wait(job_id, timeout=20)
         assert time.monotonic() - t0 < 10
         assert s["state"] == "FAILED"
-        assert s["reason"].startswith(f"node 2 ({victim}) was lost: ")
+        assert s["reason"].startswith(f"host {victim} lost (node 2): ")
         await all_released(c)
         # The surviving nodes' processes end within seconds (the lost node keeps its
         # holder until it comes back: it cannot be reached).

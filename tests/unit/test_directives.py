@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import shlex
 
 import pytest
@@ -91,6 +92,8 @@ def test_option_forms(tokens: list[str]) -> None:
         (["--dependency=afterany:1:2"], {"dependency": "afterany:1:2"}),
         (["--fabric=efa"], {"fabric": "efa"}),
         (["--image", "docker://alpine"], {"image": "docker://alpine"}),
+        (["--container-mounts=/a:/b,/c:ro"], {"mounts": ["/a:/b,/c:ro"]}),
+        (["--container-image", "alpine"], {"image": "alpine"}),
         (["--main-node=n1"], {"main_node": "n1"}),
         (["--launch-mode", "mpi"], {"launch_mode": "mpi"}),
         (["-J", "-weird"], {"name": "-weird"}),  # a value may start with -, as in getopt
@@ -212,7 +215,6 @@ def test_exclusive_with_mode_warns() -> None:
         (["--requeue"], "--requeue (jobs are never requeued)"),
         (["--no-requeue"], "--no-requeue (jobs are never requeued)"),
         (["--open-mode=append"], "--open-mode=append (not supported)"),
-        (["--signal=B:USR1@60"], "--signal=B:USR1@60 (no early signal is sent;"),
     ],
 )
 def test_ignored_options_warn(tokens: list[str], shown: str) -> None:
@@ -496,7 +498,8 @@ def test_merge_ntasks_fewer_than_nodes() -> None:
 def test_merge_keys_are_documented() -> None:
     every_option = shlex.split(
         "-J j -c 2 --mem-per-cpu=1G -G 2 -t 5 -o o -e e -D d -p q -N 2 -n 4 --export=ALL"
-        " --exclusive -a 1-2 -d afterok:1 --fabric=efa --image=i --main-node=m --launch-mode=mpi"
+        " --exclusive -a 1-2 -d afterok:1 --fabric=efa --image=i --mount=/a:/b --main-node=m"
+        " --launch-mode=mpi --signal=USR1"
     )
     merged = merge(ParsedOptions(), opts(*every_option))
     assert set(merged) == JOB_REQUEST_KEYS | EXTRA_KEYS
@@ -643,3 +646,41 @@ def test_parse_args_only_raises_directive_error(tokens: list[str], strict: bool)
         parse_args(tokens, strict=strict)
     left, right = split_submit_argv(tokens)
     assert left + right == tokens or [*left, "--", *right] == tokens
+
+
+# --------------------------------------------------------------------------- --signal
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("USR1", {"name": "USR1", "before_s": 60, "batch_only": False}),
+        ("B:USR1@120", {"name": "USR1", "before_s": 120, "batch_only": True}),
+        ("SIGTERM@0", {"name": "TERM", "before_s": 0, "batch_only": False}),
+        ("10@5", {"name": "USR1", "before_s": 5, "batch_only": False}),
+        ("usr2@65535", {"name": "USR2", "before_s": 65535, "batch_only": False}),
+    ],
+)
+def test_signal_option(value: str, expected: dict[str, object]) -> None:
+    assert parse_args([f"--signal={value}"]).values == {"warn_signal": expected}
+
+
+def test_signal_reservation_flag_is_a_warning() -> None:
+    parsed = parse_args(["--signal=R:USR1@30"])
+    assert parsed.values["warn_signal"] == {"name": "USR1", "before_s": 30, "batch_only": False}
+    assert parsed.warnings and "R:" in parsed.warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("NOPE", "'NOPE' is not a signal name"),
+        ("USR1@-1", "is not a whole number"),
+        ("USR1@70000", "is more than 65535"),
+        ("X:USR1", "must be B (the batch shell only) or R"),
+        ("999", "999 is not a signal number"),
+    ],
+)
+def test_signal_option_errors(value: str, message: str) -> None:
+    with pytest.raises(DirectiveError, match=re.escape(message)):
+        parse_args([f"--signal={value}"])

@@ -839,6 +839,9 @@ _plausible_env = st.fixed_dictionaries(
         ),
         "selector": _labels,
         "state": st.sampled_from(["ENABLED", "DISABLED"]),
+        "health_check": st.sampled_from(["true", "", "nvidia-smi -L", 7]) | st.text(max_size=8),
+        "health_check_interval_s": st.integers(-1, 90_000) | st.sampled_from(["5m", 1.5]),
+        "health_check_timeout_s": st.integers(-1, 4000),
     },
 )
 _plausible_queue = st.fixed_dictionaries(
@@ -869,6 +872,10 @@ def _check_hostile(tmp_path: Path, data: bytes) -> None:
         assert all(line.startswith(str(path)) for line in exc.problems)
         return
     assert inv.default_queue in inv.queues
+    for env in inv.compute_environments.values():
+        assert env.health_check is None or isinstance(env.health_check, str)
+        assert 1 <= env.health_check_interval_s <= 86_400
+        assert 1 <= env.health_check_timeout_s <= 3600
     for queue in inv.queues.values():
         for env in queue.compute_environments:
             assert set(inv.compute_environments[env].hosts) <= set(inv.hosts)
@@ -922,3 +929,22 @@ def test_hostile_text_input(tmp_path: Path, lines: list[str]) -> None:
 @given(st.binary(max_size=200))
 def test_hostile_binary_input(tmp_path: Path, data: bytes) -> None:
     _check_hostile(tmp_path, data)
+
+
+def test_health_check_fields_are_resolved_and_checked(tmp_path: Path) -> None:
+    base = '[[hosts]]\nname = "n1"\n[[compute_environments]]\nname = "c"\nhosts = ["n1"]\n'
+    path = tmp_path / "inv.toml"
+    path.write_text(base + 'health_check = "test -d /scratch"\nhealth_check_interval_s = 60\n')
+    env = load_inventory(path).compute_environments["c"]
+    assert (env.health_check, env.health_check_interval_s, env.health_check_timeout_s) == (
+        "test -d /scratch",
+        60,
+        60,
+    )
+    path.write_text(base + "health_check_interval_s = 0\n")
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    assert str(info.value) == (
+        f'{path}: compute_environments[0] (name "c"): field "health_check_interval_s": '
+        "Input should be greater than or equal to 1"
+    )

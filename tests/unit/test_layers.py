@@ -2,7 +2,9 @@
 
 * `hpcbatch/core/*` is pure: the standard library and `hpcbatch.core` only.
 * Only `hpcbatch/store/*` touches SQLite, only `hpcbatch/transport/*` asyncssh,
-  only `hpcbatch/dash/*` textual.
+  only `hpcbatch/dashboard/*` textual.
+* The dashboard talks to the controller through its API only: it imports no
+  controller, store, transport or sandbox module (nor asyncssh, aiosqlite, pydantic).
 * The host agent is uploaded and run on its own: the standard library only.
 * The thin client and the CLI load no heavy package at import time, so
   `hpcbatch submit` starts fast.
@@ -217,7 +219,7 @@ def test_core_imports_only_stdlib_and_core() -> None:
     [
         (("aiosqlite", "sqlite3"), "hpcbatch.store"),
         (("asyncssh",), "hpcbatch.transport"),
-        (("textual",), "hpcbatch.dash"),
+        (("textual",), "hpcbatch.dashboard"),
     ],
     ids=["sqlite", "asyncssh", "textual"],
 )
@@ -225,6 +227,21 @@ def test_only_one_package_imports(packages: tuple[str, ...], owner: str) -> None
     others = [m for m in MODULES if not within(m, owner)]
     bad = violations(others, lambda i: i.top in packages)
     assert not bad, f"only {owner} may import {', '.join(packages)}: {bad}"
+
+
+def test_dashboard_uses_only_the_api() -> None:
+    dash = [m for m in MODULES if within(m, "hpcbatch.dashboard")]
+    assert len(dash) >= 5
+    internals = ("hpcbatch.controller", "hpcbatch.store", "hpcbatch.transport", "hpcbatch.sandbox")
+    bad = violations(
+        dash,
+        lambda i: (
+            any(within(i.module, p) for p in internals)
+            or i.top in ("asyncssh", "aiosqlite", "sqlite3", "pydantic")
+        ),
+    )
+    assert not bad, f"the dashboard talks to the controller's API only: {bad}"
+    assert any(i.top == "textual" for m in dash for i in IMPORTS[m])
 
 
 def test_agent_imports_only_stdlib() -> None:

@@ -99,6 +99,14 @@ def test_timeout_and_cancel_are_never_retried() -> None:
     assert not decide(s, 1, cancelled=True).retry
 
 
+def test_a_timeout_is_retried_only_by_a_rule_about_the_reason() -> None:
+    s = strategy(3, {"onReason": "timeout*", "action": "RETRY"})
+    why = "timeout: exceeded its time limit of 0:05"
+    assert decide(s, 1, reason=why, status_reason=why, timed_out=True).retry
+    assert not decide(s, 3, reason=why, status_reason=why, timed_out=True).retry  # none left
+    assert not decide(strategy(3), 1, reason=why, timed_out=True).retry  # no rule: not retried
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [

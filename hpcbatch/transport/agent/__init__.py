@@ -15,6 +15,8 @@ from importlib import resources
 
 MODULES = (
     "__init__.py",
+    "containers.py",
+    "ctrops.py",
     "procs.py",
     "hpcbatch_agent.py",
     "relay.py",

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hpcbatch.transport.agent.ctrops import ImagePull, container_command, kill_pull
 from hpcbatch.transport.agent.procs import (
     ATTEMPT_RE,
     DEFAULT_GRACE_S,
@@ -45,6 +46,7 @@ from hpcbatch.transport.agent.procs import (
     on_nothing,
     read_all,
     read_json,
+    run_cleanup,
     shepherd,
     signal_group,
     utf8_cut,
@@ -103,8 +105,9 @@ class Agent:
         self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
             "hello": self.op_hello, "launch": self.op_launch, "kill": self.op_kill,
             "ack": self.op_ack, "read": self.op_read, "fence": self.op_fence,
-            "exec": self.op_exec, "shutdown": self.op_shutdown,
+            "exec": self.op_exec, "shutdown": self.op_shutdown, "image": self.op_image,
         }  # fmt: skip
+        self.pulls: dict[str, ImagePull] = {}  # attempt -> its image pull (op `image`)
         self.relay = RelayHub(self)
         self.ops.update(self.relay.ops())
         write_shims(self.bin)
@@ -275,7 +278,8 @@ class Agent:
             reason = f"{LOST} (killed: {kill['reason']})"
         started = rec.get("started") if isinstance(rec, dict) else None
         return {"code": None, "signal": None, "reason": reason, "timed_out": False,
-                "started": started, "ended": time.time()}  # fmt: skip
+                "killed": isinstance(kill, dict), "started": started,
+                "ended": time.time()}  # fmt: skip
 
     # ----------------------------------------------------------------- attempts on disk
 
@@ -345,6 +349,11 @@ class Agent:
         }
         if spec["timeout_s"] is not None and spec["timeout_s"] <= 0:
             raise BadRequest(f"timeout_s must be positive (or null), got {spec['timeout_s']}")
+        spec["warn_signal"] = want(req, "warn_signal", int)
+        if spec["warn_signal"] is not None and not 0 < spec["warn_signal"] < signal.NSIG:
+            raise BadRequest(f"warn_signal {spec['warn_signal']} is not a signal number")
+        spec["warn_before_s"] = want(req, "warn_before_s", float, 60.0)
+        spec["warn_batch_only"] = want(req, "warn_batch_only", bool, False)
         paths = {s: self.output_path(req, s, spec["cwd"], adir) for s in ("stdout", "stderr")}
         args = want_strings(req, "args")
         want_files(req)  # checked before anything is written
@@ -397,15 +406,18 @@ class Agent:
             f.write(script.encode())
         shebang = script.startswith("#!")
         spec["argv"] = [script_path, *args] if shebang else ["/bin/sh", script_path, *args]
+        notes = container_command(self, attempt, adir, req, spec) if req.get("container") else ""
         for name, text in want_files(req).items():
             with open(os.path.join(adir, name), "w") as f:
                 f.write(text)
         write_json(os.path.join(adir, "env.json"), spec.pop("job_env"), mode=0o600)
         meta = {k: v for k, v in req.items() if k not in ("id", "op", "script")}
         meta.update(cwd_resolved=spec["cwd"], stdout_path=paths["stdout"])
-        meta.update(stderr_path=paths["stderr"], argv=spec["argv"])
+        meta.update(stderr_path=paths["stderr"], argv=spec["argv"], cleanup=spec.get("cleanup"))
         write_json(os.path.join(adir, "meta.json"), meta)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        if not want(req, "append", bool, False):  # a retry's attempt adds to the files
+            flags |= os.O_TRUNC
         fds: list[int] = []
         try:
             for stream in ("stdout", "stderr"):
@@ -416,6 +428,8 @@ class Agent:
                     fds.append(fds[0] if same else os.open(paths[stream], flags, 0o644))
                 except OSError as exc:
                     raise BadRequest(f"cannot open {stream} file: {exc}") from None
+            if notes:
+                os.write(fds[1], notes.encode(errors="replace"))
             rec = self.fork_shepherd(adir, spec, fds[0], fds[1])
         finally:
             for fd in set(fds):
@@ -444,6 +458,7 @@ class Agent:
         found = attempt in self.running
         if found:
             self.kill(attempt, reason, grace)
+        kill_pull(self, attempt)
         return {"found": found}
 
     def kill(self, attempt: str, reason: str, grace: float) -> None:
@@ -460,7 +475,13 @@ class Agent:
         if alive(job, start):  # no shepherd: do its work
             signal_group(job, signal.SIGTERM)
             signal_group(job, signal.SIGCONT)
-            self.after(grace, lambda: signal_group(job, signal.SIGKILL))
+            self.after(grace, lambda: self.kill_adopted(attempt, job))
+
+    def kill_adopted(self, attempt: str, job: int) -> None:
+        signal_group(job, signal.SIGKILL)
+        meta = read_json(self.path(attempt, "meta.json"))
+        if isinstance(meta, dict) and meta.get("cleanup"):  # a container: remove it too
+            run_cleanup(meta["cleanup"], dict(os.environ))
 
     def op_ack(self, req: dict[str, Any]) -> dict[str, Any]:
         acked = []
@@ -511,6 +532,10 @@ class Agent:
         env = {**os.environ, **want_env(req)}
         ExecRun(self, req["id"], argv, env, want(req, "timeout_s", float, 30.0))
         return None  # ExecRun replies when the command ends
+
+    def op_image(self, req: dict[str, Any]) -> None:
+        ImagePull.start(self, req)
+        return None  # ImagePull replies when the image is there, or is not
 
     def op_shutdown(self, req: dict[str, Any]) -> dict[str, Any]:
         self.stopping = True

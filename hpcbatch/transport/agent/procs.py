@@ -22,6 +22,8 @@ import subprocess
 import time
 from typing import Any, NoReturn
 
+from hpcbatch.transport.agent.containers import probe_runtimes
+
 ATTEMPT_RE = re.compile(r"[A-Za-z0-9_.-]+")
 OUTPUT_CAP = 64 * 1024
 DEFAULT_GRACE_S = 10.0
@@ -247,18 +249,38 @@ def supervise(
     os.close(report)
     status, reason, timed_out = wait_job(adir, job, spec, wake)
     signal_group(job, signal.SIGKILL)  # leftover background processes of the job
+    if spec.get("cleanup") and (reason or timed_out or spec.get("always_cleanup")):
+        run_cleanup(spec["cleanup"], spec["env"])  # a container outlives its client
     code, sig = exit_fields(status)
     if exec_error:
         reason = f"exec failed: {exec_error}"
+    killed = os.path.exists(os.path.join(adir, "kill"))  # a kill request (cancel, fence)
     result = {"code": code, "signal": sig, "reason": reason, "timed_out": timed_out,
-              "started": started, "ended": time.time()}  # fmt: skip
+              "killed": killed, "started": started, "ended": time.time()}  # fmt: skip
     write_json(os.path.join(adir, "exit"), result)
+
+
+def run_cleanup(commands: list[list[str]], env: dict[str, str]) -> None:
+    """Run each command (e.g. `podman rm --force NAME`), ignoring failures: best effort
+    that must not keep the exit status from being written."""
+    for argv in commands:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, env=env, timeout=60,
+            )  # fmt: skip
 
 
 def wait_job(adir: str, job: int, spec: dict[str, Any], wake: int) -> tuple[int, str | None, bool]:
     """Wait for the job; on timeout or SIGTERM (a `kill`): TERM its group, KILL after grace."""
     timeout = spec["timeout_s"]
     deadline = time.monotonic() + timeout if timeout is not None else None
+    # `--signal`: a warning signal that long before the limit (to the group, or
+    # with batch_only to the script alone), as Slurm does.
+    warn_sig: int = spec.get("warn_signal") or 0
+    warn_at: float | None = None
+    if deadline is not None and warn_sig:
+        warn_at = max(time.monotonic(), deadline - float(spec.get("warn_before_s") or 0))
     kill_at: float | None = None
     reason: str | None = None
     timed_out = False
@@ -275,6 +297,13 @@ def wait_job(adir: str, job: int, spec: dict[str, Any], wake: int) -> tuple[int,
             reason = reason or str(req.get("reason") or "killed")
             grace = req.get("grace_s")
             grace = float(grace) if isinstance(grace, (int, float)) else spec["grace_s"]
+        if warn_at is not None and now >= warn_at:
+            warn_at = None
+            if spec.get("warn_batch_only"):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(job, warn_sig)
+            else:
+                signal_group(job, warn_sig)
         if deadline is not None and now >= deadline and not timed_out:
             timed_out = True
             reason = reason or f"timed out after {timeout:g} s"
@@ -285,7 +314,7 @@ def wait_job(adir: str, job: int, spec: dict[str, Any], wake: int) -> tuple[int,
             kill_at = min(kill_at if kill_at is not None else now + grace, now + grace)
         if kill_at is not None and now >= kill_at:
             signal_group(job, signal.SIGKILL)
-        waits = [t - now for t in (deadline, kill_at) if t is not None and t > now]
+        waits = [t - now for t in (deadline, kill_at, warn_at) if t is not None and t > now]
         selectors_wait(wake, min(waits) if waits else None)
 
 
@@ -341,6 +370,9 @@ def host_facts() -> dict[str, Any]:
     except KeyError:
         user = os.environ.get("USER", str(os.getuid()))
     smi, smi_error = nvidia_smi()
+    runtimes, versions, unusable = probe_runtimes(
+        {n: p for n in RUNTIMES for p in [shutil.which(n)] if p}
+    )
     getaffinity = getattr(os, "sched_getaffinity", None)
     return {
         "hostname": socket.gethostname(),
@@ -351,7 +383,9 @@ def host_facts() -> dict[str, Any]:
         "infiniband": ib,
         "efa": efa,
         "dev_infiniband": os.path.isdir("/dev/infiniband"),
-        "runtimes": {n: p for n in RUNTIMES for p in [shutil.which(n)] if p},
+        "runtimes": runtimes,
+        "runtime_versions": versions,
+        "runtimes_unusable": unusable,
         "python": platform.python_version(),
         "kernel": platform.release(),
         "user": user,

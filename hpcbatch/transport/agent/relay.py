@@ -38,6 +38,7 @@ import socket
 import subprocess
 from typing import TYPE_CHECKING, Any
 
+from hpcbatch.transport.agent.ctrops import relayed_command
 from hpcbatch.transport.agent.procs import BadRequest, read_json, want, want_attempt
 
 if TYPE_CHECKING:
@@ -185,12 +186,15 @@ class Relayed:
         meta = read_json(agent.path(attempt, "meta.json"))
         env = read_json(agent.path(attempt, "env.json"))
         cwd = meta.get("cwd_resolved") if isinstance(meta, dict) else None
+        cwd = cwd if isinstance(cwd, str) and os.path.isdir(cwd) else None
+        hub.serial += 1
+        argv, full_env = relayed_command(
+            agent, attempt, command, {**os.environ, **(env if isinstance(env, dict) else {})},
+            cwd, hub.serial,
+        )  # fmt: skip
         self.proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=cwd if isinstance(cwd, str) and os.path.isdir(cwd) else None,
-            env={**os.environ, **(env if isinstance(env, dict) else {})},
-            start_new_session=True,
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=cwd, env=full_env, start_new_session=True,
         )  # fmt: skip
         with open(agent.path(attempt, "relayed"), "a") as f:
             f.write(f"{self.proc.pid}\n")

@@ -1,0 +1,1 @@
+"""Dashboard tests: Pilot against a real controller, SVG snapshots, a tmux smoke test."""
