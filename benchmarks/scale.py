@@ -82,7 +82,9 @@ def cpu_s(pid: int) -> float:
 class Controller:
     """The controller as a child process, on a simulated cluster's inventory."""
 
-    def __init__(self, inventory: Path, heartbeat_s: float, profile: Path | None) -> None:
+    def __init__(
+        self, inventory: Path, heartbeat_s: float, down_after_s: float, profile: Path | None
+    ) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="hb-scale-", dir="/tmp"))
         self.socket = self.home / "controller.sock"
         self.log_path = self.home / "controller.log"
@@ -92,7 +94,7 @@ class Controller:
         self.argv = [
             *prefix, "-m", "hpcbatch.cli.main", "--home", str(self.home), "controller",
             "--inventory", str(inventory), "--log-level", "warning",
-            "--heartbeat", f"{heartbeat_s:g}",
+            "--heartbeat", f"{heartbeat_s:g}", "--down-after", f"{down_after_s:g}",
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
@@ -314,6 +316,7 @@ class HostWatcher(threading.Thread):
         super().__init__(daemon=True)
         self.names = names
         self.left_up: dict[str, float] = {}
+        self.down: dict[str, float] = {}
         self.client = ctl.client(None)  # type: ignore[arg-type]
         self.ready = threading.Event()
 
@@ -325,12 +328,20 @@ class HostWatcher(threading.Thread):
                 host = ev.get("host") if ev.get("event") == "host" else None
                 if host and host["name"] in self.names and host["state"] != "UP":
                     self.left_up.setdefault(host["name"], time.time())
+                    if host["state"] == "DOWN":
+                        self.down.setdefault(host["name"], time.time())
         self.ready.set()
 
 
-def heartbeat_lag(ctl: Controller, sim: SimCluster, k: int, heartbeat_s: float) -> dict[str, Any]:
+def heartbeat_lag(
+    ctl: Controller, sim: SimCluster, k: int, heartbeat_s: float, down_after_s: float
+) -> dict[str, Any]:
+    """Silence k hosts; when each leaves UP (cut off: the controller's silence limit or
+    the SSH keepalives, whichever first) and when it is DOWN, against their limits,
+    counted from the last line its agent sent (the controller heard nothing after)."""
     link = LinkSettings()
-    limit = link.keepalive_s * (link.keepalive_count + 1)
+    keepalive_limit = link.keepalive_s * (link.keepalive_count + 1)
+    cut_limit = min(max(10.0, 4 * heartbeat_s), keepalive_limit)  # ControllerSettings' default
     step = max(1, len(sim.hosts) // k)
     names = [h["name"] for h in sim.hosts[::step][:k]]
     watcher = HostWatcher(ctl, set(names))
@@ -338,23 +349,25 @@ def heartbeat_lag(ctl: Controller, sim: SimCluster, k: int, heartbeat_s: float) 
     watcher.ready.wait(10)
     time.sleep(0.5)
     silenced = sim.blackhole(names)
-    deadline = time.monotonic() + limit + 60
-    while len(watcher.left_up) < len(names) and time.monotonic() < deadline:
+    deadline = time.monotonic() + down_after_s + 60
+    while len(watcher.down) < len(names) and time.monotonic() < deadline:
         time.sleep(0.1)
-    found = dict(watcher.left_up)
+    left, down = dict(watcher.left_up), dict(watcher.down)
     with contextlib.suppress(OSError):
         watcher.client.close()
     sim.restore(names)
-    if len(found) < len(names):
-        raise BenchError(f"only {len(found)} of {len(names)} black-holed hosts left UP")
-    from_silence = [found[n] - silenced[n][0] for n in names]
-    from_last = [found[n] - silenced[n][1] for n in names]
-    beyond = [x - limit for x in from_last]
+    if len(down) < len(names):
+        raise BenchError(f"only {len(down)} of {len(names)} black-holed hosts went DOWN")
+    from_silence = [left[n] - silenced[n][0] for n in names]
+    beyond_cut = [left[n] - silenced[n][1] - cut_limit for n in names]
+    beyond_down = [down[n] - silenced[n][1] - down_after_s for n in names]
     return {
         "blackholed": len(names),
-        "limit_s": limit,
+        "limit_s": cut_limit,
+        "down_after_s": down_after_s,
         "lag_from_silence_s": (min(from_silence), max(from_silence)),
-        "beyond_limit_s": (min(beyond), max(beyond)),
+        "beyond_limit_s": (min(beyond_cut), max(beyond_cut)),
+        "beyond_down_s": (min(beyond_down), max(beyond_down)),
     }
 
 
@@ -371,7 +384,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
             out["sim_listen_s"] = time.monotonic() - t
             print(f"[{n}] {n} sim hosts listening in {len(sim.procs)} processes "
                   f"({out['sim_listen_s']:.1f} s)", flush=True)  # fmt: skip
-            ctl = Controller(sim.inventory, args.heartbeat, profile)
+            ctl = Controller(sim.inventory, args.heartbeat, args.down_after, profile)
             try:
                 ctl.start()
                 up = wait_all_up(ctl, n, args.up_timeout)
@@ -392,7 +405,9 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                     raise BenchError(f"not every job SUCCEEDED: {states}")
                 print(f"[{n}] all {args.jobs} SUCCEEDED in {out['run_s']:.1f} s", flush=True)
                 if args.blackhole:
-                    out.update(heartbeat_lag(ctl, sim, args.blackhole, args.heartbeat))
+                    out.update(
+                        heartbeat_lag(ctl, sim, args.blackhole, args.heartbeat, args.down_after)
+                    )
                 out["final_rss_mb"] = rss_mb(ctl.pid)
                 out["peak_rss_mb"] = max(out.get("peak_rss_mb", 0.0), rss_mb(ctl.pid, "VmHWM"))
                 out["controller_cpu_s"] = cpu_s(ctl.pid)
@@ -442,9 +457,11 @@ ROWS = [
     ("scheduling pass, whole: max (ms)", "pass_max_ms", ".1f"),
     ("RSS peak (MB)", "peak_rss_mb", ".0f"),
     ("heartbeat: hosts black-holed", "blackholed", "d"),
-    ("heartbeat: configured silence limit (s)", "limit_s", ".0f"),
+    ("heartbeat: silence limit, cut off (s)", "limit_s", ".0f"),
     ("heartbeat: silence -> not UP (s)", "lag_from_silence_s", ".2f"),
-    ("heartbeat: lag beyond the limit (s)", "beyond_limit_s", ".2f"),
+    ("heartbeat: cut off, beyond the limit (s)", "beyond_limit_s", ".2f"),
+    ("heartbeat: --down-after (s)", "down_after_s", ".0f"),
+    ("heartbeat: DOWN, beyond --down-after (s)", "beyond_down_s", ".2f"),
     ("sim processes' CPU, whole run (s)", "sim_cpu_s", ".0f"),
 ]
 
@@ -474,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="100 hosts, 2,000 jobs (under a minute)")
     p.add_argument("--heartbeat", type=float, default=5.0, help="agent heartbeat interval, s")
     p.add_argument("--blackhole", type=int, default=20, help="hosts silenced for the lag (0: skip)")
+    p.add_argument("--down-after", type=float, default=30.0, help="controller's --down-after, s")
     p.add_argument("--sim-procs", type=int, default=None, help="sim-host processes (N/1250)")
     p.add_argument("--up-timeout", type=float, default=600.0)
     p.add_argument("--run-timeout", type=float, default=1800.0)

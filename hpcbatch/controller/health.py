@@ -131,8 +131,12 @@ class HostMonitor:
                     self._spawn_check(link, host)
                 continue
             silent = now - max(link.last_seen, self._started)
+            # `attempts_on` scans every active job (17 ms at 50,000 queued): called for
+            # each DOWN host each tick, a few dozen DOWN hosts took the whole loop. The
+            # host's holders (attempts holding resources there) cover every live
+            # attempt on it and are O(1) to test.
             if silent > self.settings.down_after_s and (
-                host.state != HostState.DOWN or self.hosts.jobs.attempts_on(name)
+                host.state != HostState.DOWN or (host.holders and self.hosts.jobs.attempts_on(name))
             ):
                 why = f"no heartbeat for {silent:.0f} s"
                 if link.last_error:
