@@ -20,6 +20,7 @@ from hpcbatch.store.db import StartOrder, StoreError
 log = logging.getLogger(__name__)
 
 MAX_PASS_GAP_S = 0.2  # the longest a wake-up waits for the previous pass's cool-down
+LAUNCH_CHUNK = 256  # launches made ready per turn of the event loop
 
 
 class SchedulerLoop:
@@ -147,9 +148,14 @@ class SchedulerLoop:
                 ]
                 cluster.hold(job.attempts)
                 launched.append(job)
-        for job in launched:
+        for i, job in enumerate(launched, 1):
             jobs.publish(job)
             jobs.launch_soon(job)
+            if i % LAUNCH_CHUNK == 0:
+                # Let the loop read between chunks: a pass that starts 40,000 jobs made
+                # 40,000 launch tasks ready at once, and the loop ran them all (~30 s)
+                # before reading any socket, so every host looked silent and was cut off.
+                await asyncio.sleep(0)
         self._account(t0)
         return len(launched)
 
