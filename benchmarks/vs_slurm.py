@@ -94,7 +94,7 @@ def slurm_value(slurm: dict[tuple[str, str], float], profile: str, prefix: str) 
     if not prefix:
         return None
     for (prof, metric), value in slurm.items():
-        if prof == profile and metric.startswith(prefix):
+        if prof.removeprefix("slurm-") == profile and metric.startswith(prefix):
             return value
     return None
 

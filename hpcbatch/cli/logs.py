@@ -31,7 +31,9 @@ def follow(client: Client, job: int, stream: str, out: IO[str], **where: Any) ->
     """Print output as it grows until the job is final and everything is read.
 
     The agent has no file-change notification to offer, so a follower re-reads
-    at a short interval; this costs nothing when nobody follows.
+    at a short interval; between reads it waits on the controller's own
+    completion event (`wait` with a short timeout) rather than sleeping, so the
+    end of a job is seen at once and the last output is read straight away.
     """
     offset = 0
     while True:
@@ -39,7 +41,7 @@ def follow(client: Client, job: int, stream: str, out: IO[str], **where: Any) ->
             chunk = _read(client, job, stream, offset, **where)
         except ClientError as exc:
             if exc.kind in ("unavailable",):
-                time.sleep(1.0)
+                _pause(client, job, 1.0)
                 continue
             raise
         if chunk["data"]:
@@ -49,4 +51,15 @@ def follow(client: Client, job: int, stream: str, out: IO[str], **where: Any) ->
             continue
         if chunk.get("state") in ("SUCCEEDED", "FAILED"):
             return
-        time.sleep(FOLLOW_INTERVAL_S)
+        _pause(client, job, FOLLOW_INTERVAL_S)
+
+
+def _pause(client: Client, job: int, seconds: float) -> None:
+    """Up to `seconds`, returning early when the job becomes final."""
+    try:
+        client.call("wait", job_ids=[job], timeout_s=seconds)
+    except ClientError as exc:
+        if exc.kind not in ("timeout", "unavailable"):
+            raise
+        if exc.kind == "unavailable":
+            time.sleep(seconds)

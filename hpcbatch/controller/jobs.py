@@ -178,6 +178,7 @@ class JobService:
                 fut.set_result(None)
 
     async def wait_final(self, job_ids: Iterable[int], timeout: float | None) -> None:
+        job_ids = list(job_ids)
         futures = []
         loop = asyncio.get_running_loop()
         for job_id in job_ids:
@@ -185,8 +186,19 @@ class JobService:
                 fut: asyncio.Future[None] = loop.create_future()
                 self._waiters.setdefault(job_id, []).append(fut)
                 futures.append(fut)
-        if futures:
+        if not futures:
+            return
+        try:
             await asyncio.wait_for(asyncio.gather(*futures), timeout)
+        finally:
+            # A waiter that gave up (timeout, client gone) leaves nothing behind:
+            # a log follower waits in short slices for as long as a job runs.
+            for job_id in job_ids:
+                left = [f for f in self._waiters.get(job_id, []) if not f.done()]
+                if left:
+                    self._waiters[job_id] = left
+                else:
+                    self._waiters.pop(job_id, None)
 
     # ------------------------------------------------------------------ submit
 
