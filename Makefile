@@ -12,6 +12,9 @@ $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip >/dev/null
 	$(BIN)/pip install -q -e '.[dev,mpi]' --config-settings editable_mode=compat
+	@# bytecode up front: `hpcbatch submit` starts fast from its first run, even
+	@# where PYTHONDONTWRITEBYTECODE is set
+	@$(BIN)/python -m compileall -q hpcbatch >/dev/null
 	@touch $@
 
 venv: prereqs $(BIN)/.installed

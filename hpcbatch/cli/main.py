@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, cast
 
 from hpcbatch.client import Client, ClientError
 
-if TYPE_CHECKING:  # argparse and pathlib cost `hpcbatch submit` start-up: imported where used
+# argparse, pathlib and typing cost `hpcbatch submit` start-up: imported where
+# used, or for the type checker only (a plain TYPE_CHECKING spares importing typing).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable, Sequence
     from pathlib import Path
+    from typing import Any
 
 EXIT_USAGE = 2
 
@@ -36,16 +39,17 @@ def _home(args: argparse.Namespace) -> Path:
     return Path(args.home or home_dir()).expanduser()
 
 
-def _socket(args: argparse.Namespace) -> str:
+def _socket(args: object) -> str:
     from hpcbatch.locations import socket_path
 
-    if getattr(args, "socket", None):
-        return os.path.expanduser(str(args.socket))
+    sock = getattr(args, "socket", None)
+    if sock:
+        return os.path.expanduser(str(sock))
     home = getattr(args, "home", None)
     return socket_path(os.path.expanduser(home) if home else None)
 
 
-def _client(args: argparse.Namespace, timeout: float | None = 30.0) -> Client:
+def _client(args: object, timeout: float | None = 30.0) -> Client:
     return Client(_socket(args), timeout=timeout)
 
 
@@ -109,7 +113,7 @@ def cmd_submit(argv: list[str], socket_path: str | None) -> int:
     sub = build_submission(argv, sys.stdin)
     for warning in sub.warnings:
         print(f"hpcbatch: warning: {warning}", file=sys.stderr)
-    args = cast("argparse.Namespace", SimpleNamespace(socket=socket_path, home=None))
+    args = SimpleNamespace(socket=socket_path, home=None)
     with _client(args, timeout=None if sub.wait else 30.0) as client:
         result = client.call("submit", request=sub.request, warnings=sub.warnings)
         job_id = result["job_id"]
@@ -135,7 +139,7 @@ def cmd_run(argv: list[str], socket_path: str | None) -> int:
     sub = build_submission(argv, None, run_mode=True)
     for warning in sub.warnings:
         print(f"hpcbatch: warning: {warning}", file=sys.stderr)
-    args = cast("argparse.Namespace", SimpleNamespace(socket=socket_path, home=None))
+    args = SimpleNamespace(socket=socket_path, home=None)
     with _client(args, timeout=None) as client:
         job_id = client.call("submit", request=sub.request)["job_id"]
         from hpcbatch.cli.logs import follow

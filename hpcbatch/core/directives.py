@@ -36,9 +36,15 @@ import re
 import shlex
 import signal
 from collections.abc import Callable, Collection, Mapping
-from typing import Final, Literal, NamedTuple
 
 from hpcbatch.core.units import UnitError, parse_memory_mb, parse_time
+
+# `hpcbatch submit` parses with this module, and importing typing would cost
+# its start-up ~4 ms: the type checker alone sees these (plain classes below
+# stand in for NamedTuple).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, Literal
 
 __all__ = [
     "EXTRA_KEYS",
@@ -140,17 +146,48 @@ class ParsedOptions:
         return f"ParsedOptions(values={self.values!r}, warnings={self.warnings!r})"
 
 
-class ExportSpec(NamedTuple):
+class ExportSpec:
     """`--export`: which of the submitter's environment variables the job gets.
 
     `everything` is ALL (the whole submit environment, the default in Slurm);
     otherwise only `names` (copied from the submit environment where set there)
     and `values` (set as given). NONE alone is `ExportSpec(everything=False)`.
+    An immutable value: equal and hashed by its three fields.
     """
 
+    __slots__ = ("everything", "names", "values")
+
     everything: bool
-    names: tuple[str, ...] = ()
-    values: tuple[tuple[str, str], ...] = ()
+    names: tuple[str, ...]
+    values: tuple[tuple[str, str], ...]
+
+    def __init__(
+        self,
+        everything: bool,
+        names: tuple[str, ...] = (),
+        values: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        object.__setattr__(self, "everything", everything)
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "values", values)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("ExportSpec is immutable")
+
+    def _key(self) -> tuple[bool, tuple[str, ...], tuple[tuple[str, str], ...]]:
+        return (self.everything, self.names, self.values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ExportSpec) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"ExportSpec(everything={self.everything!r}, names={self.names!r}, "
+            f"values={self.values!r})"
+        )
 
     def environment(self, environ: Mapping[str, str]) -> dict[str, str]:
         """The variables to send with the job, taken from `environ` (the submitter's).
@@ -356,12 +393,24 @@ def _exclusive(value: str, warn: _Warn) -> object:
 # --------------------------------------------------------------------------- the table
 
 
-class _Option(NamedTuple):
-    names: tuple[str, ...]
-    key: str
-    arity: Literal["value", "flag", "optional"] = "value"
-    convert: _Converter | None = _text
-    ignored: str | None = None  # why it is accepted but has no effect here
+class _Option:
+    """One row of the option table."""
+
+    __slots__ = ("arity", "convert", "ignored", "key", "names")
+
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        key: str,
+        arity: Literal["value", "flag", "optional"] = "value",
+        convert: _Converter | None = _text,
+        ignored: str | None = None,  # why it is accepted but has no effect here
+    ) -> None:
+        self.names = names
+        self.key = key
+        self.arity = arity
+        self.convert = convert
+        self.ignored = ignored
 
 
 _OPTIONS: Final = (

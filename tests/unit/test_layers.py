@@ -317,3 +317,31 @@ def test_cli_import_loads_no_heavy_module(modules: tuple[str, ...]) -> None:
     )
     loaded = json.loads(out.stdout)
     assert loaded == [], f"importing {', '.join(modules)} loads {', '.join(loaded)}"
+
+
+def test_submit_path_skips_slow_standard_modules() -> None:
+    """`hpcbatch submit` start-up: the modules its path imports load none of the
+    standard library's slow starters (typing ~4 ms, socket ~3 ms, argparse,
+    dataclasses and pathlib more); see docs/performance.md."""
+    slow = ("typing", "socket", "argparse", "dataclasses", "pathlib", "inspect")
+    probe = _PROBE.replace("import json, sys", "import sys").replace(
+        "print(json.dumps(sorted(", "print(repr(sorted("
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            probe.format(heavy=slow),
+            "hpcbatch.cli.main",
+            "hpcbatch.cli.submit",
+            "hpcbatch.client",
+        ],
+        cwd=REPO_ROOT,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]", f"the submit path loads {out.stdout.strip()}"
