@@ -61,6 +61,15 @@ class ArrayTracker:
         """Counts of children not held in memory (final ones, after a restart)."""
         self.counts.setdefault(parent_id, Counter()).update(counts)
 
+    def children_added(self, parent_id: int, child_ids: list[int], state: JobState) -> None:
+        """Count a new array's children, all in `state`, at once (no per-child calls)."""
+        if parent_id not in self.parents or not child_ids:
+            return
+        self.counts[parent_id][state] += len(child_ids)
+        if not state.is_final:
+            self._seen.update(dict.fromkeys(child_ids, state))
+        self._dirty.add(parent_id)
+
     def child_changed(self, child: JobRecord) -> None:
         """Count a child's new state; the parent is updated by `flush`."""
         parent_id = child.array_parent

@@ -107,10 +107,18 @@ class Submitter:
                 self.jobs.active[rec.id] = rec
         if parent is not None:
             self.jobs.publish(parent)
-        for rec in records:
-            self.jobs.publish(rec)
-            if dependencies:
-                self.deps.watch(rec)
+        if parent is not None and not dependencies:
+            # New children: no job can depend on them yet and none is final, so of the
+            # observers only the array counts care, and those take them in one call
+            # (per child, the observers cost 5 us each: 50 ms for 10,000 children).
+            for rec in records:
+                self.jobs.publish_summary(rec)
+            self.arrays.children_added(parent.id, [r.id for r in records], state)
+        else:
+            for rec in records:
+                self.jobs.publish(rec)
+                if dependencies:
+                    self.deps.watch(rec)
         await self.arrays.flush()
         if dependencies:
             await self.deps.settle()
