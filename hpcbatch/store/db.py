@@ -221,17 +221,14 @@ class Store:
         records SUBMITTED then `state`. Returns (parent id, child ids in index order).
         """
 
+        shared = (parent.name, parent.user, parent.uid, parent.queue, str(state), reason)
+
         def work(db: sqlite3.Connection) -> tuple[int, list[int]]:
             cur = db.execute(
                 "INSERT INTO jobs (name, user, uid, queue, state, reason, request, submitted,"
                 " array_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    parent.name,
-                    parent.user,
-                    parent.uid,
-                    parent.queue,
-                    str(state),
-                    reason,
+                    *shared,
                     json.dumps(parent.request, separators=(",", ":")),
                     parent.submitted,
                     len(indices),
@@ -249,18 +246,7 @@ class Store:
                 "INSERT INTO jobs (id, name, user, uid, queue, state, reason, request, submitted,"
                 " array_parent, array_index)"
                 " SELECT ? + 1 + key, ?, ?, ?, ?, ?, ?, '', ?, ?, value FROM json_each(?)",
-                (
-                    parent_id,
-                    parent.name,
-                    parent.user,
-                    parent.uid,
-                    parent.queue,
-                    str(state),
-                    reason,
-                    parent.submitted,
-                    parent_id,
-                    json.dumps(list(indices)),
-                ),
+                (parent_id, *shared, parent.submitted, parent_id, json.dumps(list(indices))),
             )
             ts = parent.submitted
             submitted = str(JobState.SUBMITTED)
