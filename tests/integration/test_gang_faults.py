@@ -126,3 +126,64 @@ async def test_cancel_stops_every_node_within_seconds(cluster: tuple[Controller,
     assert s["state"] == "FAILED" and s["reason"].startswith("terminated by")
     assert elapsed < 5
     await all_released(c)
+
+
+RETRY_42 = {"attempts": 2, "evaluate_on_exit": [{"on_exit_code": "42", "action": "RETRY"}]}
+
+
+async def test_exit_rule_retries_the_whole_gang(cluster: tuple[Controller, Api]) -> None:
+    c, api = cluster
+    marker = uuid.uuid4().hex
+    script = '#!/bin/sh\nif [ "$HPCBATCH_ATTEMPT" = 1 ]; then exit 42; fi\nsrun true\n'
+    job_id = await api.submit(script=script, nodes=2, env={"TEST_MARK": marker}, retry=RETRY_42)
+    (s,) = await api.wait(job_id, timeout=60)
+    assert s["state"] == "SUCCEEDED", s
+    shown = await api("show", job_id=job_id)
+    by_attempt: dict[int, list[dict[str, Any]]] = {}
+    for a in shown["attempts"]:
+        by_attempt.setdefault(a["attempt"], []).append(a)
+    # Both nodes of attempt 1 ended (the main node with 42, the other stopped with it),
+    # and attempt 2 ran on two nodes again.
+    assert sorted(by_attempt) == [1, 2]
+    assert all(len(nodes) == 2 for nodes in by_attempt.values()), by_attempt
+    assert all(a["state"] != "RUNNING" and a["ended"] for a in by_attempt[1]), by_attempt[1]
+    assert [a["exit_code"] for a in by_attempt[1] if a["node"] == 0] == [42]
+    retries = [
+        t for t in shown["transitions"] if t["new"] == "RUNNABLE" and t["old"] != "SUBMITTED"
+    ]
+    assert len(retries) == 1 and "exit code 42" in retries[0]["reason"], retries
+    await until(lambda: not job_processes(marker), timeout=10, what="nothing left")
+    await all_released(c)
+
+
+async def test_lost_node_retries_the_whole_gang_elsewhere(
+    sandbox: Sandbox, controller_factory: Any
+) -> None:
+    c, api = await controller_factory()
+    marker = uuid.uuid4().hex
+    script = '#!/bin/sh\nif [ "$HPCBATCH_ATTEMPT" = 1 ]; then srun sleep 300; fi\nsrun true\n'
+    job_id = await api.submit(
+        script=script, nodes=3, env={"TEST_MARK": marker}, retry={"attempts": 2}
+    )
+    job = c.jobs.active[job_id]
+    await until(lambda: job.state == "RUNNING", what="running")
+    first = {a.node: a.host for a in job.attempts}
+    await until(lambda: sorted(task_hosts(marker)) == sorted(first.values()), what="tasks")
+    victim = first[1]
+    kill_sshd(sandbox, victim)
+    try:
+        (s,) = await api.wait(job_id, timeout=60)
+        assert s["state"] == "SUCCEEDED", s
+        shown = await api("show", job_id=job_id)
+        second = {a["host"] for a in shown["attempts"] if a["attempt"] == 2}
+        assert len(second) == 3 and victim not in second, shown["attempts"]
+        lost = [a for a in shown["attempts"] if a["attempt"] == 1 and a["host"] == victim]
+        assert lost and lost[0]["state"] != "RUNNING", lost
+        retried = [t for t in shown["transitions"] if t["reason"].startswith("Retry:")]
+        assert retried and f"host {victim} lost" in retried[0]["reason"], retried
+    finally:
+        start_host(sandbox, victim)
+    # Back: attempt 1's processes on the victim are fenced; nothing is left anywhere.
+    await until(lambda: c.cluster.hosts[victim].state == "UP", timeout=30, what="back")
+    await until(lambda: not job_processes(marker), timeout=15, what="fenced")
+    await all_released(c)
