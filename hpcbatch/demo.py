@@ -141,7 +141,10 @@ def run_demo(keep: bool = True, hosts: int = 4) -> int:
         "SUCCEEDED",
     ]
     print(f"""
-==> done{"" if ok else " (unexpected states: see above)"}. Things to try next:
+==> done{"" if ok else " (unexpected states: see above)"}.
+  Open the dashboard (hosts, jobs, queues, live logs; ? for its keys, q to quit):
+    .venv/bin/hpcbatch dash
+  Things to try next:
     .venv/bin/hpcbatch hosts                      # sinfo-like: state, CPUs/memory/GPUs, fabric
     .venv/bin/hpcbatch jobs -a                    # squeue-like, with reasons
     .venv/bin/hpcbatch show {jobs["fails with 3"]}                     # history and attempts
