@@ -41,6 +41,13 @@ async def test_example_jobs_single_exit3_gpu(cluster: tuple[Controller, Api]) ->
     assert "on node4: CUDA_VISIBLE_DEVICES=" in gpu_out
     visible = gpu_out.split("CUDA_VISIBLE_DEVICES=")[1].split()[0]
     assert visible in ("0", "1")
+    # Waiting again on finished jobs reads them back from the store in bulk: same
+    # summaries, in the order asked (repeats kept); an unknown id is refused.
+    again = await api.wait(gpu["id"], hello["id"], gpu["id"])
+    assert [j["id"] for j in again] == [gpu["id"], hello["id"], gpu["id"]]
+    assert again[0] == gpu and again[1] == hello
+    with pytest.raises(ClientError, match="job 999999 not found"):
+        await api.wait(hello["id"], 999999)
     shown = await api("show", job_id=fail["id"])
     assert [t["new"] for t in shown["transitions"]] == [
         "SUBMITTED",
