@@ -264,10 +264,13 @@ class ApiServer:
         return self.c.jobs.active.get(job_id) or self.c.jobs.array_parents.get(job_id)
 
     async def _job(self, job_id: int) -> JobRecord:
-        job = self._live(job_id)
         stored = await self.c.store.get_job(job_id)
         if stored is None:
             raise ApiError("not_found", f"job {job_id} not found")
+        return self._with_live_reason(stored)
+
+    def _with_live_reason(self, stored: JobRecord) -> JobRecord:
+        job = self._live(stored.id)
         if job is not None:
             stored.reason = job.reason  # pending reasons live in memory
         return stored
@@ -421,23 +424,20 @@ class ApiServer:
     async def op_wait(self, args: dict[str, Any], caller: Caller) -> Any:
         ids = _ids(args)
         timeout = args.get("timeout_s")
+        # Jobs not live are final already: read once, before waiting, and kept.
         gone = [job_id for job_id in ids if self._live(job_id) is None]
-        if gone:
-            known = await self._stored(gone)
-            for job_id in gone:
-                if job_id not in known:
-                    raise ApiError("not_found", f"job {job_id} not found")
+        stored = await self._stored(gone)
+        for job_id in gone:
+            if job_id not in stored:
+                raise ApiError("not_found", f"job {job_id} not found")
         await self.c.jobs.wait_final(ids, float(timeout) if timeout else None)
-        stored = await self._stored(ids)
+        stored.update(await self._stored([i for i in ids if i not in stored]))
         out = []
         for job_id in ids:
             job = stored.get(job_id)
             if job is None:
                 raise ApiError("not_found", f"job {job_id} not found")
-            live = self._live(job_id)
-            if live is not None:
-                job.reason = live.reason  # pending reasons live in memory
-            out.append(job.summary())
+            out.append(self._with_live_reason(job).summary())
         return out
 
     async def op_shutdown(self, args: dict[str, Any], caller: Caller) -> Any:
