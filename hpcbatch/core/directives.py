@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import re
 import shlex
-import signal
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 
-from hpcbatch.core.units import UnitError, parse_memory_mb, parse_time
+from hpcbatch.core import option_values as conv
+from hpcbatch.core.option_values import ExportSpec, signal_name
+from hpcbatch.core.units import UnitError
 
 # `hpcbatch submit` parses with this module, and importing typing would cost
 # its start-up ~4 ms: the type checker alone sees these (plain classes below
@@ -95,12 +96,10 @@ EXTRA_KEYS: Final = frozenset(
 )
 """The other keys `merge` may return: not `JobRequest` fields; the caller decides."""
 
-_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # as models.ENV_NAME_RE
 _DIRECTIVE_RE = re.compile(r"#(SBATCH|HPCBATCH)(?=[ \t]|$)")
 _BLANK = " \t\r\v\f"
 _SHLEX_SPACE = " \t\r\n"
 _MERGE_ORIGIN = "job options"
-_MAX_GPUS = 1024  # per host, as JobRequest.gpus
 
 
 class DirectiveError(ValueError):
@@ -146,250 +145,6 @@ class ParsedOptions:
         return f"ParsedOptions(values={self.values!r}, warnings={self.warnings!r})"
 
 
-class ExportSpec:
-    """`--export`: which of the submitter's environment variables the job gets.
-
-    `everything` is ALL (the whole submit environment, the default in Slurm);
-    otherwise only `names` (copied from the submit environment where set there)
-    and `values` (set as given). NONE alone is `ExportSpec(everything=False)`.
-    An immutable value: equal and hashed by its three fields.
-    """
-
-    __slots__ = ("everything", "names", "values")
-
-    everything: bool
-    names: tuple[str, ...]
-    values: tuple[tuple[str, str], ...]
-
-    def __init__(
-        self,
-        everything: bool,
-        names: tuple[str, ...] = (),
-        values: tuple[tuple[str, str], ...] = (),
-    ) -> None:
-        object.__setattr__(self, "everything", everything)
-        object.__setattr__(self, "names", names)
-        object.__setattr__(self, "values", values)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("ExportSpec is immutable")
-
-    def _key(self) -> tuple[bool, tuple[str, ...], tuple[tuple[str, str], ...]]:
-        return (self.everything, self.names, self.values)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ExportSpec) and self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        return (
-            f"ExportSpec(everything={self.everything!r}, names={self.names!r}, "
-            f"values={self.values!r})"
-        )
-
-    def environment(self, environ: Mapping[str, str]) -> dict[str, str]:
-        """The variables to send with the job, taken from `environ` (the submitter's).
-
-        Variables whose names a job environment cannot hold (say `BASH_FUNC_x%%`)
-        or whose values contain NUL are left out of ALL.
-        """
-        env: dict[str, str] = {}
-        if self.everything:
-            env = {
-                key: value
-                for key, value in environ.items()
-                if _ENV_NAME_RE.fullmatch(key) and "\0" not in value
-            }
-        for name in self.names:
-            if name in environ:
-                env[name] = environ[name]
-        env.update(self.values)
-        return env
-
-
-# --------------------------------------------------------------------------- values
-
-
-class _BadValue(Exception):
-    """A converter's complaint about a value; the parser adds where and which option."""
-
-
-_Warn = Callable[[str], None]
-_Converter = Callable[[str, _Warn], object]
-_UNSET: Final = object()  # a converter's "store nothing" (e.g. --gres=nvme:1)
-
-
-def _integer(low: int, high: int) -> _Converter:
-    def convert(value: str, warn: _Warn) -> object:
-        if not re.fullmatch(r"[0-9]{1,12}", value):
-            raise _BadValue(f"{value!r} is not a whole number")
-        number = int(value)
-        if number < low:
-            raise _BadValue(f"{value!r} is less than {low}")
-        if number > high:
-            raise _BadValue(f"{value!r} is more than {high}")
-        return number
-
-    return convert
-
-
-def _text(value: str, warn: _Warn) -> object:
-    return value
-
-
-def _mounts(value: str, warn: _Warn) -> object:
-    if not value.strip():
-        raise _BadValue("expected SRC[:DST][:ro][,SRC[:DST][:ro]...]")
-    return [value]
-
-
-def _time(value: str, warn: _Warn) -> object:
-    return parse_time(value)
-
-
-def _memory(value: str, warn: _Warn) -> object:
-    return parse_memory_mb(value)
-
-
-def _nodes(value: str, warn: _Warn) -> object:
-    low, dash, high = value.partition("-")
-    count = _integer(1, 10_000)
-    try:
-        first, last = count(low, warn), count(high, warn) if dash else None
-    except _BadValue as exc:
-        raise _BadValue(f"{value!r} is not a node count (e.g. 2): {exc}") from None
-    if dash and last != first:
-        raise _BadValue(f"{value!r}: node ranges are not supported (give one number, e.g. 2)")
-    return first
-
-
-def _gpu_count(value: str, warn: _Warn, shown: str, high: int) -> int:
-    """`[type:]count` (as in Slurm's --gpus): the count; a type is ignored with a warning."""
-    gpu_type, colon, count = value.rpartition(":")
-    if (colon and (not gpu_type or ":" in gpu_type)) or not re.fullmatch(r"[0-9]{1,12}", count):
-        raise _BadValue(f"{value!r} is not a GPU count (e.g. 2 or a100:2)")
-    if gpu_type:
-        warn(f"ignored: GPU type {gpu_type!r} in {shown} (any GPU of a host is used)")
-    number = int(count)
-    if number > high:
-        raise _BadValue(f"{value!r} is more than {high} GPUs")
-    return number
-
-
-def _gpus_per_node(value: str, warn: _Warn) -> object:
-    return _gpu_count(value, warn, f"--gpus-per-node={value}", _MAX_GPUS)
-
-
-def _gpus_per_job(value: str, warn: _Warn) -> object:
-    return _gpu_count(value, warn, f"--gpus={value}", _MAX_GPUS * 10_000)
-
-
-def _gres(value: str, warn: _Warn) -> object:
-    """`gpu`, `gpu:N`, `gpu:TYPE`, `gpu:TYPE:N`, with others (ignored) after commas.
-
-    `none` is no GPUs; a list without gpu sets nothing.
-    """
-    gpus: int | None = None
-    seen_gpu = False
-    for entry in value.split(","):
-        name, colon, rest = entry.partition(":")
-        if entry.lower() == "none":
-            gpus = gpus or 0
-        elif not name:
-            raise _BadValue(f"{entry!r} in {value!r} is not a resource (e.g. gpu:2)")
-        elif name != "gpu":
-            warn(f"ignored: --gres {entry} (only gpu resources are scheduled)")
-        elif seen_gpu:
-            raise _BadValue(f"{value!r} names gpu more than once")
-        else:
-            seen_gpu = True
-            if not colon:
-                gpus = 1
-            elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", rest):  # gpu:TYPE, one GPU
-                warn(f"ignored: GPU type {rest!r} in --gres={value} (any GPU of a host is used)")
-                gpus = 1
-            else:
-                gpus = _gpu_count(rest, warn, f"--gres={value}", _MAX_GPUS)
-    return _UNSET if gpus is None else gpus
-
-
-def _partition(value: str, warn: _Warn) -> object:
-    names = value.split(",")
-    if not all(names):
-        raise _BadValue(f"{value!r} is not a queue name")
-    if len(names) > 1:
-        warn(f"only the first of the partitions {value!r} is used: {names[0]}")
-    return names[0]
-
-
-def _export(value: str, warn: _Warn) -> object:
-    everything = False
-    names: list[str] = []
-    assigned: list[tuple[str, str]] = []
-    for entry in value.split(","):
-        if entry.upper() in ("ALL", "NONE"):
-            everything = entry.upper() == "ALL"
-            continue
-        name, equals, setting = entry.partition("=")
-        if not _ENV_NAME_RE.fullmatch(name):
-            raise _BadValue(
-                f"{entry!r} is not a variable name or NAME=value (values cannot contain commas)"
-            )
-        if equals:
-            assigned.append((name, setting))
-        else:
-            names.append(name)
-    return ExportSpec(everything=everything, names=tuple(names), values=tuple(assigned))
-
-
-_SIGNAL_DEFAULT_BEFORE_S = 60  # as Slurm: a signal without @secs comes 60 s before the limit
-_SIGNAL_MAX_BEFORE_S = 65535
-
-
-def signal_name(text: str) -> str:
-    """`USR1`, `SIGUSR1`, `usr1` or `10` as the signal's name without `SIG` (`USR1`)."""
-    if re.fullmatch(r"[0-9]{1,3}", text):
-        try:
-            return signal.Signals(int(text)).name.removeprefix("SIG")
-        except ValueError:
-            raise _BadValue(f"{text} is not a signal number") from None
-    name = text.upper().removeprefix("SIG")
-    if (
-        not re.fullmatch(r"[A-Z0-9+-]{1,12}", name)
-        or f"SIG{name}" not in signal.Signals.__members__
-    ):
-        raise _BadValue(f"{text!r} is not a signal name (e.g. USR1, TERM, 10)")
-    return name
-
-
-def _signal(value: str, warn: _Warn) -> object:
-    """`--signal=[{R|B}:]SIG[@SECONDS]`: send SIG that long before the time limit."""
-    batch_only = False
-    text = value
-    if ":" in text:
-        flag, _, text = text.partition(":")
-        if flag == "B":
-            batch_only = True
-        elif flag == "R":
-            warn("ignored: the R: in --signal (there are no reservations)")
-        else:
-            raise _BadValue(f"{flag!r} before ':' must be B (the batch shell only) or R")
-    name, at, secs = text.partition("@")
-    before = _SIGNAL_DEFAULT_BEFORE_S
-    if at:
-        got = _integer(0, _SIGNAL_MAX_BEFORE_S)(secs, warn)
-        assert isinstance(got, int)
-        before = got
-    return {"name": signal_name(name), "before_s": before, "batch_only": batch_only}
-
-
-def _exclusive(value: str, warn: _Warn) -> object:
-    warn(f"ignored: the {value!r} in --exclusive={value} (the job gets whole hosts)")
-    return True
-
-
 # --------------------------------------------------------------------------- the table
 
 
@@ -403,7 +158,7 @@ class _Option:
         names: tuple[str, ...],
         key: str,
         arity: Literal["value", "flag", "optional"] = "value",
-        convert: _Converter | None = _text,
+        convert: conv.Converter | None = conv.text,
         ignored: str | None = None,  # why it is accepted but has no effect here
     ) -> None:
         self.names = names
@@ -415,31 +170,31 @@ class _Option:
 
 _OPTIONS: Final = (
     _Option(("-J", "--job-name"), "name"),
-    _Option(("-c", "--cpus-per-task"), "cpus_per_task", convert=_integer(1, 100_000)),
-    _Option(("--mem",), "memory_mb", convert=_memory),
-    _Option(("--mem-per-cpu",), "mem_per_cpu_mb", convert=_memory),
-    _Option(("--gres",), "gpus", convert=_gres),
-    _Option(("--gpus-per-node",), "gpus", convert=_gpus_per_node),
-    _Option(("-G", "--gpus"), "gpus_per_job", convert=_gpus_per_job),
-    _Option(("-t", "--time"), "time_limit_s", convert=_time),
+    _Option(("-c", "--cpus-per-task"), "cpus_per_task", convert=conv.integer(1, 100_000)),
+    _Option(("--mem",), "memory_mb", convert=conv.memory),
+    _Option(("--mem-per-cpu",), "mem_per_cpu_mb", convert=conv.memory),
+    _Option(("--gres",), "gpus", convert=conv.gres),
+    _Option(("--gpus-per-node",), "gpus", convert=conv.gpus_per_node),
+    _Option(("-G", "--gpus"), "gpus_per_job", convert=conv.gpus_per_job),
+    _Option(("-t", "--time"), "time_limit_s", convert=conv.time_limit),
     _Option(("-o", "--output"), "output"),
     _Option(("-e", "--error"), "error"),
     _Option(("-D", "--chdir"), "workdir"),
-    _Option(("-p", "--partition"), "queue", convert=_partition),
-    _Option(("--queue",), "queue", convert=_partition),
-    _Option(("-N", "--nodes"), "nodes", convert=_nodes),
-    _Option(("--ntasks-per-node",), "ntasks_per_node", convert=_integer(1, 100_000)),
-    _Option(("-n", "--ntasks"), "ntasks", convert=_integer(1, 1_000_000)),
-    _Option(("--export",), "export", convert=_export),
-    _Option(("--exclusive",), "exclusive", arity="optional", convert=_exclusive),
+    _Option(("-p", "--partition"), "queue", convert=conv.partition),
+    _Option(("--queue",), "queue", convert=conv.partition),
+    _Option(("-N", "--nodes"), "nodes", convert=conv.nodes),
+    _Option(("--ntasks-per-node",), "ntasks_per_node", convert=conv.integer(1, 100_000)),
+    _Option(("-n", "--ntasks"), "ntasks", convert=conv.integer(1, 1_000_000)),
+    _Option(("--export",), "export", convert=conv.export),
+    _Option(("--exclusive",), "exclusive", arity="optional", convert=conv.exclusive),
     _Option(("-a", "--array"), "array"),
     _Option(("-d", "--dependency"), "dependency"),
     _Option(("--fabric",), "fabric"),
     _Option(("--image", "--container-image"), "image"),
-    _Option(("--mount", "--container-mounts"), "mounts", convert=_mounts),
+    _Option(("--mount", "--container-mounts"), "mounts", convert=conv.mounts),
     _Option(("--main-node",), "main_node"),
     _Option(("--launch-mode",), "launch_mode"),
-    _Option(("--signal",), "warn_signal", convert=_signal),
+    _Option(("--signal",), "warn_signal", convert=conv.warn_signal),
     _Option(("--mail-type",), "mail_type", ignored="hpcbatch sends no mail"),
     _Option(("--mail-user",), "mail_user", ignored="hpcbatch sends no mail"),
     _Option(("-A", "--account"), "account", ignored="hpcbatch keeps no accounts"),
@@ -570,9 +325,9 @@ def parse_args(
         else:
             try:
                 value = option.convert(raw, warn)
-            except (_BadValue, UnitError) as exc:
+            except (conv.BadValue, UnitError) as exc:
                 raise fail(f"{name}: {exc}") from None
-        if value is not _UNSET:
+        if value is not conv.UNSET:
             _store(result.values, option.key, value)
     return result
 
