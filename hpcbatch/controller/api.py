@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from hpcbatch import __version__
 from hpcbatch.controller.apiargs import check_args
+from hpcbatch.controller.callers import ApiError, Caller
 from hpcbatch.controller.cancel import cancel_jobs
-from hpcbatch.controller.jobs import ApiError, Caller
 from hpcbatch.controller.stats import controller_stats
 from hpcbatch.core.records import JobRecord
 from hpcbatch.core.states import AdminState, JobState

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hpcbatch.controller.jobs import ApiError
+from hpcbatch.controller.callers import ApiError
 
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # what SQLite stores
 MAX_TEXT = 4096

@@ -13,7 +13,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from hpcbatch.controller.jobs import ApiError, Caller
+from hpcbatch.controller.callers import ApiError, Caller
 from hpcbatch.core.records import JobRecord
 from hpcbatch.core.states import JobState
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hpcbatch.controller.jobs import ApiError, Caller, format_validation_error
+from hpcbatch.controller.callers import ApiError, Caller, format_validation_error
 from hpcbatch.jobdefs import (
     DefinitionOverrides,
     JobDefinition,

@@ -14,7 +14,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from hpcbatch.controller.jobs import ApiError, JobService
+from hpcbatch.controller.callers import ApiError
+from hpcbatch.controller.jobs import JobService
 from hpcbatch.core.arrays import ArraySpec, parse_spec
 from hpcbatch.core.dependencies import (
     Dependency,

@@ -11,27 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
 
 from hpcbatch.controller import containers, gang
+from hpcbatch.controller.callers import ApiError, Caller, format_validation_error
 from hpcbatch.controller.cluster import Cluster
 from hpcbatch.controller.events import EventBus
 from hpcbatch.controller.retries import host_failure_retry, retry_reason
 from hpcbatch.controller.settings import ControllerSettings
 from hpcbatch.controller.snapshot import job_view
+from hpcbatch.core.exits import exit_reason
 from hpcbatch.core.gang import STOP_GRACE_S, gang_shape
 from hpcbatch.core.hostlist import compress
 from hpcbatch.core.records import AttemptRecord, AttemptState, JobRecord, parse_attempt_id
 from hpcbatch.core.scheduler import JobView, infeasible
 from hpcbatch.core.states import JobState
-from hpcbatch.core.units import format_duration
 from hpcbatch.models import JobRequest
 from hpcbatch.store.db import AttemptUpdate, NewJob, Store
 from hpcbatch.transport.link import AgentError, HostLink, HostUnavailable
@@ -39,56 +38,6 @@ from hpcbatch.transport.link import AgentError, HostLink, HostUnavailable
 log = logging.getLogger(__name__)
 
 NOT_YET: dict[str, str] = {}
-
-
-class ApiError(Exception):
-    """A refusal to report to the client: `kind` is bad_request, not_found, forbidden,
-    infeasible or internal."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    uid: int
-    user: str
-
-    @property
-    def admin(self) -> bool:
-        return self.uid == 0 or self.uid == os.getuid()
-
-
-def format_validation_error(exc: ValidationError, what: str = "job") -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or what
-        parts.append(f"{loc}: {err['msg']}")
-    return f"invalid {what}: " + "; ".join(parts)
-
-
-def exit_reason(ev: dict[str, Any], time_limit_s: int | None) -> tuple[JobState, str]:
-    code = ev.get("code")
-    sig = ev.get("signal")
-    given = ev.get("reason")
-    if ev.get("timed_out"):
-        limit = format_duration(time_limit_s) if time_limit_s else "?"
-        return JobState.FAILED, f"timeout: exceeded its time limit of {limit}"
-    if given:
-        return JobState.FAILED, str(given)
-    if code == 0:
-        return JobState.SUCCEEDED, "exit code 0"
-    if sig:
-        try:
-            name = signal.Signals(int(sig)).name
-        except ValueError:
-            name = f"signal {sig}"
-        return JobState.FAILED, f"killed by {name}"
-    if code is None:
-        return JobState.FAILED, "lost: no exit status"
-    return JobState.FAILED, f"exit code {code}"
 
 
 class JobService:

@@ -13,8 +13,9 @@ from collections import Counter
 from typing import Any
 
 from hpcbatch.controller.arrays import ArrayTracker
+from hpcbatch.controller.callers import ApiError, Caller
 from hpcbatch.controller.deps import DependencyTracker
-from hpcbatch.controller.jobs import ApiError, Caller, JobService
+from hpcbatch.controller.jobs import JobService
 from hpcbatch.core.arrays import ArraySpecError, parse_spec
 from hpcbatch.core.dependencies import DependencyError, parse
 from hpcbatch.core.records import JobRecord

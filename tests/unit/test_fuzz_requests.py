@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from hpcbatch.cli.submit import build_submission
-from hpcbatch.controller.jobs import format_validation_error
+from hpcbatch.controller.callers import format_validation_error
 from hpcbatch.core.directives import DirectiveError
 from hpcbatch.models import JobRequest
 
