@@ -129,7 +129,7 @@ class Controller:
         await self.submitter.load()
         await self.scheduler.ledger.load(self.store, time.time())
         await self.hosts.load()
-        for name, (state, _reason) in (await self.store.queue_admin_states()).items():
+        for name, (state, _reason) in (await self.store.admin.queue_states()).items():
             if name in self.cluster.queue_enabled:
                 self.cluster.queue_enabled[name] = state == "ENABLED"
         await self.api.start()
@@ -167,7 +167,7 @@ class Controller:
         A disabled queue keeps its jobs and starts none; running jobs go on.
         """
         state = "ENABLED" if enabled else "DISABLED"
-        await self.store.set_queue_admin(name, state, reason, time.time())
+        await self.store.admin.set_queue(name, state, reason, time.time())
         self.cluster.queue_enabled[name] = enabled
         self.bus.publish({"event": "queue", "queue": name, "state": state})
         self._wake()

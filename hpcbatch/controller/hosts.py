@@ -47,7 +47,7 @@ class HostService:
 
     async def load(self) -> None:
         """Restore operator states (drain) from the store."""
-        for name, (state, reason) in (await self.store.host_admin_states()).items():
+        for name, (state, reason) in (await self.store.admin.host_states()).items():
             host = self.cluster.hosts.get(name)
             if host is not None:
                 host.admin = AdminState(state)
@@ -57,7 +57,7 @@ class HostService:
         """Drain, resume or take a host DOWN (kept across restarts). DOWN ends its
         running attempts as host failures: killed there, retried per their rules."""
         host = self.cluster.hosts[name]
-        await self.store.set_host_admin(name, str(state), reason, time.time())
+        await self.store.admin.set_host(name, str(state), reason, time.time())
         host.admin, host.admin_reason = state, reason
         self.publish(host)
         if state == AdminState.DOWN:
@@ -99,7 +99,7 @@ class HostService:
         host.mismatches = list(mismatches)
         for line in mismatches:
             log.warning("%s", line)
-        await self.store.save_facts(spec.name, hello.get("facts") or {}, time.time())
+        await self.store.admin.save_facts(spec.name, hello.get("facts") or {}, time.time())
         try:
             await self.reconcile(link, list(hello.get("attempts") or []))
             if self.on_connect is not None:

@@ -1,9 +1,10 @@
 """The controller's durable state: SQLite on disk in WAL mode, through aiosqlite.
 
-This is the only module that speaks SQL. Every state change goes through a
-compare-and-set (`UPDATE ... WHERE id=? AND state=?`) inside a transaction and
-is committed before the controller acts on it, so a crash at any moment leaves
-a history the controller can resume from.
+The store package (this module, `definitions` and `admin`) is the only code
+that speaks SQL. Every state change goes through a compare-and-set (`UPDATE
+... WHERE id=? AND state=?`) inside a transaction and is committed before the
+controller acts on it, so a crash at any moment leaves a history the
+controller can resume from.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import aiosqlite
 
 from hpcbatch.core.records import AttemptRecord, AttemptState, JobRecord
 from hpcbatch.core.states import FINAL_STATES, JobState, check_transition
+from hpcbatch.store.admin import AdminStates
 from hpcbatch.store.definitions import Definitions
 from hpcbatch.store.rows import (
     ATTEMPT_COLUMNS,
@@ -64,6 +66,7 @@ class Store:
         self.cluster_id = ""
         self._write_lock = asyncio.Lock()
         self.definitions = Definitions(self)
+        self.admin = AdminStates(self)
         # Array parents' requests, which never change once inserted: children share them.
         self._parent_requests: dict[int, dict[str, Any]] = {}
 
@@ -465,19 +468,6 @@ class Store:
         )
         return [(r[0], int(r[1]), int(r[2]), float(r[3]), r[4]) for r in await cur.fetchall()]
 
-    async def queue_admin_states(self) -> dict[str, tuple[str, str | None]]:
-        cur = await self._conn.execute("SELECT name, state, reason FROM queue_admin")
-        return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
-
-    async def set_queue_admin(self, name: str, state: str, reason: str | None, ts: float) -> None:
-        async with self._tx() as db:
-            await db.execute(
-                "INSERT INTO queue_admin (name, state, reason, updated) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(name) DO UPDATE SET state = excluded.state,"
-                " reason = excluded.reason, updated = excluded.updated",
-                (name, state, reason, ts),
-            )
-
     async def update_attempts(self, updates: Iterable[AttemptUpdate]) -> None:
         pending = list(updates)
 
@@ -583,27 +573,3 @@ class Store:
             (host, str(AttemptState.STARTING), str(AttemptState.RUNNING)),
         )
         return [attempt_from_row(r) for r in await cur.fetchall()]
-
-    # ------------------------------------------------------------------ hosts
-
-    async def host_admin_states(self) -> dict[str, tuple[str, str | None]]:
-        cur = await self._conn.execute("SELECT name, admin_state, admin_reason FROM hosts")
-        return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
-
-    async def set_host_admin(self, name: str, state: str, reason: str | None, ts: float) -> None:
-        async with self._tx() as db:
-            await db.execute(
-                "INSERT INTO hosts (name, admin_state, admin_reason, updated) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(name) DO UPDATE SET admin_state = excluded.admin_state,"
-                " admin_reason = excluded.admin_reason, updated = excluded.updated",
-                (name, state, reason, ts),
-            )
-
-    async def save_facts(self, name: str, facts: dict[str, Any], ts: float) -> None:
-        async with self._tx() as db:
-            await db.execute(
-                "INSERT INTO hosts (name, facts, updated) VALUES (?, ?, ?)"
-                " ON CONFLICT(name) DO UPDATE SET facts = excluded.facts,"
-                " updated = excluded.updated",
-                (name, json.dumps(facts), ts),
-            )
