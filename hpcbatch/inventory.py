@@ -27,25 +27,21 @@ No input, however malformed, produces anything but a returned inventory or an
 
 from __future__ import annotations
 
-import difflib
 import getpass
-import json
-import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
 from hpcbatch.core.hostlist import MAX_HOSTS, HostlistError, expand
+from hpcbatch.inventory_messages import show, suggest, validation_problems
 from hpcbatch.models import (
-    ComputeEnvSpec,
     HostDefaults,
     HostSpec,
     Inventory,
-    QueueSpec,
 )
 
 __all__ = [
@@ -67,14 +63,7 @@ DEFAULT_ENV_NAME = "all"
 DEFAULT_QUEUE_NAME = "default"
 """The queue made up (over every compute environment) when the file declares none."""
 
-_SECTIONS: dict[str, type[BaseModel]] = {
-    "hosts": HostSpec,
-    "compute_environments": ComputeEnvSpec,
-    "queues": QueueSpec,
-}
-_TYPE_ERRORS_SHOWING_INPUT = ("_type", "_parsing", "literal_error")
 _MAX_UNKNOWN_SHOWN = 5
-_DIGITS_RE = re.compile(r"[0-9]+")
 
 
 class InventoryError(ValueError):
@@ -222,110 +211,13 @@ def parse_inventory(text: str, path: Path | str = Path("<inventory>")) -> Resolv
     try:
         model = Inventory.model_validate(raw, strict=True)
     except ValidationError as exc:
-        raise InventoryError(_validation_problems(path, raw, exc)) from None
+        raise InventoryError(validation_problems(path, raw, exc)) from None
     except RecursionError:
         raise InventoryError([f"{path}: nested too deeply"]) from None
     return resolve_inventory(model, path=path)
 
 
 # --------------------------------------------------------------------------- pydantic errors
-
-
-def _show(value: object) -> str:
-    """A short TOML-like rendering of a bad value, for messages."""
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
-    elif isinstance(value, dict):
-        text = "a table"
-    elif isinstance(value, list):
-        text = "an array"
-    else:
-        text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _loc_text(loc: Sequence[int | str]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _entry_label(section: str, index: int, raw: Mapping[str, Any]) -> str:
-    label = f"{section}[{index}]"
-    entries = raw.get(section)
-    if isinstance(entries, list) and 0 <= index < len(entries):
-        entry = entries[index]
-        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-            label += f" (name {_show(entry['name'])})"
-    return label
-
-
-def _suggest(word: str, choices: Iterable[str], *, names: bool = False) -> str:
-    """A `(did you mean "x"?)` hint, or "".
-
-    For field names any close match helps. For host, environment and queue
-    names, which often differ only in a number (`node3`, `node1`), only a very
-    close match that is not just another number is suggested.
-    """
-    cutoff = 0.85 if names else 0.6
-    for match in difflib.get_close_matches(word, list(choices), n=3, cutoff=cutoff):
-        if names and _DIGITS_RE.sub("#", match) == _DIGITS_RE.sub("#", word):
-            continue
-        return f' (did you mean "{match}"?)'
-    return ""
-
-
-def _message(
-    err: Mapping[str, Any], model: type[BaseModel] | None, rest: Sequence[int | str]
-) -> str:
-    kind = str(err.get("type", ""))
-    msg = str(err.get("msg", "invalid"))
-    if kind == "value_error":
-        msg = msg.removeprefix("Value error, ")
-    elif kind == "extra_forbidden":
-        msg = "unknown field"
-        if model is not None and len(rest) == 1 and isinstance(rest[0], str):
-            msg += _suggest(rest[0], model.model_fields)
-    elif kind == "string_pattern_mismatch" and rest and rest[-1] == "name":
-        msg = (
-            f"{_show(err.get('input'))} is not a valid name: use letters, digits, '_', '.', '-'"
-            " (starting with a letter or digit, at most 64 characters)"
-        )
-    elif kind.endswith(_TYPE_ERRORS_SHOWING_INPUT):
-        msg += f" (got {_show(err.get('input'))})"
-    return msg
-
-
-def _validation_problems(path: Path, raw: Mapping[str, Any], exc: ValidationError) -> list[str]:
-    problems: list[str] = []
-    for err in exc.errors():
-        loc: tuple[int | str, ...] = tuple(err["loc"])
-        head = loc[0] if loc else ""
-        if head in _SECTIONS and len(loc) >= 2 and isinstance(loc[1], int):
-            where = _entry_label(str(head), loc[1], raw)
-            rest = loc[2:]
-            model: type[BaseModel] | None = _SECTIONS[str(head)]
-        elif head == "defaults" and len(loc) >= 2:
-            where, rest, model = "defaults", loc[1:], HostDefaults
-        else:
-            where, rest, model = "", loc, Inventory
-        msg = _message(err, model, rest)
-        if head in _SECTIONS and len(loc) == 1 and err.get("type") == "list_type":
-            msg += f"; write [[{head}]] (an array of tables), not [{head}]"
-        parts = [str(path)]
-        if where:
-            parts.append(where)
-        if rest:
-            parts.append(f'field "{_loc_text(rest)}"')
-        parts.append(msg)
-        problems.append(": ".join(parts))
-    return problems
 
 
 # --------------------------------------------------------------------------- resolution
@@ -359,7 +251,7 @@ def _local_paths(
         try:
             path = Path(value).expanduser()
         except RuntimeError:  # "~nosuchuser/...", or no home directory
-            problems.add(where, f'field "{key}": cannot expand "~" in {_show(value)}')
+            problems.add(where, f'field "{key}": cannot expand "~" in {show(value)}')
             path = Path(value)
         out[key] = path if path.is_absolute() else base / path
     return out
@@ -389,7 +281,7 @@ def resolve_inventory(model: Inventory, *, path: Path | str) -> ResolvedInventor
     if default_queue is None:
         default_queue = declared_queues[0]
     elif default_queue not in declared_queues and model.queues:
-        hint = _suggest(default_queue, declared_queues, names=True)
+        hint = suggest(default_queue, declared_queues, names=True)
         problems.add("default_queue", f'unknown queue "{default_queue}"{hint}')
     elif default_queue not in declared_queues:
         problems.add(
@@ -502,7 +394,7 @@ def _resolve_envs(
             try:
                 names = expand(expr)
             except HostlistError as exc:
-                problems.add(where, f"hosts: bad hostlist expression {_show(expr)}: {exc}")
+                problems.add(where, f"hosts: bad hostlist expression {show(expr)}: {exc}")
                 bad = True
                 continue
             total += len(names)
@@ -516,7 +408,7 @@ def _resolve_envs(
                 else:
                     unknown.setdefault(name, None)
         for name in list(unknown)[:_MAX_UNKNOWN_SHOWN]:
-            problems.add(where, f'hosts: unknown host "{name}"{_suggest(name, known, names=True)}')
+            problems.add(where, f'hosts: unknown host "{name}"{suggest(name, known, names=True)}')
         if len(unknown) > _MAX_UNKNOWN_SHOWN:
             problems.add(
                 where, f"hosts: and {len(unknown) - _MAX_UNKNOWN_SHOWN} more unknown hosts"
@@ -550,7 +442,7 @@ def _resolve_envs(
 
 
 def _selector_text(selector: Mapping[str, str]) -> str:
-    return "{" + ", ".join(f"{k} = {_show(v)}" for k, v in selector.items()) + "}"
+    return "{" + ", ".join(f"{k} = {show(v)}" for k, v in selector.items()) + "}"
 
 
 def _resolve_queues(
@@ -580,7 +472,7 @@ def _resolve_queues(
                 problems.add(where, f'compute_environments: "{env}" is listed twice')
                 bad = True
             elif env not in declared_envs:
-                hint = _suggest(env, declared_envs, names=True)
+                hint = suggest(env, declared_envs, names=True)
                 if not model.compute_environments:
                     hint = f' (none are declared, so the only one is "{DEFAULT_ENV_NAME}")'
                 problems.add(
