@@ -70,6 +70,13 @@ def stats(values: list[float]) -> dict[str, float]:
             "max": max(values)}  # fmt: skip
 
 
+def print_spread(name: str, values: list[float], width: int = 24) -> None:
+    """One benchmark row: `name  median [min-max]` (seconds) of `values`."""
+    print(
+        f"  {name:<{width}} {statistics.median(values):6.3f} [{min(values):.3f}-{max(values):.3f}]"
+    )
+
+
 async def measure(api: Api, nodes: int, runs: int) -> dict[str, Any]:
     gang, first, total = [], [], []
     for i in range(runs + 1):  # the first one warms up

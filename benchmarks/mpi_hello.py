@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gang_launch import Api, running_controller
+from gang_launch import Api, print_spread, running_controller
 
 from hpcbatch.cli.submit import build_submission
 from hpcbatch.sandbox import Sandbox, missing_prerequisites, temporary_sandbox
@@ -110,8 +110,7 @@ def main() -> int:
     print(f"MPI hello, 4 ranks on 4 sandbox hosts, {args.runs} runs each (s, median [min-max])")
     rows = (("raw mpirun --host (ssh)", "raw_s"), ("hpcbatch submit->done", "hpcbatch_s"))
     for name, key in rows:
-        v = r[key]
-        print(f"  {name:<26} {statistics.median(v):6.3f} [{min(v):.3f}-{max(v):.3f}]")
+        print_spread(name, r[key], 26)
     print(f"  ratio hpcbatch/raw: {r['ratio']:.2f}")
     if r["raw_hangs"]:
         hangs = r["raw_hangs"]

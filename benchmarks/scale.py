@@ -16,6 +16,11 @@ unchanged code path), and measures:
    the jobs' end times (sustained: between the 10% and 90% ends), the
    scheduler's pass times (`stats`), the latency of one submit made when a
    quarter is done, and the controller's CPU and peak RSS meanwhile;
+   meanwhile an API probe issues `submit`, `jobs` and `show` in turn, five
+   rounds a second, from the enable to the last job's end: p50/p99/max of
+   each (what a user waits for while passes over the whole queue run); then
+   the correctness checks: every job SUCCEEDED, each started exactly once
+   (one attempt, one STARTING transition), every probe job among them;
 4. heartbeat lag: `--blackhole` hosts go silent (no agent output, no SSH
    reads); time from each one's last byte to the controller marking it not
    UP (seen on the `watch` stream), against the configured limit.
@@ -166,6 +171,29 @@ class Controller:
             db.close()
         return {str(s): int(n) for s, n in rows}
 
+    def exactly_once(self, probes: list[int]) -> list[str]:
+        """What is wrong, if anything: a job (array parents aside) not started exactly
+        once (one attempt row, one transition into STARTING), a probe job lost or not
+        SUCCEEDED. Empty when every job ran once."""
+        db = sqlite3.connect(f"file:{self.home / 'hpcbatch.db'}?mode=ro", uri=True)
+        try:
+            children = "(SELECT array_parent FROM jobs WHERE array_parent IS NOT NULL)"
+            wrong = db.execute(
+                "SELECT j.id, (SELECT count(*) FROM attempts a WHERE a.job_id = j.id),"
+                " (SELECT count(*) FROM transitions t WHERE t.job_id = j.id"
+                f"  AND t.new = 'STARTING') FROM jobs j WHERE j.id NOT IN {children}"
+            ).fetchall()
+            probe_states = dict(
+                db.execute("SELECT id, state FROM jobs WHERE name = ?", (PROBE,)).fetchall()
+            )
+        finally:
+            db.close()
+        problems = [f"job {i}: {a} attempts, {t} starts" for i, a, t in wrong if (a, t) != (1, 1)]
+        lost = [i for i in probes if probe_states.get(i) != "SUCCEEDED"]
+        if lost:
+            problems.append(f"{len(lost)} probe jobs not SUCCEEDED, e.g. {lost[:5]}")
+        return problems
+
 
 # --------------------------------------------------------------------------- phases
 
@@ -249,6 +277,60 @@ class Sampler(threading.Thread):
             self.error = exc
 
 
+class ApiProbe(threading.Thread):
+    """Times `submit`, `jobs` and `show` while the jobs run: one of each in turn, five
+    rounds a second, over its own connection. The probe jobs (`true`, name PROBE) are
+    not counted in the throughput but must end SUCCEEDED like the others."""
+
+    OPS = ("submit", "jobs", "show")
+
+    def __init__(self, ctl: Controller, period_s: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.ctl = ctl
+        self.period_s = period_s
+        self.stop = threading.Event()
+        self.samples: dict[str, list[float]] = {op: [] for op in self.OPS}
+        self.submitted: list[int] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        request = {"script": "#!/bin/sh\ntrue\n", "name": PROBE}
+        try:
+            with self.ctl.client(300) as c:
+                while not self.stop.is_set():
+                    t = time.perf_counter()
+                    reply = c.call("submit", request=request)
+                    self.samples["submit"].append(time.perf_counter() - t)
+                    self.submitted.append(int(reply["job_id"]))
+                    t = time.perf_counter()
+                    c.call("jobs", name=PROBE)
+                    self.samples["jobs"].append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    c.call("show", job_id=self.submitted[-1])
+                    self.samples["show"].append(time.perf_counter() - t)
+                    self.stop.wait(self.period_s)
+        except BaseException as exc:
+            self.error = exc
+
+    def figures(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"probe_calls": sum(len(v) for v in self.samples.values())}
+        every: list[float] = []
+        for op, xs in self.samples.items():
+            every += xs
+            out.update({f"{op}_{k}_ms": v for k, v in percentiles(xs).items()})
+        out.update({f"api_{k}_ms": v for k, v in percentiles(every).items()})
+        return out
+
+
+def percentiles(xs: list[float]) -> dict[str, float | None]:
+    """p50, p99 and max of `xs` (seconds) in milliseconds; None where there is none."""
+    if not xs:
+        return {"p50": None, "p99": None, "max": None}
+    s = sorted(xs)
+    at = lambda q: 1000 * s[min(len(s) - 1, int(q * len(s)))]  # noqa: E731
+    return {"p50": at(0.50), "p99": at(0.99), "max": 1000 * s[-1]}
+
+
 def run_jobs(ctl: Controller, jobs: int, timeout: float) -> dict[str, Any]:
     """Queue every job (queue disabled), then enable the queue and wait until every job
     is final. Throughput comes from the jobs' end times in the store, counted from the
@@ -260,16 +342,22 @@ def run_jobs(ctl: Controller, jobs: int, timeout: float) -> dict[str, Any]:
     print(f"    {jobs} jobs queued in {out['submit_s']:.1f} s", flush=True)
     sampler = Sampler(ctl)
     sampler.start()
+    api = ApiProbe(ctl)
     cpu0 = cpu_s(ctl.pid)
     try:
         with ctl.client() as c:
             wall0, t0 = time.time(), time.monotonic()
             c.call("queue_update", queue=QUEUE, state="ENABLED")
+        api.start()
         probe: float | None = None
         while True:
             time.sleep(0.2)
             if sampler.error is not None:
                 raise BenchError(f"polling stats failed: {sampler.error}")
+            if api.error is not None:
+                raise BenchError(f"the API probe failed: {api.error}")
+            if not api.stop.is_set() and ends_seen(sampler, jobs):
+                api.stop.set()  # the last jobs are ending: stop adding probe jobs
             left = sum(int(v) for v in sampler.last.get("jobs", {"?": 1}).values())
             if probe is None and left and left <= 0.75 * jobs:
                 with ctl.client() as c:
@@ -281,6 +369,8 @@ def run_jobs(ctl: Controller, jobs: int, timeout: float) -> dict[str, Any]:
             if time.monotonic() - t0 > timeout:
                 raise BenchError(f"jobs still active after {timeout:.0f} s: {sampler.last}")
     finally:
+        api.stop.set()
+        api.join()
         sampler.stop.set()
         sampler.join()
     wall = time.monotonic() - t0
@@ -293,6 +383,8 @@ def run_jobs(ctl: Controller, jobs: int, timeout: float) -> dict[str, Any]:
     passes = max(1, sched["passes"])
     return {
         **out,
+        **api.figures(),
+        "probe_ids": api.submitted,
         "probe_submit_s": probe,
         "run_s": wall,
         "overall_jobs_per_s": jobs / ends[-1],
@@ -307,6 +399,12 @@ def run_jobs(ctl: Controller, jobs: int, timeout: float) -> dict[str, Any]:
         "pass_mean_ms": 1000 * sched["total_pass_s"] / passes,
         "pass_max_ms": 1000 * sched["max_pass_s"],
     }
+
+
+def ends_seen(sampler: Sampler, jobs: int) -> bool:
+    """Whether fewer than 1% of the benchmark's jobs are left (the probe stops then)."""
+    left = sum(int(v) for v in sampler.last.get("jobs", {"?": jobs}).values())
+    return left < max(1, jobs // 100)
 
 
 class HostWatcher(threading.Thread):
@@ -403,6 +501,10 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 out["job_states"] = states
                 if states.get("SUCCEEDED", 0) != args.jobs:
                     raise BenchError(f"not every job SUCCEEDED: {states}")
+                problems = ctl.exactly_once(out["probe_ids"])
+                if problems:
+                    raise BenchError(f"{len(problems)} problems: {'; '.join(problems[:10])}")
+                out["exactly_once"] = f"{args.jobs + len(out['probe_ids'])} ok"
                 print(f"[{n}] all {args.jobs} SUCCEEDED in {out['run_s']:.1f} s", flush=True)
                 if args.blackhole:
                     out.update(
@@ -448,6 +550,16 @@ ROWS = [
     ("throughput, sustained 10%-90% (jobs/s)", "sustained_jobs_per_s", ".0f"),
     ("throughput, enable -> last end (jobs/s)", "overall_jobs_per_s", ".0f"),
     ("one submit while running (s)", "probe_submit_s", ".2f"),
+    ("API probe: calls while running", "probe_calls", "d"),
+    ("API probe: submit p50 (ms)", "submit_p50_ms", ".1f"),
+    ("API probe: submit p99 (ms)", "submit_p99_ms", ".1f"),
+    ("API probe: jobs p50 (ms)", "jobs_p50_ms", ".1f"),
+    ("API probe: jobs p99 (ms)", "jobs_p99_ms", ".1f"),
+    ("API probe: show p50 (ms)", "show_p50_ms", ".1f"),
+    ("API probe: show p99 (ms)", "show_p99_ms", ".1f"),
+    ("API probe: all calls p99 (ms)", "api_p99_ms", ".1f"),
+    ("API probe: all calls max (ms)", "api_max_ms", ".1f"),
+    ("every job final, started exactly once", "exactly_once", "s"),
     ("controller CPU per job (ms)", "cpu_ms_per_job", ".2f"),
     ("controller CPU while running (of one core)", "cpu_util", ".0%"),
     ("scheduling passes", "passes", "d"),

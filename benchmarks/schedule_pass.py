@@ -166,7 +166,7 @@ def build(n_hosts: int, n_jobs: int, seed: int, fairshare: bool | None) -> Snaps
         elif r < 0.15:
             jobs.append(
                 JobView(jid, "batch", cpus=rng.choice([16, 32]), memory_mb=64_000,
-                        nodes=rng.choice([2, 4, 8, 16]), fabric=rng.choice([None, "efa"]),
+                        nodes=rng.choice([2, 4, 8, 16]), fabric=rng.choice([None, "any"]),
                         user=user, time_limit_s=limit)
             )  # fmt: skip
         elif r < 0.17:

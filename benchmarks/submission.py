@@ -32,7 +32,10 @@ from hpcbatch.sandbox import missing_prerequisites, temporary_sandbox
 
 
 def cli(ctl_home: Path, *args: str) -> tuple[float, str]:
-    argv = [sys.executable, "-m", "hpcbatch.cli.main", "--home", str(ctl_home), *args]
+    """`hpcbatch ARGS` through the venv's entry point (the launcher `make venv` writes)."""
+    exe = Path(sys.executable).parent / "hpcbatch"
+    prefix = [str(exe)] if exe.exists() else [sys.executable, "-m", "hpcbatch.cli.quick"]
+    argv = [*prefix, "--home", str(ctl_home), *args]
     t0 = time.perf_counter()
     out = subprocess.run(argv, capture_output=True, text=True, check=False)
     took = time.perf_counter() - t0

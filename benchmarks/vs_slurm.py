@@ -4,17 +4,25 @@ Runs `../shared/baselines/slurm_baseline.sh` (a private Slurm 22.05 on loopback,
 4 virtual nodes, "default" and "tuned" profiles; about 8 minutes) unless told
 to skip it or to reuse its results file, then the same workloads through
 hpcbatch on a 4-host sandbox of real sshd hosts with the controller in its own
-process, and prints one table: Slurm default, Slurm tuned, hpcbatch, and the
-ratio to Slurm tuned.
+process, and prints one table: Slurm default, Slurm tuned, hpcbatch on
+SQLite and on PostgreSQL, and each one's ratio to Slurm tuned.
 
-    .venv/bin/python benchmarks/vs_slurm.py                 # both, ~10 minutes
+    .venv/bin/python benchmarks/vs_slurm.py                 # all, ~12 minutes
     .venv/bin/python benchmarks/vs_slurm.py --slurm skip    # hpcbatch only (says so)
     .venv/bin/python benchmarks/vs_slurm.py --slurm /tmp/slurmbench/results/results.tsv
+    .venv/bin/python benchmarks/vs_slurm.py --store sqlite  # the embedded store alone
+
+`--store both` (default: one column each, in one run, so the embedded default
+is compared with PostgreSQL under the same load), `sqlite`, or `postgresql` (a
+private server from tests/postgres_server.py, default durability, fsync per
+commit, on a Unix socket).
 
 The workloads (Slurm's metric key in brackets):
   e2e      500 trivial jobs end to end, jobs/s [b2]: submitted one by one (API, and
            CLI processes), clock stops when the last one is final
-  cli      500 sequential CLI submissions into a disabled queue, jobs/s [a1]
+  cli      500 sequential CLI submissions into a disabled queue, jobs/s [a1]; and the
+           median wall time of one (Slurm's: one sbatch call at a1's rate), beside
+           `python -c pass` timed in the same run
   api      the same through the API, one connection, jobs/s (Slurm has no API figure;
            compared with a1)
   array    a 1,000-child array submitted, ms [a2]; and 10,000 children
@@ -50,6 +58,8 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("500 trivial jobs end to end (API submits)", "b2 ", "jobs/s", True),
     ("500 trivial jobs end to end (CLI submits)", "b2 ", "jobs/s", True),
     ("500 sequential CLI submissions", "a1 ", "jobs/s", True),
+    ("`hpcbatch submit` wall time, median", "a1 ", "ms", False),
+    ("`python -c pass`, median (floor)", "", "ms", False),
     ("500 sequential API submissions", "a1 ", "jobs/s", True),
     ("500 API submissions, pipelined", "a1 ", "jobs/s", True),
     ("1,000-child array submit (CLI)", "a2 ", "ms", False),
@@ -60,6 +70,10 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("submit -> SUCCEEDED `true`, median", "c4 ", "ms", False),
     ("submit -> SUCCEEDED `true`, p95", "", "ms", False),
 ]
+
+
+# Rows whose Slurm figure is a rate (jobs/s) shown as the time of one call (ms).
+PER_CALL = {"`hpcbatch submit` wall time, median"}
 
 
 def run_slurm(mode: str) -> tuple[dict[tuple[str, str], float], str]:
@@ -111,6 +125,16 @@ def cli(home: Path, *args: str) -> tuple[float, str]:
     return took, out.stdout
 
 
+def entry_point() -> str:
+    """Which `hpcbatch` the CLI rows ran."""
+    path = REPO / ".venv" / "bin" / "hpcbatch"
+    if not path.exists():
+        return f"{sys.executable} -m hpcbatch.cli.main (no {path})"
+    first = path.read_text().splitlines()[0]
+    kind = "the launcher `make venv` writes" if first.endswith(" -S") else "pip's wrapper"
+    return f"{path} ({kind}: {first})"
+
+
 def e2e(c: Client, n: int) -> float:
     t0 = time.perf_counter()
     ids = [c.call("submit", request={"script": TRUE, "name": "e2e"})["job_id"] for _ in range(n)]
@@ -129,10 +153,29 @@ def e2e_cli(c: Client, home: Path, n: int) -> float:
     return n / took
 
 
-def measure_hpcbatch(n: int, latency_runs: int) -> dict[str, float]:
+def cli_runs(home: Path, n: int, failures: list[str]) -> list[float]:
+    """`n` timings of `hpcbatch run -N 4 true`; a run that fails is noted in `failures` (and
+    printed under the table) instead of ending the benchmark, up to `n` failures."""
+    took: list[float] = []
+    tries = 0
+    while len(took) < n and tries < 2 * n:
+        tries += 1
+        try:
+            took.append(cli(home, "run", "-N", "4", "--launch-mode", "all", "true")[0])
+        except RuntimeError as exc:
+            failures.append(str(exc).splitlines()[0])
+    return took
+
+
+def measure_hpcbatch(
+    n: int, latency_runs: int, store: str | None = None, failures: list[str] | None = None
+) -> dict[str, float]:
     out: dict[str, float] = {}
+    failures = [] if failures is None else failures
     with temporary_sandbox(hosts=4, gpu_hosts=0) as sb:
         ctl = ControllerProcess(sb)
+        if store:
+            ctl.argv += ["--store", store]
         ctl.start()
         try:
             home = ctl.home
@@ -156,11 +199,9 @@ def measure_hpcbatch(n: int, latency_runs: int) -> dict[str, float]:
                     c.call("wait", job_ids=[c.call("submit", request=four)["job_id"]])
                     runs.append(time.perf_counter() - t0)
                 out["run-and-wait `true` on 4 nodes (API)"] = statistics.median(runs) * 1000
-                runs = [
-                    cli(home, "run", "-N", "4", "--launch-mode", "all", "true")[0]
-                    for _ in range(10)
-                ]
-                out["run-and-wait `true` on 4 nodes (CLI)"] = statistics.median(runs) * 1000
+                runs = cli_runs(home, 10, failures)
+                if runs:
+                    out["run-and-wait `true` on 4 nodes (CLI)"] = statistics.median(runs) * 1000
                 c.call("queue_update", queue="batch", state="DISABLED")
                 t0 = time.perf_counter()
                 for _ in range(n):
@@ -171,9 +212,15 @@ def measure_hpcbatch(n: int, latency_runs: int) -> dict[str, float]:
                 out["500 API submissions, pipelined"] = n / (time.perf_counter() - t0)
                 c.call("cancel", queue="batch")
                 t0 = time.perf_counter()
-                for _ in range(n):
-                    cli(home, "submit", "--wrap", "true")
+                calls = [cli(home, "submit", "--wrap", "true")[0] for _ in range(n)]
                 out["500 sequential CLI submissions"] = n / (time.perf_counter() - t0)
+                out["`hpcbatch submit` wall time, median"] = statistics.median(calls) * 1000
+                floor = []
+                for _ in range(50):
+                    t0 = time.perf_counter()
+                    subprocess.run([sys.executable, "-c", "pass"], check=True)
+                    floor.append(time.perf_counter() - t0)
+                out["`python -c pass`, median (floor)"] = statistics.median(floor) * 1000
                 took, _ = cli(home, "cancel", "-p", "batch")  # the n just submitted
                 out["cancel 500 pending (one command)"] = took * 1000
                 for size, row in ((1000, "1,000"), (10_000, "10,000")):
@@ -184,6 +231,28 @@ def measure_hpcbatch(n: int, latency_runs: int) -> dict[str, float]:
         finally:
             ctl.stop()
             ctl.cleanup(keep_log=False)
+    return out
+
+
+def measure_stores(
+    which: str, n: int, latency_runs: int, failures: dict[str, list[str]]
+) -> dict[str, dict[str, float]]:
+    """hpcbatch's figures on each store asked for: SQLite's default file, and/or a new
+    database on a private PostgreSQL server; failed `run`s by store in `failures`."""
+    out: dict[str, dict[str, float]] = {}
+    if which in ("sqlite", "both"):
+        out["sqlite"] = measure_hpcbatch(n, latency_runs, None, failures.setdefault("sqlite", []))
+    if which in ("postgresql", "both"):
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.postgres_server import TemporaryPostgres
+
+        with TemporaryPostgres(durable=True) as pg:
+            out["postgresql"] = measure_hpcbatch(
+                n,
+                latency_runs,
+                pg.url(pg.create_database("vs_slurm")),
+                failures.setdefault("postgresql", []),
+            )
     return out
 
 
@@ -198,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slurm", default="run", help="run (default), skip, or a results.tsv path")
     p.add_argument("--jobs", type=int, default=500)
     p.add_argument("--latency-runs", type=int, default=100)
+    p.add_argument("--store", choices=["sqlite", "postgresql", "both"], default="both")
     args = p.parse_args(argv)
     missing = missing_prerequisites()
     if missing:
@@ -205,26 +275,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     slurm, note = run_slurm(args.slurm)
     info = machine_info()
-    ours = measure_hpcbatch(args.jobs, args.latency_runs)
+    failures: dict[str, list[str]] = {}
+    columns = measure_stores(args.store, args.jobs, args.latency_runs, failures)
     print()
     print(
         f"machine: {info.get('cpu')} x{os.cpu_count()}, python {info.get('python')}, "
         f"load {os.getloadavg()[0]:.2f}; {note}"
     )
     head = f"{'workload':44} {'unit':7} {'Slurm default':>13} {'Slurm tuned':>12} "
-    print(head + f"{'hpcbatch':>10} {'vs tuned':>9}")
-    print("-" * (len(head) + 21))
+    names = {"sqlite": "hpcbatch", "postgresql": "hb PG"} if len(columns) == 1 else {
+        "sqlite": "hb SQLite", "postgresql": "hb PG"}  # fmt: skip
+    print(head + "".join(f"{names[k]:>10} {'vs tuned':>9}" for k in columns))
+    print("-" * (len(head) + 21 * len(columns)))
     for row, prefix, unit, higher in ROWS:
         d = slurm_value(slurm, "default", prefix)
         t = slurm_value(slurm, "tuned", prefix)
-        h = ours.get(row)
-        ratio = "-"
-        if t and h:
-            ratio = f"{(h / t if higher else t / h):.1f}x"
-        print(
-            f"{row:44} {unit:7} {fmt(d, unit):>13} {fmt(t, unit):>12} {fmt(h, unit):>10} {ratio:>9}"
-        )
+        if row in PER_CALL:  # one call at that rate
+            d, t = (1000 / d if d else None), (1000 / t if t else None)
+        line = f"{row:44} {unit:7} {fmt(d, unit):>13} {fmt(t, unit):>12}"
+        for ours in columns.values():
+            h = ours.get(row)
+            ratio = f"{(h / t if higher else t / h):.1f}x" if t and h else "-"
+            line += f" {fmt(h, unit):>10} {ratio:>9}"
+        print(line)
     print("(vs tuned: how many times better hpcbatch is; a2/a1/d4 etc. are Slurm's own keys)")
+    print(f"CLI rows: {entry_point()}")
+    for store, failed in failures.items():
+        if failed:
+            print(f"{store}: {len(failed)} `run -N 4` failed (not in its median): {failed[0]}")
     return 0
 
 

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+MAX_REQUEST = 16 * 1024 * 1024
+"""The controller's limit on one request line (`controller.api.MAX_LINE`)."""
+
+
 class ClientError(Exception):
     """The controller refused a request (`kind` says how) or could not be reached."""
 
@@ -39,7 +43,8 @@ class Client:
             raise ClientError(
                 "unavailable",
                 f"no controller socket at {path}: start one with `hpcbatch controller` "
-                "(or set HPCBATCH_SOCKET / HPCBATCH_HOME)",
+                "(or set HPCBATCH_SOCKET / HPCBATCH_HOME; a shared cluster's controller, "
+                "`hpcbatch controller --system`, is found at /run/hpcbatch/controller.sock)",
             ) from None
         except OSError as exc:
             self._sock.close()
@@ -87,7 +92,28 @@ class Client:
     def _send(self, op: str, args: dict[str, Any]) -> int:
         self._next += 1
         msg = {"id": self._next, "op": op, **args}
-        self._sock.sendall(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+        data = json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+        if len(data) > MAX_REQUEST:
+            raise ClientError(
+                "too_large",
+                f"request too large: {len(data) / 2**20:.1f} MiB "
+                f"(the controller takes at most {MAX_REQUEST // 2**20} MiB a request)",
+            )
+        try:
+            self._sock.sendall(data)
+        except OSError:  # BrokenPipe, ConnectionReset: the controller closed on us
+            # It may have said why before closing (request too large, too many
+            # connections): that answer is still to be read.
+            try:
+                reply = self._recv()
+            except (ClientError, OSError):
+                raise ClientError(
+                    "unavailable", "the controller closed the connection during the request"
+                ) from None
+            if reply.get("ok"):
+                raise ClientError("unavailable", "the controller closed the connection") from None
+            kind, error = str(reply.get("kind", "error")), str(reply.get("error", "failed"))
+            raise ClientError(kind, error) from None
         return self._next
 
     def _recv(self) -> dict[str, Any]:
@@ -130,6 +156,16 @@ class Client:
                 kind = str(reply.get("kind", "error"))
                 out.append(ClientError(kind, str(reply.get("error", "failed"))))
         return out
+
+    def stream(self, op: str, **args: Any) -> Iterator[dict[str, Any]]:
+        """A streaming operation (`events`): yields its events until the controller ends it."""
+        self.set_timeout(None)
+        self.call(op, **args)
+        while True:
+            line = self._readline()
+            if not line:
+                return
+            yield json.loads(line)
 
     def watch(self) -> Iterator[dict[str, Any]]:
         """Subscribe to controller events; yields them until the connection ends."""

@@ -30,19 +30,20 @@ from __future__ import annotations
 import getpass
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from hpcbatch.core.hostlist import MAX_HOSTS, HostlistError, expand
 from hpcbatch.inventory_messages import show, suggest, validation_problems
-from hpcbatch.models import (
-    HostDefaults,
-    HostSpec,
-    Inventory,
+from hpcbatch.inventory_types import (
+    ResolvedComputeEnv,
+    ResolvedHost,
+    ResolvedInventory,
+    ResolvedQueue,
 )
+from hpcbatch.models import HostDefaults, HostSpec, Inventory
 
 __all__ = [
     "DEFAULT_ENV_NAME",
@@ -54,6 +55,8 @@ __all__ = [
     "ResolvedQueue",
     "load_inventory",
     "parse_inventory",
+    "read_document",
+    "resolve_document",
     "resolve_inventory",
 ]
 
@@ -82,96 +85,18 @@ class InventoryError(ValueError):
 # --------------------------------------------------------------------------- resolved shapes
 
 
-@dataclass(frozen=True)
-class ResolvedHost:
-    """A host with every setting decided. Treat `labels` as read-only.
-
-    `address`, `port` and `user` are what the SSH client connects to.
-    `identity`, `known_hosts` and `ssh_config` are absolute local paths, or
-    None for the SSH client's defaults (host-key checking is never turned off).
-    `work_dir` and `python` are used on the host, so `~` in them is the remote
-    home and is left as written. `cpus`, `memory_mb` and `gpus` are the declared
-    resources (None: use what the host reports, see `core.facts`).
-    """
-
-    name: str
-    address: str
-    port: int
-    user: str
-    identity: Path | None
-    known_hosts: Path | None
-    ssh_config: Path | None
-    work_dir: str
-    python: str
-    labels: dict[str, str] = field(default_factory=dict, hash=False)
-    fabric: str | None = None
-    cpus: int | None = None
-    memory_mb: int | None = None
-    gpus: int | None = None
-
-
-@dataclass(frozen=True)
-class ResolvedComputeEnv:
-    """A compute environment as the names of its hosts, in a stable order."""
-
-    name: str
-    hosts: tuple[str, ...]
-    enabled: bool = True
-    max_vcpus: int | None = None
-    health_check: str | None = None
-    health_check_interval_s: int = 300
-    health_check_timeout_s: int = 60
-    container_runtimes: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
-class ResolvedQueue:
-    """A queue (the fields of `models.QueueSpec`, `state` as `enabled`)."""
-
-    name: str
-    compute_environments: tuple[str, ...]
-    priority: int = 1
-    enabled: bool = True
-    policy: Literal["FIFO", "FAIRSHARE"] = "FIFO"
-    default_time_limit_s: int | None = None
-    max_running: int | None = None
-    max_vcpus: int | None = None
-    fabric: str | None = None
-
-
-@dataclass(frozen=True)
-class ResolvedInventory:
-    """The whole cluster, checked and resolved. Treat the dicts as read-only.
-
-    The dicts keep the file's order (made-up `all`/`default` entries last).
-    """
-
-    path: Path
-    hosts: dict[str, ResolvedHost] = field(hash=False)
-    compute_environments: dict[str, ResolvedComputeEnv] = field(hash=False)
-    queues: dict[str, ResolvedQueue] = field(hash=False)
-    default_queue: str
-
-    def queue_hosts(self, queue: str, *, include_disabled: bool = False) -> tuple[str, ...]:
-        """The hosts of a queue's (enabled) compute environments, in order, each once."""
-        seen: dict[str, None] = {}
-        for name in self.queues[queue].compute_environments:
-            env = self.compute_environments[name]
-            if env.enabled or include_disabled:
-                for host in env.hosts:
-                    seen.setdefault(host, None)
-        return tuple(seen)
-
-
-# --------------------------------------------------------------------------- loading
-
-
 def load_inventory(path: Path | str) -> ResolvedInventory:
     """Read, validate and resolve the TOML inventory at `path`.
 
     Raises `InventoryError` (a `ValueError`) for a missing or unreadable file,
     bad TOML, or any invalid entry; the message names the file, entry and field.
     """
+    path = Path(path)
+    return resolve_document(read_document(path), path)
+
+
+def read_document(path: Path | str) -> dict[str, Any]:
+    """The inventory file's TOML data, not yet validated (`resolve_document` does)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -189,7 +114,19 @@ def load_inventory(path: Path | str) -> ResolvedInventory:
         raise InventoryError(
             [f"{path}: not valid UTF-8 (line {line}, byte {exc.start}): TOML files are UTF-8"]
         ) from None
-    return parse_inventory(text, path)
+    return _loads(text, path)
+
+
+def _loads(text: str, path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InventoryError([f"{path}: invalid TOML: {exc}"]) from None
+    except RecursionError:
+        raise InventoryError([f"{path}: invalid TOML: nested too deeply"]) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        reason = str(exc).split(";")[0]
+        raise InventoryError([f"{path}: invalid TOML: {reason}"]) from None
 
 
 def parse_inventory(text: str, path: Path | str = Path("<inventory>")) -> ResolvedInventory:
@@ -199,15 +136,13 @@ def parse_inventory(text: str, path: Path | str = Path("<inventory>")) -> Resolv
     local paths (identity, known_hosts, ssh_config) are taken from.
     """
     path = Path(path)
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InventoryError([f"{path}: invalid TOML: {exc}"]) from None
-    except RecursionError:
-        raise InventoryError([f"{path}: invalid TOML: nested too deeply"]) from None
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        reason = str(exc).split(";")[0]
-        raise InventoryError([f"{path}: invalid TOML: {reason}"]) from None
+    return resolve_document(_loads(text, path), path)
+
+
+def resolve_document(raw: dict[str, Any], path: Path | str) -> ResolvedInventory:
+    """Validate and resolve inventory data (a TOML document's tables): the file's, or
+    the file's with live changes laid over it (`inventory_edit`)."""
+    path = Path(path)
     try:
         model = Inventory.model_validate(raw, strict=True)
     except ValidationError as exc:
@@ -298,6 +233,12 @@ def resolve_inventory(model: Inventory, *, path: Path | str) -> ResolvedInventor
         compute_environments=envs,
         queues=queues,
         default_queue=default_queue,
+        metrics_address=model.metrics.address,
+        notifications=model.notifications,
+        webhooks=tuple(model.webhooks),
+        admins=tuple(model.admins),
+        api=model.api,
+        retention=model.retention,
     )
 
 
@@ -360,10 +301,15 @@ def _resolve_hosts(model: Inventory, base: Path, problems: _Problems) -> dict[st
             work_dir=spec.work_dir if spec.work_dir is not None else d.work_dir,
             python=spec.python if spec.python is not None else d.python,
             labels=dict(spec.labels),
+            run_as=spec.run_as if spec.run_as is not None else d.run_as,
+            min_uid=d.min_uid,
             fabric=spec.fabric,
             cpus=spec.cpus,
             memory_mb=spec.memory_mb,
             gpus=spec.gpus,
+            weight=spec.weight,
+            features=tuple(spec.features),
+            gpu_type=spec.gpu_type.lower() if spec.gpu_type else None,
         )
     return hosts
 
@@ -431,13 +377,31 @@ def _resolve_envs(
             hosts=tuple(chosen),
             enabled=spec.state == "ENABLED",
             max_vcpus=spec.max_vcpus,
+            allocation_strategy=spec.allocation_strategy,
             health_check=spec.health_check,
             health_check_interval_s=spec.health_check_interval_s,
             health_check_timeout_s=spec.health_check_timeout_s,
             container_runtimes=(
                 tuple(spec.container_runtimes) if spec.container_runtimes else None
             ),
+            min_vcpus=spec.min_vcpus,
+            desired_vcpus=spec.desired_vcpus,
+            idle_time_s=spec.idle_time_s,
+            resume_command=spec.resume_command,
+            suspend_command=spec.suspend_command,
+            resume_timeout_s=spec.resume_timeout_s,
+            tags=dict(spec.tags),
+            log_collection=spec.log_collection,
         )
+        if spec.resume_command is not None:
+            undeclared = [n for n in chosen if n in hosts and hosts[n].cpus is None]
+            if undeclared:
+                problems.add(
+                    where,
+                    "hosts: an elastic compute environment's hosts must declare cpus (the "
+                    "scheduler sizes them while they are powered down): "
+                    + ", ".join(undeclared[:5]),
+                )
     return envs
 
 
@@ -492,5 +456,15 @@ def _resolve_queues(
             max_running=spec.max_running,
             max_vcpus=spec.max_vcpus,
             fabric=spec.fabric,
+            shares=dict(spec.shares),
+            share_decay_half_life_s=spec.share_decay_half_life_s,
+            compute_reservation=spec.compute_reservation,
+            limits_per=spec.limits_per,
+            max_running_per_user=spec.max_running_per_user,
+            max_vcpus_per_user=spec.max_vcpus_per_user,
+            max_gpus_per_user=spec.max_gpus_per_user,
+            max_nodes_per_user=spec.max_nodes_per_user,
+            tags=dict(spec.tags),
+            log_collection=spec.log_collection,
         )
     return queues

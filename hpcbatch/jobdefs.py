@@ -22,7 +22,17 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from hpcbatch.core.params import substitute
-from hpcbatch.models import Name, NodeRange, RetryStrategy, StrictModel, check_environment
+from hpcbatch.core.submitargv import CONTROL_KEYS
+from hpcbatch.core.text import control_problem
+from hpcbatch.models import (
+    Name,
+    NodeRange,
+    RetryStrategy,
+    StrictModel,
+    Tags,
+    check_environment,
+    check_secret_refs,
+)
 
 DEFINITION_REF_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]{0,63})(?::(?P<rev>\d+))?$")
 
@@ -48,10 +58,14 @@ class JobDefinition(StrictModel):
     fabric: str | None = None
     exclusive: bool = False
     environment: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(default_factory=dict, max_length=100)  # VAR -> secret
     parameters: dict[str, str] = Field(default_factory=dict)
     retry_strategy: RetryStrategy | None = None
     timeout_s: int | None = Field(default=None, ge=1)
     description: str | None = Field(default=None, max_length=2000)
+    tags: Tags = Field(default_factory=dict)
+    # AWS Batch's propagateTags: the definition's tags become its jobs' tags too.
+    propagate_tags: bool = False
 
     @model_validator(mode="after")
     def _one_body(self) -> JobDefinition:
@@ -66,6 +80,20 @@ class JobDefinition(StrictModel):
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
         return check_environment(env)
 
+    @field_validator("secrets")
+    @classmethod
+    def _secret_refs(cls, refs: dict[str, str]) -> dict[str, str]:
+        return check_secret_refs(refs)
+
+    @field_validator("description", "image", "fabric")
+    @classmethod
+    def _plain_text(cls, value: str | None) -> str | None:
+        # Shown to every user by `hpcbatch definitions`: no escape sequences.
+        problem = None if value is None else control_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
 
 class DefinitionOverrides(StrictModel):
     """What a submission from a definition may change (AWS Batch's container overrides)."""
@@ -73,6 +101,7 @@ class DefinitionOverrides(StrictModel):
     definition: str
     name: str | None = Field(default=None, min_length=1, max_length=200)
     queue: str | None = None
+    share_id: str | None = None
     command: list[str] | None = Field(default=None, min_length=1)
     parameters: dict[str, str] = Field(default_factory=dict)
     cpus: int | None = Field(default=None, ge=1, le=100_000)
@@ -80,6 +109,7 @@ class DefinitionOverrides(StrictModel):
     gpus: int | None = Field(default=None, ge=0, le=1024)
     nodes: int | None = Field(default=None, ge=1, le=10_000)
     env: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(default_factory=dict, max_length=100)
     time_limit_s: int | None = Field(default=None, ge=1)
     retry_attempts: int | None = Field(default=None, ge=1, le=10)
     array: str | None = None
@@ -88,10 +118,24 @@ class DefinitionOverrides(StrictModel):
     error: str | None = None
     workdir: str | None = None
     submit_dir: str | None = None
+    umask: int | None = Field(default=None, ge=0, le=0o777)
     ntasks_per_node: int | None = Field(default=None, ge=1)
     fabric: str | None = None
     exclusive: bool | None = None
     warn_signal: dict[str, Any] | None = None  # `--signal`: checked as JobRequest.warn_signal
+    # Host targeting and job control (issue 20): checked as JobRequest's.
+    nodelist: str | None = None
+    exclude: str | None = None
+    constraint: str | None = None
+    gpu_type: str | None = None
+    begin: float | None = None
+    deadline: float | None = None
+    hold: bool | None = None
+    priority: int | None = None
+    nice: int | None = None
+    requeue: bool | None = None
+    tags: dict[str, str] | None = None  # the job's own (over a propagated definition's)
+    propagate_tags: bool | None = None  # SubmitJob's propagateTags: over the definition's
 
 
 def parse_definition_ref(text: str) -> tuple[str, int | None]:
@@ -133,9 +177,14 @@ def request_from_definition(
         "fabric": over.fabric or defn.fabric,
         "time_limit_s": over.time_limit_s or defn.timeout_s,
         "env": {**defn.environment, **over.env},
+        "secrets": {**defn.secrets, **over.secrets},
         "definition": f"{defn.name}:{revision}",
         "retry": retry,
     }
+    propagate = defn.propagate_tags if over.propagate_tags is None else over.propagate_tags
+    tags = {**(defn.tags if propagate else {}), **(over.tags or {})}
+    if tags:
+        request["tags"] = tags
     if defn.nodes > 1 or (over.nodes or 1) > 1:
         request["main_node"] = defn.main_node
         if defn.launch_mode is not None:
@@ -148,14 +197,17 @@ def request_from_definition(
             request["mounts"] = list(defn.mounts)
     for key in (
         "queue",
+        "share_id",
         "array",
         "dependency",
         "output",
         "error",
         "workdir",
         "submit_dir",
+        "umask",
         "ntasks_per_node",
         "warn_signal",
+        *CONTROL_KEYS,
     ):
         value = getattr(over, key)
         if value is not None:

@@ -1,4 +1,4 @@
-"""`hpcbatch definitions ...` and `hpcbatch queue enable|disable`: the catalogue commands.
+"""`hpcbatch definitions ...`: the catalogue commands.
 
 Definitions are written as TOML (or JSON) files; the file is read here and
 friendly units are turned into the model's fields (`memory = "4G"` becomes
@@ -107,14 +107,6 @@ def cmd_definitions(args: argparse.Namespace, client_for: ClientFactory) -> int:
     return 0
 
 
-def cmd_queue(args: argparse.Namespace, client_for: ClientFactory) -> int:
-    state = "ENABLED" if args.action == "enable" else "DISABLED"
-    with client_for(args) as client:
-        q = client.call("queue_update", queue=args.queue, state=state, reason=args.reason)
-    print(f"queue {q['name']}: {q['state']}")
-    return 0
-
-
 def add_commands(
     add: Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser],
     client_for: ClientFactory,
@@ -132,11 +124,6 @@ def add_commands(
     sp.add_argument("-a", "--all", action="store_true", help="list: include INACTIVE revisions")
     sp.add_argument("--json", action="store_true")
 
-    sp = add("queue", lambda a: cmd_queue(a, client_for), "enable or disable a job queue")
-    sp.add_argument("action", choices=["enable", "disable"])
-    sp.add_argument("queue")
-    sp.add_argument("--reason")
-
 
 def _command(defn: dict[str, Any]) -> str:
     import shlex
@@ -149,15 +136,21 @@ def _command(defn: dict[str, Any]) -> str:
 
 
 def _render(row: dict[str, Any]) -> str:
+    from hpcbatch.core.text import printable  # another user's text: no raw escapes
+
     defn = row["definition"]
-    lines = [f"Definition {row['arn']} ({row['status']}), by {row['user']}"]
+    owner = row.get("owner") or row["user"]
+    by = row["user"] if row["user"] == owner else f"{row['user']} (owner {owner})"
+    lines = [printable(f"Definition {row['arn']} ({row['status']}), by {by}")]
     for key in sorted(defn):
         value = defn[key]
         if key == "script":
             lines.append("script:")
-            lines += ["  " + line for line in str(value).splitlines()]
+            lines += ["  " + printable(line, tabs=True) for line in str(value).splitlines()]
         else:
             lines.append(f"{key}: {json.dumps(value)}")
+    if row.get("redacted"):
+        lines.append(f"(environment values are shown to {printable(owner)} and administrators)")
     return "\n".join(lines)
 
 

@@ -27,7 +27,7 @@ def detach(settings: ControllerSettings, log_level: str) -> int:
     if pid is not None:
         print(f"a controller is already running (pid {pid}) on {settings.socket}")
         return 0
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = settings.home / "controller.log"
     argv = [
         sys.executable,
@@ -45,12 +45,18 @@ def detach(settings: ControllerSettings, log_level: str) -> int:
         "--down-after",
         str(settings.down_after_s),
         *(["--link-timeout", str(settings.link_timeout_s)] if settings.link_timeout_s else []),
+        *(["--metrics", settings.metrics] if settings.metrics else []),
         "--sync",
         settings.sync.lower(),
+        "--store",
+        settings.store_url.full(),
         "--log-level",
         log_level,
     ]
-    with open(log_path, "ab") as log:
+    # 0600: a log line may quote a job's request (and its secrets) to the operator.
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    with open(fd, "ab") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
         )

@@ -7,10 +7,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from hpcbatch.core.arrays import format_spec
+from hpcbatch.core.text import printable
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    """Rows under headers, each cell escaped: cells come from other users' input."""
+    cells = [[str(h) for h in headers]]
+    cells += [["" if c is None else printable(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = []
     for row in cells:
@@ -79,7 +82,10 @@ def collapse_arrays(jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def jobs_table(jobs: Sequence[dict[str, Any]]) -> str:
+def jobs_table(jobs: Sequence[dict[str, Any]], long: bool = False) -> str:
+    """squeue's table; `long`: with the priority the scheduler sees (sprio): the
+    queue's priority, the job's priority and nice, and in a fair-share queue its
+    share identifier's factor (1.0 unused, 0.5 on its share, lower over it)."""
     now = time.time()
     rows = []
     for j in collapse_arrays(jobs):
@@ -88,23 +94,42 @@ def jobs_table(jobs: Sequence[dict[str, Any]]) -> str:
         detail = where if state in ("STARTING", "RUNNING") else (j.get("reason") or "")
         if state in ("SUCCEEDED", "FAILED"):
             detail = j.get("reason") or ""
-        rows.append(
-            [
-                j.get("display_id") or j["id"],
-                j["name"][:24],
-                j["user"],
-                j["queue"],
-                state,
-                j.get("nodes", 1),
-                elapsed(j, now),
-                duration(j.get("time_limit_s")) if j.get("time_limit_s") else "-",
-                detail,
+        row = [
+            j.get("display_id") or j["id"],
+            j["name"][:24],
+            j["user"],
+            j["queue"],
+            state,
+            j.get("nodes", 1),
+            elapsed(j, now),
+            duration(j.get("time_limit_s")) if j.get("time_limit_s") else "-",
+        ]
+        if long:
+            factor = j.get("share_factor")
+            row += [
+                _dash(j.get("queue_priority")),
+                _dash(j.get("priority")),
+                _dash(j.get("nice")),
+                "-" if factor is None else f"{factor:.3f}",
             ]
-        )
-    return table(
-        ["JOBID", "NAME", "USER", "QUEUE", "STATE", "NODES", "TIME", "LIMIT", "NODELIST(REASON)"],
-        rows,
-    )
+        rows.append([*row, detail])
+    head = ["JOBID", "NAME", "USER", "QUEUE", "STATE", "NODES", "TIME", "LIMIT"]
+    if long:
+        head += ["QPRIO", "PRIO", "NICE", "FAIRSHARE"]
+    return table([*head, "NODELIST(REASON)"], rows)
+
+
+def _dash(value: Any) -> Any:
+    return "-" if value is None else value
+
+
+def _host_reason(h: dict[str, Any]) -> str:
+    """The host's reason, and `limits: not enforced` where jobs run unconfined."""
+    reason = h.get("admin_reason") or h.get("reason") or ""
+    limits = (h.get("facts") or {}).get("limits")
+    if limits and not limits.get("enforced"):
+        reason = f"{reason}; limits: not enforced" if reason else "limits: not enforced"
+    return str(reason)
 
 
 def hosts_table(hosts: Sequence[dict[str, Any]]) -> str:
@@ -131,10 +156,50 @@ def hosts_table(hosts: Sequence[dict[str, Any]]) -> str:
                 f"{memory(h.get('alloc_memory_mb'))}/{memory(h.get('memory_mb'))}",
                 f"{len(h.get('alloc_gpus') or [])}/{len(gpus)}",
                 h.get("fabric") or "-",
+                # Whose account jobs run under: one login for all (single-tenant), or each
+                # job's submitter (multi-user); docs/security.md.
+                "multi-user" if h.get("run_as") == "submitter" else "single",
                 labels or "-",
-                h.get("admin_reason") or h.get("reason") or "",
+                _host_reason(h),
             ]
         )
     return table(
-        ["HOST", "STATE", "CPUS(A/T)", "MEM(A/T)", "GPUS(A/T)", "FABRIC", "LABELS", "REASON"], rows
-    )
+        ["HOST", "STATE", "CPUS(A/T)", "MEM(A/T)", "GPUS(A/T)", "FABRIC", "TENANCY", "LABELS",
+         "REASON"],
+        rows,
+    )  # fmt: skip
+
+
+def queues_table(queues: list[dict[str, Any]]) -> str:
+    """`hpcbatch queues`: priority, state, compute environments, hosts, jobs by state."""
+    rows = [
+        [
+            q["name"] + ("*" if q["default"] else ""),
+            q["priority"],
+            q["state"],
+            ",".join(q["compute_environments"]),
+            len(q["hosts"]),
+            " ".join(f"{k}={v}" for k, v in sorted(q["counts"].items())) or "-",
+        ]
+        for q in queues
+    ]
+    return table(["QUEUE", "PRIORITY", "STATE", "COMPUTE_ENVS", "HOSTS", "JOBS"], rows)
+
+
+def shares_table(shares: list[dict[str, Any]]) -> str:
+    """`hpcbatch shares` (sshare-like): each share identifier's weight, usage, factor."""
+    rows = [
+        [
+            s["queue"],
+            s["share_id"],
+            f"{s['weight']:g}",
+            f"{s['norm_shares']:.3f}",
+            f"{s['usage'] / 3600:.2f}",
+            f"{s['norm_usage']:.3f}",
+            f"{s['factor']:.3f}",
+            " ".join(f"{k}={v}" for k, v in sorted(s["jobs"].items())) or "-",
+        ]
+        for s in shares
+    ]
+    heads = ["QUEUE", "SHARE_ID", "WEIGHT", "NORM_SHARES", "CPU_HOURS", "NORM_USAGE", "FACTOR"]
+    return table([*heads, "JOBS"], rows)

@@ -13,6 +13,8 @@ import os
 import sys
 from types import SimpleNamespace
 
+from hpcbatch import __version__
+from hpcbatch.cli.globalopts import split_globals
 from hpcbatch.client import Client, ClientError
 
 # argparse, pathlib and typing cost `hpcbatch submit` start-up: imported where
@@ -46,6 +48,11 @@ def _socket(args: object) -> str:
     if sock:
         return os.path.expanduser(str(sock))
     home = getattr(args, "home", None)
+    cluster = getattr(args, "cluster", None) or (not home and os.environ.get("HPCBATCH_CLUSTER"))
+    if cluster:  # a controller on another machine, its socket forwarded over SSH
+        from hpcbatch.cli.remote import forwarded_socket
+
+        return forwarded_socket(cluster)
     return socket_path(os.path.expanduser(home) if home else None)
 
 
@@ -61,6 +68,22 @@ def _print_json(value: Any) -> None:
 # --------------------------------------------------------------------------- controller
 
 
+def controller_paths(args: argparse.Namespace) -> tuple[Path, str | None, Path]:
+    """The controller's state directory, socket (None: the default in the state
+    directory) and default inventory: a personal controller's, or with `--system`
+    the shared one's (/var/lib/hpcbatch, /run/hpcbatch/controller.sock,
+    /etc/hpcbatch/inventory.toml). `--home`/`--socket` given as well still win."""
+    from pathlib import Path
+
+    from hpcbatch import locations
+
+    if args.system:
+        home = Path(args.home or locations.system_home()).expanduser()
+        return home, args.socket or locations.system_socket(), Path(locations.SYSTEM_INVENTORY)
+    home = _home(args)
+    return home, args.socket, home / "inventory.toml"
+
+
 def cmd_controller(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -69,10 +92,10 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from hpcbatch.controller.app import run_controller
     from hpcbatch.controller.settings import ControllerSettings
 
-    home = _home(args)
-    inventory = Path(
-        args.inventory or os.environ.get("HPCBATCH_INVENTORY") or home / "inventory.toml"
-    )
+    # Whatever the controller writes (store, log, pid file) is its user's alone.
+    os.umask(0o077)
+    home, args.socket, default_inventory = controller_paths(args)
+    inventory = Path(args.inventory or os.environ.get("HPCBATCH_INVENTORY") or default_inventory)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -86,6 +109,9 @@ def cmd_controller(args: argparse.Namespace) -> int:
         down_after_s=args.down_after,
         link_timeout_s=args.link_timeout,
         sync=args.sync.upper(),
+        metrics=args.metrics,
+        store=args.store,
+        standby=args.standby,
     )
     if args.detach:
         from hpcbatch.cli.daemon import detach
@@ -107,13 +133,28 @@ def cmd_controller(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- submit / run
 
 
-def cmd_submit(argv: list[str], socket_path: str | None) -> int:
+def _help(command: str, argv: list[str]) -> bool:
+    """Print `submit`/`run`'s help or usage when asked for; True if it was."""
+    from hpcbatch.cli.submit import help_request
+
+    wanted = help_request(argv)
+    if wanted is None:
+        return False
+    from hpcbatch.cli.usage import help_text, usage_text
+
+    sys.stdout.write(help_text(command) if wanted == "help" else usage_text(command))
+    return True
+
+
+def cmd_submit(argv: list[str], socket_path: str | None, cluster: str | None = None) -> int:
     from hpcbatch.cli.submit import build_submission
 
+    if _help("submit", argv):
+        return 0
     sub = build_submission(argv, sys.stdin)
     for warning in sub.warnings:
         print(f"hpcbatch: warning: {warning}", file=sys.stderr)
-    args = SimpleNamespace(socket=socket_path, home=None)
+    args = SimpleNamespace(socket=socket_path, home=None, cluster=cluster)
     with _client(args, timeout=None if sub.wait else 30.0) as client:
         result = client.call("submit", request=sub.request, warnings=sub.warnings)
         job_id = result["job_id"]
@@ -132,20 +173,29 @@ def cmd_submit(argv: list[str], socket_path: str | None) -> int:
     return 0
 
 
-def cmd_run(argv: list[str], socket_path: str | None) -> int:
+def cmd_run(argv: list[str], socket_path: str | None, cluster: str | None = None) -> int:
     """srun-like: submit, stream the output live, exit with the job's exit code."""
     from hpcbatch.cli.submit import build_submission
 
+    if _help("run", argv):
+        return 0
     sub = build_submission(argv, None, run_mode=True)
     for warning in sub.warnings:
         print(f"hpcbatch: warning: {warning}", file=sys.stderr)
-    args = SimpleNamespace(socket=socket_path, home=None)
+    args = SimpleNamespace(socket=socket_path, home=None, cluster=cluster)
+    if sub.pty:
+        from hpcbatch.cli.interactive import run_pty
+
+        return run_pty(_socket(args), sub.request, list(sub.request["args"]))
     with _client(args, timeout=None) as client:
         job_id = client.call("submit", request=sub.request)["job_id"]
-        from hpcbatch.cli.logs import follow
+        from hpcbatch.cli.runjob import feed_stdin, stream_until_final
 
-        follow(client, job_id, "stdout", sys.stdout)
-        (final,) = client.call("wait", job_ids=[job_id])
+        if sub.request.get("stdin"):
+            feed_stdin(_socket(args), job_id)
+        final = stream_until_final(client, _socket(args), job_id)
+    if final.get("interrupted"):
+        return 130
     if final["state"] != "SUCCEEDED":
         print(f"hpcbatch: job {job_id} {final['state']}: {final.get('reason')}", file=sys.stderr)
         code = final.get("exit_code")
@@ -153,32 +203,69 @@ def cmd_run(argv: list[str], socket_path: str | None) -> int:
     return 0
 
 
+def cmd_alloc(argv: list[str], socket_path: str | None, cluster: str | None = None) -> int:
+    """salloc: hold nodes, open a shell (or run a command) here aimed at them."""
+    from hpcbatch.cli.interactive import allocate
+    from hpcbatch.cli.submit import build_submission
+
+    if _help("alloc", argv):
+        return 0
+    with_command = _has_command(argv)
+    sub = build_submission(argv if with_command else [*argv, "true"], None, run_mode=True)
+    for warning in sub.warnings:
+        print(f"hpcbatch: warning: {warning}", file=sys.stderr)
+    command = list(sub.request["args"]) if with_command else []
+    args = SimpleNamespace(socket=socket_path, home=None, cluster=cluster)
+    request = {k: v for k, v in sub.request.items() if k != "stdin"}  # its shell reads it
+    return allocate(_socket(args), dict(request, name=request.get("name") or "alloc"), command)
+
+
+def _has_command(argv: list[str]) -> bool:
+    from hpcbatch.cli.submit import OWN_FLAGS, OWN_VALUED
+    from hpcbatch.core.directives import split_submit_argv
+
+    return bool(split_submit_argv(argv, flags=OWN_FLAGS, valued=OWN_VALUED)[1])
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    """Run a command inside a running job of yours (what alloc's srun/mpirun use)."""
+    from hpcbatch.cli.interactive import exec_in_job
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise CliError("exec: name a command to run")
+    return exec_in_job(_socket(args), args.job, command, pty=args.pty, node=args.node)
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    """sattach: every node's output of a job, live, until it ends."""
+    from hpcbatch.cli.runjob import attach
+
+    with _client(args) as client:
+        job = client.call("show", job_id=args.job)
+    label = args.label or len({a["node"] for a in job.get("attempts") or []}) > 1
+    try:
+        errors = attach(_socket(args), job, label)
+    except KeyboardInterrupt:
+        return 130  # detaching leaves the job running, as sattach does
+    for error in errors:
+        print(f"hpcbatch: attach: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
 # --------------------------------------------------------------------------- queries
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     from hpcbatch.cli.format import jobs_table
+    from hpcbatch.cli.jobs_query import jobs_query
 
-    query: dict[str, Any] = {"all": args.all}
-    if args.states:
-        query["states"] = [s.strip().upper() for s in args.states.split(",") if s.strip()]
-    if args.jobs:
-        query["ids"] = [int(x) for x in args.jobs.split(",")]
-    if args.array is not None:
-        query["array_parent"] = args.array
-    for key in ("user", "queue", "name"):
-        if getattr(args, key):
-            query[key] = getattr(args, key)
-    if args.me:
-        import pwd
-
-        query["user"] = pwd.getpwuid(os.getuid()).pw_name
     with _client(args) as client:
-        jobs = client.call("jobs", **query)
+        jobs = client.call("jobs", **jobs_query(args))
     if args.json:
         _print_json(jobs)
     else:
-        print(jobs_table(jobs))
+        print(jobs_table(jobs, long=args.long))
     return 0
 
 
@@ -254,25 +341,27 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 
 def cmd_queues(args: argparse.Namespace) -> int:
-    from hpcbatch.cli.format import table
+    from hpcbatch.cli.format import queues_table
 
     with _client(args) as client:
         queues = client.call("queues")
     if args.json:
         _print_json(queues)
-        return 0
-    rows = [
-        [
-            q["name"] + ("*" if q["default"] else ""),
-            q["priority"],
-            q["state"],
-            ",".join(q["compute_environments"]),
-            len(q["hosts"]),
-            " ".join(f"{k}={v}" for k, v in sorted(q["counts"].items())) or "-",
-        ]
-        for q in queues
-    ]
-    print(table(["QUEUE", "PRIORITY", "STATE", "COMPUTE_ENVS", "HOSTS", "JOBS"], rows))
+    else:
+        print(queues_table(queues))
+    return 0
+
+
+def cmd_shares(args: argparse.Namespace) -> int:
+    """sshare-like: the next job in a fair-share queue is the top identifier's."""
+    from hpcbatch.cli.format import shares_table
+
+    with _client(args) as client:
+        shares = client.call("shares", queue=args.queue)
+    if args.json:
+        _print_json(shares)
+    else:
+        print(shares_table(shares))
     return 0
 
 
@@ -291,10 +380,21 @@ def cmd_wait(args: argparse.Namespace) -> int:
 def cmd_ping(args: argparse.Namespace) -> int:
     with _client(args) as client:
         info = client.call("ping")
-    _print_json(info) if args.json else print(
+    if args.json:
+        _print_json({**info, "client_version": __version__})
+        return 0
+    print(
         f"controller {info['version']} pid {info['pid']} up {info['uptime_s']:.0f}s, "
         f"inventory {info['inventory']}"
     )
+    if "host" in info:
+        print(f"{info.get('role', 'active')} controller on {info['host']}")
+    if info["version"] != __version__:
+        print(
+            f"hpcbatch: warning: this client is hpcbatch {__version__}, the controller"
+            f" {info['version']}: restart the controller (hpcbatch stop) to run one version",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -320,6 +420,25 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return run_sandbox(args)
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from hpcbatch.cli.complete import script
+
+    sys.stdout.write(script(args.shell))
+    return 0
+
+
+def cmd_acct(args: argparse.Namespace) -> int:
+    from hpcbatch.cli.acct import cmd_acct as run
+
+    return run(args, _client)
+
+
+def cmd_eff(args: argparse.Namespace) -> int:
+    from hpcbatch.cli.acct import cmd_eff as run
+
+    return run(args, _client)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from hpcbatch.demo import run_demo
 
@@ -328,146 +447,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- parser
 
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "controller": cmd_controller,
+    "jobs": cmd_jobs,
+    "show": cmd_show,
+    "cancel": cmd_cancel,
+    "logs": cmd_logs,
+    "attach": cmd_attach,
+    "exec": cmd_exec,
+    "hosts": cmd_hosts,
+    "queues": cmd_queues,
+    "shares": cmd_shares,
+    "wait": cmd_wait,
+    "ping": cmd_ping,
+    "stop": cmd_stop,
+    "dash": cmd_dash,
+    "sandbox": cmd_sandbox,
+    "completion": cmd_completion,
+    "demo": cmd_demo,
+    "acct": cmd_acct,
+    "eff": cmd_eff,
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
-    import argparse
+    from hpcbatch.cli.parser import build_parser as build
 
-    p = argparse.ArgumentParser(
-        prog="hpcbatch",
-        description="Batch jobs on hosts you reach over SSH: AWS Batch's model, Slurm's scripts.",
-    )
-    p.add_argument("--socket", help="controller socket (default $HPCBATCH_HOME/controller.sock)")
-    p.add_argument("--home", help="controller state directory (default $HPCBATCH_HOME)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    def add(
-        name: str, fn: Callable[[argparse.Namespace], int], help: str
-    ) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
-        sp.set_defaults(fn=fn)
-        return sp
-
-    sp = add("controller", cmd_controller, "run the controller (foreground, or --detach)")
-    sp.add_argument(
-        "-i", "--inventory", help="inventory TOML (default $HPCBATCH_HOME/inventory.toml)"
-    )
-    sp.add_argument("--heartbeat", type=float, default=5.0, help="agent heartbeat interval, s")
-    sp.add_argument(
-        "--down-after",
-        type=float,
-        default=120.0,
-        help="a host silent this long (s) is DOWN: its jobs fail over (default 120)",
-    )
-    sp.add_argument(
-        "--link-timeout",
-        type=float,
-        help="a connected host silent this long (s) is cut off (default 4 heartbeats, >= 10)",
-    )
-    sp.add_argument(
-        "--sync",
-        choices=["normal", "full"],
-        default="normal",
-        help="SQLite synchronous mode (full: durable across power loss)",
-    )
-    sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    sp.add_argument(
-        "--detach", action="store_true", help="run in the background; wait until it serves"
-    )
-
-    sub.add_parser(
-        "submit",
-        help="submit a job script (sbatch-like): submit [OPTIONS] SCRIPT [ARGS]",
-        add_help=False,
-    )
-    sub.add_parser(
-        "run",
-        help="run a command and stream its output (srun-like): run [OPTIONS] CMD...",
-        add_help=False,
-    )
-
-    sp = add("jobs", cmd_jobs, "list jobs (squeue-like)")
-    sp.add_argument("-t", "--states", help="comma-separated states, e.g. RUNNING,RUNNABLE")
-    sp.add_argument("-u", "--user")
-    sp.add_argument("--me", action="store_true", help="only my jobs")
-    sp.add_argument("-p", "--queue")
-    sp.add_argument("-n", "--name")
-    sp.add_argument("-j", "--jobs", help="comma-separated job ids")
-    sp.add_argument("--array", type=int, metavar="JOBID", help="the children of this array job")
-    sp.add_argument("-a", "--all", action="store_true", help="include finished jobs")
-    sp.add_argument("--json", action="store_true")
-
-    sp = add("show", cmd_show, "show one job: request, state history, attempts")
-    sp.add_argument("job", type=int)
-    sp.add_argument("--json", action="store_true")
-
-    sp = add("cancel", cmd_cancel, "cancel or terminate jobs (scancel-like)")
-    sp.add_argument("jobs", nargs="*", help="job ids; ARRAY_INDEX for one child; an array's id")
-    sp.add_argument("-u", "--user")
-    sp.add_argument("--me", action="store_true", help="only my jobs")
-    sp.add_argument("-p", "--queue")
-    sp.add_argument("-n", "--name")
-    sp.add_argument("-t", "--states", help="comma-separated states, e.g. RUNNABLE,PENDING")
-    sp.add_argument("--reason")
-    sp.add_argument("--json", action="store_true")
-
-    sp = add("logs", cmd_logs, "print a job's output")
-    sp.add_argument("job", type=int)
-    sp.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
-    sp.add_argument("--stderr", action="store_true", help="the error stream instead of output")
-    sp.add_argument("--node", type=int, default=0)
-    sp.add_argument("--attempt", type=int)
-
-    sp = add("hosts", cmd_hosts, "list hosts (sinfo-like), or drain/resume/down one")
-    sp.add_argument(
-        "action", nargs="?", default="list", choices=["list", "drain", "resume", "down"]
-    )
-    sp.add_argument("host", nargs="*")
-    sp.add_argument("--reason")
-    sp.add_argument("--json", action="store_true")
-
-    sp = add("queues", cmd_queues, "list job queues")
-    sp.add_argument("--json", action="store_true")
-
-    sp = add("wait", cmd_wait, "wait until jobs are final")
-    sp.add_argument("jobs", type=int, nargs="+")
-    sp.add_argument("--timeout", type=float)
-    sp.add_argument("--json", action="store_true")
-
-    sp = add("ping", cmd_ping, "check that the controller answers")
-    sp.add_argument("--json", action="store_true")
-
-    add("stop", cmd_stop, "stop the controller cleanly (jobs keep running on the hosts)")
-
-    from hpcbatch.cli.admin import add_commands
-
-    add_commands(add, _client)
-
-    sp = add("dash", cmd_dash, "the terminal dashboard: hosts, jobs, queues, live logs")
-    sp.add_argument("--light", action="store_true", help="light colours (t toggles)")
-    sp.add_argument("--view", choices=["cluster", "jobs", "queues"], default="jobs")
-
-    sp = add("sandbox", cmd_sandbox, "a local cluster of real sshd hosts on loopback")
-    sp.add_argument("action", choices=["up", "down", "status"])
-    sp.add_argument("--root", help="sandbox directory (default $HPCBATCH_HOME/sandbox)")
-    sp.add_argument("--hosts", type=int, default=4)
-    sp.add_argument("--gpu-hosts", type=int, default=1)
-
-    sp = add("demo", cmd_demo, "sandbox + controller + example jobs, end to end")
-    sp.add_argument(
-        "--stop", action="store_true", help="stop the sandbox and controller at the end"
-    )
-    sp.add_argument("--hosts", type=int, default=4)
-    return p
+    return build(HANDLERS, _client)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         # submit/run take sbatch/srun options verbatim; parse them ourselves.
-        globals_, rest = _split_globals(argv)
-        if rest and rest[0] in ("submit", "run"):
-            fn = cmd_submit if rest[0] == "submit" else cmd_run
-            return fn(rest[1:], globals_.get("socket"))
+        globals_, rest = split_globals(argv)
+        if rest and rest[0] == "_complete":  # the shells' completion, on every TAB
+            from hpcbatch.cli.complete import main as complete
+
+            return complete(rest[1] if len(rest) > 1 else "")
+        if rest and rest[0] in ("submit", "run", "alloc"):
+            fn = {"submit": cmd_submit, "run": cmd_run, "alloc": cmd_alloc}[rest[0]]
+            return fn(rest[1:], globals_.get("socket"), globals_.get("cluster"))
         args = build_parser().parse_args(argv)
         if not getattr(args, "fn", None):
             build_parser().print_help()
@@ -475,7 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.fn(args)
         return result
     except ClientError as exc:
-        print(f"hpcbatch: {exc.message}", file=sys.stderr)
+        from hpcbatch.core.text import printable  # the message may quote another's input
+
+        print(f"hpcbatch: {printable(exc.message)}", file=sys.stderr)
         return 1
     except CliError as exc:
         print(f"hpcbatch: {exc}", file=sys.stderr)
@@ -487,28 +509,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
-
-
-def _split_globals(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Take `--socket X`/`--home X` given before the subcommand."""
-    found: dict[str, str] = {}
-    i = 0
-    while i < len(argv):
-        tok = argv[i]
-        for name in ("socket", "home"):
-            if tok == f"--{name}" and i + 1 < len(argv):
-                found[name] = argv[i + 1]
-                i += 2
-                break
-            if tok.startswith(f"--{name}="):
-                found[name] = tok.split("=", 1)[1]
-                i += 1
-                break
-        else:
-            break
-    if "home" in found and "socket" not in found:
-        found["socket"] = os.path.join(os.path.expanduser(found["home"]), "controller.sock")
-    return found, argv[i:]
 
 
 if __name__ == "__main__":

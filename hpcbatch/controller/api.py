@@ -1,8 +1,18 @@
 """The controller's client API: JSON lines over a Unix socket.
 
-The CLI and the dashboard use the same operations. The caller's identity is
-taken from the socket's peer credentials (SO_PEERCRED), never from the
-request, so a user can cancel only their own jobs unless an administrator.
+A thin transport. It reads one request per line, finds the operation in the
+table the controller built (`Operation`: an argument model and a handler),
+and writes one reply; it knows no service. The CLI and the dashboard use the
+same operations. The caller's identity is taken from the socket's peer
+credentials (SO_PEERCRED), never from the request, so a user can cancel only
+their own jobs unless an administrator. `watch` turns the connection into a
+stream of the event bus's events, each shown as the read model says its
+subscriber may see it.
+
+The socket is shared by every local user of a shared controller, so the
+server also keeps one user from taking it (`ApiPolicy`, docs/security.md):
+at most `max_connections_per_user` open connections per uid, and a
+connection idle for `idle_timeout_s` between requests is closed.
 """
 
 from __future__ import annotations
@@ -12,93 +22,168 @@ import contextlib
 import json
 import logging
 import os
-import pwd
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from hpcbatch import __version__
-from hpcbatch.controller.apiargs import check_args
-from hpcbatch.controller.callers import ApiError, Caller
-from hpcbatch.controller.cancel import cancel_jobs
-from hpcbatch.controller.stats import controller_stats
-from hpcbatch.core.records import JobRecord
-from hpcbatch.core.states import AdminState, JobState
+from hpcbatch.controller.apiargs import Operation
+from hpcbatch.controller.callers import Admins, ApiError, Caller
+from hpcbatch.controller.events import EventBus
 from hpcbatch.store.db import StoreError
-from hpcbatch.transport.link import AgentError, HostUnavailable
-
-if TYPE_CHECKING:
-    from hpcbatch.controller.app import Controller
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 16 * 1024 * 1024
-Handler = Callable[[dict[str, Any], Caller], Awaitable[Any]]
+REFUSAL_LOG_S = 60.0
+_TOO_LARGE = {
+    "ok": False,
+    "kind": "too_large",
+    "error": f"request too large (the controller takes at most {MAX_LINE // 2**20} MiB a request)",
+}
 
 
-def peer_caller(writer: asyncio.StreamWriter) -> Caller:
+def _busy(limit: int) -> dict[str, Any]:
+    return {
+        "ok": False,
+        "kind": "busy",
+        "error": f"too many open connections to the controller from this user (limit {limit}):"
+        " close some (other hpcbatch commands, dashboards) and try again",
+    }
+
+
+def peer_uid(writer: asyncio.StreamWriter) -> int:
     sock: socket.socket = writer.get_extra_info("socket")
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+EventFilter = Callable[[dict[str, Any], Caller], "dict[str, Any] | None"]
+"""What one caller may see of an event (the read model's `event_for`); None: nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiPolicy:
+    """Who the callers are and how much of the controller each may hold.
+
+    `max_connections_per_user`: open connections per uid (root and the
+    controller's own user are not limited, so an operator can always get in);
+    `idle_timeout_s`: a connection waiting this long for its next request is
+    closed (a request in progress, a `wait` or a `watch` stream, is not idle).
+    """
+
+    admins: Admins = field(default_factory=Admins)
+    max_connections_per_user: int = 128
+    idle_timeout_s: float = 600.0
+    events: EventFilter | None = None
+
+
+async def _until_eof(reader: asyncio.StreamReader, stream: asyncio.Task[Any]) -> None:
+    """Cancel `stream` once the client closes its end (what it sends meanwhile is dropped)."""
+    with contextlib.suppress(ConnectionError, ValueError, asyncio.LimitOverrunError):
+        while await reader.read(65536):
+            pass
+    stream.cancel()
+
+
+UNTIL_EVENTS = frozenset({"wait"})
+"""Operations that may take as long as jobs do: a client gone meanwhile ends them."""
+
+
+class _Gone(Exception):
+    """The client closed the connection while its request was in progress."""
+
+
+@dataclass(slots=True)
+class _Conn:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    caller: Caller
+    ahead: asyncio.Future[bytes] | None = None
+    """The next request line, read while a long operation ran (a pipelining client)."""
+
+
+async def _unless_gone(work: Awaitable[Any], conn: _Conn) -> Any:
+    """`work`'s result; `_Gone` (and `work` cancelled) if the client closes first.
+
+    A `wait` for jobs that run for hours would otherwise keep its connection, and
+    its user's place under `max_connections_per_user`, after `hpcbatch wait` was
+    killed. The next line is read meanwhile and kept for the loop (`conn.ahead`).
+    """
+    job = asyncio.ensure_future(work)
+    ahead = asyncio.ensure_future(conn.reader.readline())
     try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        user = str(uid)
-    return Caller(uid=uid, user=user)
+        await asyncio.wait((job, ahead), return_when=asyncio.FIRST_COMPLETED)
+        if not job.done() and ahead.exception() is None and not ahead.result():
+            raise _Gone
+        conn.ahead = ahead
+        return await job
+    except BaseException:
+        job.cancel()
+        if conn.ahead is not ahead:
+            ahead.cancel()
+        raise
 
 
-def _ids(args: dict[str, Any], key: str = "job_ids") -> list[int]:
-    raw = args.get(key)
-    if not isinstance(raw, list) or not raw:
-        raise ApiError("bad_request", f"{key}: a non-empty list of job ids is required")
-    try:
-        return [int(x) for x in raw]
-    except (TypeError, ValueError):
-        raise ApiError("bad_request", f"{key}: job ids must be integers") from None
+def _unlimited(uid: int) -> bool:
+    return uid == 0 or uid == os.getuid()
 
 
-def _int(args: dict[str, Any], key: str) -> int:
-    try:
-        return int(args[key])
-    except KeyError:
-        raise ApiError("bad_request", f"{key} is required") from None
-    except (TypeError, ValueError):
-        raise ApiError("bad_request", f"{key} must be an integer") from None
+# A stream: the handler checks the request (raising ApiError) and returns the task
+# that sends its events; the connection ends when that returns.
+Send = Callable[[list[dict[str, Any]]], Awaitable[None]]
+StreamHandler = Callable[[Mapping[str, Any], Caller], Callable[[Send], Awaitable[None]]]
+
+# Told of each answered request: the operation, "ok" or the error's kind, its seconds.
+RequestObserver = Callable[[str, str, float], None]
 
 
 class ApiServer:
-    def __init__(self, controller: Controller, path: Path) -> None:
-        self.c = controller
+    def __init__(
+        self,
+        path: Path,
+        ops: Mapping[str, Operation[Any]],
+        bus: EventBus,
+        policy: ApiPolicy | None = None,
+    ) -> None:
         self.path = path
+        self._ops = dict(ops)
+        self._bus = bus
+        self.observer: RequestObserver | None = None  # the metrics, when they are on
+        self.streams: dict[str, StreamHandler] = {}  # `events`: see controller/changes.py
+        self._policy = policy or ApiPolicy()
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[Any]] = set()
-        self.ops: dict[str, Handler] = {
-            "ping": self.op_ping,
-            "stats": self.op_stats,
-            "submit": self.op_submit,
-            "jobs": self.op_jobs,
-            "show": self.op_show,
-            "cancel": self.op_cancel,
-            "logs": self.op_logs,
-            "hosts": self.op_hosts,
-            "drain": self.op_drain,
-            "resume": self.op_resume,
-            "down": self.op_down,
-            "queues": self.op_queues,
-            "wait": self.op_wait,
-            "register": self.op_register,
-            "definitions": self.op_definitions,
-            "definition": self.op_definition,
-            "deregister": self.op_deregister,
-            "queue_update": self.op_queue_update,
-            "shutdown": self.op_shutdown,
-        }
+        self._per_uid: Counter[int] = Counter()
+        self._warned: dict[int, float] = {}  # uid -> when its refusals were last logged
+
+    def add_operations(self, ops: Mapping[str, Operation[Any]]) -> None:
+        """More of the table, from a service the composition root builds later."""
+        self._ops.update(ops)
+
+    @property
+    def policy(self) -> ApiPolicy:
+        return self._policy
+
+    def use_policy(self, policy: ApiPolicy) -> None:
+        """The inventory read again (`hpcbatch reload`): who the admins are and the limits,
+        for connections opened from now on (an open one keeps the caller it was given;
+        the idle timeout applies at its next wait)."""
+        self._policy = policy
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A socket directory made here (/run/hpcbatch) is searchable by every user,
+        # whatever the umask (the controller's is 077); the socket itself is 0666 and
+        # each request is told apart by its peer uid.
+        missing = [d for d in (self.path.parent, *self.path.parent.parents) if not d.exists()]
+        for directory in reversed(missing):
+            directory.mkdir()
+            os.chmod(directory, 0o755)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self._server = await asyncio.start_unix_server(
@@ -120,39 +205,79 @@ class ApiServer:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
+        uid = -1
         try:
-            caller = peer_caller(writer)
-            while True:
-                try:
-                    line = await reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):
-                    await self._send(
-                        writer, {"ok": False, "kind": "bad_request", "error": "request too large"}
-                    )
-                    break
-                if not line:
-                    break
-                reply = await self._handle(line, caller, writer)
-                if reply is None:  # the connection became an event stream and ended
-                    break
-                await self._send(writer, reply)
-        except (ConnectionError, asyncio.CancelledError):
+            uid = peer_uid(writer)
+            self._per_uid[uid] += 1
+            limit = self._policy.max_connections_per_user
+            if self._per_uid[uid] > limit and not _unlimited(uid):
+                now = time.monotonic()
+                if now - self._warned.get(uid, -REFUSAL_LOG_S) >= REFUSAL_LOG_S:
+                    self._warned[uid] = now  # once a minute a user: no flooding the log
+                    log.warning("refusing connections from uid %d: %d open (limit %d)",
+                                uid, self._per_uid[uid] - 1, limit)  # fmt: skip
+                await self._refuse(reader, writer, _busy(limit))
+                return
+            await self._requests(_Conn(reader, writer, self._policy.admins.caller(uid)))
+        except (ConnectionError, asyncio.CancelledError, _Gone):
             pass
         finally:
+            if uid >= 0:
+                self._per_uid[uid] -= 1
+                if self._per_uid[uid] <= 0:
+                    del self._per_uid[uid]
             self._conns.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _requests(self, conn: _Conn) -> None:
+        """Answer one request per line until the client closes or stays idle too long."""
+        while True:
+            try:
+                async with asyncio.timeout(self._policy.idle_timeout_s):
+                    line = await (conn.ahead or conn.reader.readline())
+            except TimeoutError:
+                log.debug("closed an idle connection of %s", conn.caller.user)
+                return
+            except (ValueError, asyncio.LimitOverrunError):
+                await self._send(conn.writer, _TOO_LARGE)
+                return
+            conn.ahead = None
+            if not line:
+                return
+            t0 = time.perf_counter()
+            op: list[str] = []
+            reply = await self._handle(line, conn, op)
+            if reply is None:  # the connection became an event stream and ended
+                return
+            if self.observer is not None and op:
+                kind = "ok" if reply["ok"] else str(reply.get("kind"))
+                self.observer(op[0], kind, time.perf_counter() - t0)
+            await self._send(conn.writer, reply)
+
+    async def _refuse(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: dict[str, Any]
+    ) -> None:
+        """Answer the first request with `reply` and close. It is read first: a socket
+        closed with unread input is reset, and the client might lose the answer."""
+        rid = None
+        with contextlib.suppress(TimeoutError, ValueError, asyncio.LimitOverrunError):
+            async with asyncio.timeout(1.0):
+                line = await reader.readline()
+            with contextlib.suppress(ValueError, AttributeError):
+                rid = json.loads(line).get("id")
+        await self._send(writer, {"id": rid, **reply})
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
         writer.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
         await writer.drain()
 
-    async def _handle(
-        self, line: bytes, caller: Caller, writer: asyncio.StreamWriter
-    ) -> dict[str, Any] | None:
+    async def _handle(self, line: bytes, conn: _Conn, named: list[str]) -> dict[str, Any] | None:
+        """One request's reply; `named` gets the operation's name once it is known."""
         rid: Any = None
+        caller = conn.caller
         try:
             try:
                 msg = json.loads(line)
@@ -163,15 +288,24 @@ class ApiServer:
             rid = msg.get("id")
             op = msg.get("op")
             if op == "watch":
-                await self._send(writer, {"id": rid, "ok": True, "result": "watching"})
-                await self._watch(writer)
+                await self._send(conn.writer, {"id": rid, "ok": True, "result": "watching"})
+                await self._watch(conn.reader, conn.writer, caller)
                 return None
-            handler = self.ops.get(op) if isinstance(op, str) else None
-            if handler is None:
+            stream = self.streams.get(op) if isinstance(op, str) else None
+            if stream is not None:
+                await self._stream(stream, msg, caller, conn.writer, rid)
+                return None
+            operation = self._ops.get(op) if isinstance(op, str) else None
+            if operation is None:
                 raise ApiError("bad_request", f"unknown operation {op!r}")
-            check_args(str(op), msg)
-            result = await handler(msg, caller)
+            named.append(str(op))
+            if op in UNTIL_EVENTS:
+                result = await _unless_gone(operation(str(op), msg, caller), conn)
+            else:
+                result = await operation(str(op), msg, caller)
             return {"id": rid, "ok": True, "result": result}
+        except _Gone:
+            raise
         except ApiError as exc:
             return {"id": rid, "ok": False, "kind": exc.kind, "error": exc.message}
         except TimeoutError:
@@ -186,262 +320,44 @@ class ApiServer:
             log.exception("API request failed")
             return {"id": rid, "ok": False, "kind": "internal", "error": f"internal error: {exc}"}
 
-    async def _watch(self, writer: asyncio.StreamWriter) -> None:
-        queue = self.c.bus.subscribe()
+    async def _stream(
+        self,
+        stream: StreamHandler,
+        msg: Mapping[str, Any],
+        caller: Caller,
+        writer: asyncio.StreamWriter,
+        rid: Any,
+    ) -> None:
+        run = stream(msg, caller)  # a refused request is the answer (ApiError)
+        await self._send(writer, {"id": rid, "ok": True, "result": "streaming"})
+
+        async def send(events: list[dict[str, Any]]) -> None:
+            writer.write(
+                b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in events)
+            )
+            await writer.drain()
+
+        await run(send)
+
+    async def _watch(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, caller: Caller
+    ) -> None:
+        queue = self._bus.subscribe()
+        events = self._policy.events
+        # A stream only writes, so a client that went away would be noticed at the
+        # next event only, holding its place (and its user's connection count) until
+        # then: its end of input ends the stream at once.
+        stream = asyncio.current_task()
+        assert stream is not None
+        hangup = asyncio.create_task(_until_eof(reader, stream))
         try:
             while True:
                 event = await queue.get()
                 if event is None:
                     break
-                await self._send(writer, event)
+                shown = event if events is None else events(event, caller)
+                if shown is not None:
+                    await self._send(writer, shown)
         finally:
-            self.c.bus.unsubscribe(queue)
-
-    # ------------------------------------------------------------------ operations
-
-    async def op_ping(self, args: dict[str, Any], caller: Caller) -> Any:
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "uptime_s": time.time() - self.c.started_at,
-            "user": caller.user,
-            "admin": caller.admin,
-            "inventory": str(self.c.inventory.path),
-        }
-
-    async def op_stats(self, args: dict[str, Any], caller: Caller) -> Any:
-        return controller_stats(self.c)
-
-    async def op_submit(self, args: dict[str, Any], caller: Caller) -> Any:
-        request = args.get("request")
-        if isinstance(request, dict) and request.get("definition") is not None:
-            request = await self.c.definitions.expand(request)
-        on_behalf = args.get("as_user")
-        if on_behalf is not None:
-            caller = self._on_behalf(str(on_behalf), caller)
-        return await self.c.submitter.submit(request, caller)
-
-    @staticmethod
-    def _on_behalf(user: str, caller: Caller) -> Caller:
-        """An administrator submitting for a user (as root's `sbatch --uid`): accounting,
-        fair share and ownership are that user's; the job still runs as the host login."""
-        if not caller.admin:
-            raise ApiError("forbidden", "only an administrator may submit for another user")
-        try:
-            uid = pwd.getpwnam(user).pw_uid
-        except KeyError:
-            uid = 65534  # no such account here: owned by nobody, so only admins may cancel
-        return Caller(uid=uid, user=user)
-
-    async def op_register(self, args: dict[str, Any], caller: Caller) -> Any:
-        return await self.c.definitions.register(args.get("definition"), caller)
-
-    async def op_definitions(self, args: dict[str, Any], caller: Caller) -> Any:
-        name = args.get("name")
-        return await self.c.definitions.list(
-            str(name) if name else None, inactive=bool(args.get("all"))
-        )
-
-    async def op_definition(self, args: dict[str, Any], caller: Caller) -> Any:
-        return (await self.c.definitions.get(args.get("ref"))).to_json()
-
-    async def op_deregister(self, args: dict[str, Any], caller: Caller) -> Any:
-        return await self.c.definitions.deregister(args.get("ref"), caller)
-
-    async def op_queue_update(self, args: dict[str, Any], caller: Caller) -> Any:
-        if not caller.admin:
-            raise ApiError("forbidden", "only an administrator may change queue states")
-        name = args.get("queue")
-        if name not in self.c.inventory.queues:
-            raise ApiError("not_found", f"unknown queue {name!r}")
-        state = str(args.get("state") or "").upper()
-        if state not in ("ENABLED", "DISABLED"):
-            raise ApiError("bad_request", "state must be ENABLED or DISABLED")
-        await self.c.set_queue_state(str(name), state == "ENABLED", args.get("reason"))
-        return next(q for q in await self.op_queues({}, caller) if q["name"] == name)
-
-    def _live(self, job_id: int) -> JobRecord | None:
-        return self.c.jobs.active.get(job_id) or self.c.jobs.array_parents.get(job_id)
-
-    async def _job(self, job_id: int) -> JobRecord:
-        stored = await self.c.store.get_job(job_id)
-        if stored is None:
-            raise ApiError("not_found", f"job {job_id} not found")
-        return self._with_live_reason(stored)
-
-    def _with_live_reason(self, stored: JobRecord) -> JobRecord:
-        job = self._live(stored.id)
-        if job is not None:
-            stored.reason = job.reason  # pending reasons live in memory
-        return stored
-
-    async def op_jobs(self, args: dict[str, Any], caller: Caller) -> Any:
-        states = [str(s).upper() for s in args.get("states") or []]
-        for s in states:
-            if s not in JobState.__members__:
-                raise ApiError("bad_request", f"unknown state {s!r}")
-        ids = [int(i) for i in args.get("ids") or []]
-        parents = [int(args["array_parent"])] if args.get("array_parent") is not None else []
-        if not states and not ids and not parents and not args.get("all"):
-            live = [*self.c.jobs.array_parents.values(), *self.c.jobs.active.values()]
-            live.sort(key=lambda j: j.id)
-            out = [j.summary() for j in live]
-            return [
-                s
-                for s in out
-                if (args.get("user") is None or s["user"] == args["user"])
-                and (args.get("queue") is None or s["queue"] == args["queue"])
-                and (args.get("name") is None or s["name"] == args["name"])
-            ]
-        records = await self.c.store.list_jobs(
-            states=states,
-            user=args.get("user"),
-            queue=args.get("queue"),
-            name=args.get("name"),
-            ids=ids,
-            array_parents=parents,
-            limit=int(args.get("limit") or 10_000),
-        )
-        return [(self._live(rec.id) or rec).summary() for rec in records]
-
-    async def op_show(self, args: dict[str, Any], caller: Caller) -> Any:
-        job = await self._job(_int(args, "job_id"))
-        transitions = await self.c.store.transitions(job.id)
-        return {
-            **job.summary(),
-            "request": job.request,
-            "transitions": [
-                {"ts": t.ts, "old": t.old, "new": t.new, "reason": t.reason} for t in transitions
-            ],
-            "attempts": [a.to_json() for a in job.attempts],
-        }
-
-    async def op_cancel(self, args: dict[str, Any], caller: Caller) -> Any:
-        return await cancel_jobs(self.c, args, caller)
-
-    async def op_logs(self, args: dict[str, Any], caller: Caller) -> Any:
-        job = await self._job(_int(args, "job_id"))
-        if not job.attempts:
-            return {"data": "", "offset": 0, "done": job.state.is_final, "state": str(job.state)}
-        node = int(args.get("node") or 0)
-        attempt = int(args.get("attempt") or job.attempt)
-        rec = next((a for a in job.attempts if a.attempt == attempt and a.node == node), None)
-        if rec is None:
-            raise ApiError("not_found", f"job {job.id} has no attempt {attempt} node {node}")
-        stream = args.get("stream", "stdout")
-        if stream not in ("stdout", "stderr"):
-            raise ApiError("bad_request", "stream must be stdout or stderr")
-        link = self.c.links.get(rec.host)
-        if link is None or not link.connected:
-            raise ApiError(
-                "unavailable", f"host {rec.host} is not connected: {link and link.last_error}"
-            )
-        try:
-            reply = await link.request(
-                "read",
-                attempt=rec.attempt_id,
-                stream=stream,
-                offset=int(args.get("offset") or 0),
-                limit=int(args.get("limit") or 65536),
-            )
-        except AgentError as exc:
-            if "no such attempt" in str(exc) or "unknown attempt" in str(exc):
-                return {
-                    "data": "",
-                    "offset": 0,
-                    "done": job.state.is_final,
-                    "state": str(job.state),
-                }
-            raise ApiError("unavailable", str(exc)) from None
-        except HostUnavailable as exc:
-            raise ApiError("unavailable", str(exc)) from None
-        return {
-            "data": reply.get("data", ""),
-            "offset": reply.get("offset", 0),
-            "done": bool(reply.get("done")),
-            "state": str(job.state),
-            "host": rec.host,
-        }
-
-    async def op_hosts(self, args: dict[str, Any], caller: Caller) -> Any:
-        return [h.summary() for h in self.c.cluster.hosts.values()]
-
-    def _host(self, args: dict[str, Any], caller: Caller) -> str:
-        if not caller.admin:
-            raise ApiError("forbidden", "only an administrator may change host states")
-        name = args.get("host")
-        if name not in self.c.cluster.hosts:
-            raise ApiError("not_found", f"unknown host {name!r}")
-        return str(name)
-
-    async def op_drain(self, args: dict[str, Any], caller: Caller) -> Any:
-        name = self._host(args, caller)
-        reason = args.get("reason") or f"drained by {caller.user}"
-        return (await self.c.hosts.set_admin(name, AdminState.DRAIN, reason)).summary()
-
-    async def op_down(self, args: dict[str, Any], caller: Caller) -> Any:
-        name = self._host(args, caller)
-        reason = args.get("reason") or f"set down by {caller.user}"
-        return (await self.c.hosts.set_admin(name, AdminState.DOWN, str(reason))).summary()
-
-    async def op_resume(self, args: dict[str, Any], caller: Caller) -> Any:
-        name = self._host(args, caller)
-        return (await self.c.hosts.set_admin(name, AdminState.ACTIVE, None)).summary()
-
-    async def op_queues(self, args: dict[str, Any], caller: Caller) -> Any:
-        counts: dict[str, dict[str, int]] = {}
-        for job in self.c.jobs.active.values():
-            per = counts.setdefault(job.queue, {})
-            per[str(job.state)] = per.get(str(job.state), 0) + 1
-        out = []
-        for name, q in self.c.inventory.queues.items():
-            out.append(
-                {
-                    "name": name,
-                    "priority": q.priority,
-                    "state": "ENABLED"
-                    if self.c.cluster.queue_enabled.get(name, True)
-                    else "DISABLED",
-                    "compute_environments": list(q.compute_environments),
-                    "hosts": list(self.c.cluster.queue_hosts(name)),
-                    "default": name == self.c.inventory.default_queue,
-                    "counts": counts.get(name, {}),
-                }
-            )
-        return out
-
-    async def _stored(self, ids: list[int]) -> dict[int, JobRecord]:
-        """Jobs from the store by id, a few queries per 500 (not two per job: a `wait`
-        on 1,000 jobs spent half a second in per-job reads)."""
-        unique = sorted(set(ids))
-        found: dict[int, JobRecord] = {}
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            for job in await self.c.store.list_jobs(ids=chunk, limit=len(chunk)):
-                found[job.id] = job
-        return found
-
-    async def op_wait(self, args: dict[str, Any], caller: Caller) -> Any:
-        ids = _ids(args)
-        timeout = args.get("timeout_s")
-        # Jobs not live are final already: read once, before waiting, and kept.
-        gone = [job_id for job_id in ids if self._live(job_id) is None]
-        stored = await self._stored(gone)
-        for job_id in gone:
-            if job_id not in stored:
-                raise ApiError("not_found", f"job {job_id} not found")
-        await self.c.jobs.wait_final(ids, float(timeout) if timeout else None)
-        stored.update(await self._stored([i for i in ids if i not in stored]))
-        out = []
-        for job_id in ids:
-            job = stored.get(job_id)
-            if job is None:
-                raise ApiError("not_found", f"job {job_id} not found")
-            out.append(self._with_live_reason(job).summary())
-        return out
-
-    async def op_shutdown(self, args: dict[str, Any], caller: Caller) -> Any:
-        if not caller.admin:
-            raise ApiError("forbidden", "only an administrator may stop the controller")
-        self.c.request_stop()
-        return {"stopping": True}
+            hangup.cancel()
+            self._bus.unsubscribe(queue)

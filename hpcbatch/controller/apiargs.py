@@ -1,103 +1,265 @@
-"""The shapes of the API operations' arguments, checked before any handler runs.
+"""The API operations' arguments as strict models, and the handler contract.
 
-A client may send anything. Each operation's handler reads its arguments
-loosely (`args.get(...)`), so a number where a list belongs, or an integer too
-large for SQLite, must be refused here with a `bad_request` that names the
-argument, not surface later as an internal error or a failed store write.
-Unknown arguments are ignored (clients of other versions may send more);
-null means absent. Bodies checked by strict models (a job request, a job
-definition) are only required to be objects here.
+A client may send anything. Each operation names a model of its arguments
+(pydantic, strict, `extra="forbid"`); the server validates a request against
+it before any handler runs, so a number where a list belongs, an integer too
+large for SQLite, or an argument the operation does not take is refused with
+a `bad_request` that names the argument, never surfacing later as an internal
+error or a failed store write. Null means absent. Bodies that strict models of
+their own check later (a job request, a job definition) are only required to
+be objects here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from hpcbatch.controller.callers import ApiError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hpcbatch.controller.callers import ApiError, Caller
 
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # what SQLite stores
 MAX_TEXT = 4096
+MAX_LIST = 1_000_000
 
-# kind: int, id (a non-negative int), str, number, object, list[id], list[str],
-# list[target] (a job id, or its text as `12` / `12_7`).
-SHAPES: dict[str, dict[str, str]] = {
-    "submit": {"request": "object", "warnings": "list[str]", "as_user": "str"},
-    "jobs": {
-        "states": "list[str]",
-        "ids": "list[id]",
-        "array_parent": "id",
-        "user": "str",
-        "queue": "str",
-        "name": "str",
-        "limit": "id",
-    },
-    "show": {"job_id": "id"},
-    "cancel": {
-        "job_ids": "list[target]",
-        "reason": "str",
-        "user": "str",
-        "queue": "str",
-        "name": "str",
-        "states": "list[str]",
-    },
-    "logs": {
-        "job_id": "id",
-        "stream": "str",
-        "offset": "id",
-        "node": "id",
-        "attempt": "id",
-        "limit": "id",
-    },
-    "drain": {"host": "str", "reason": "str"},
-    "resume": {"host": "str", "reason": "str"},
-    "down": {"host": "str", "reason": "str"},
-    "wait": {"job_ids": "list[id]", "timeout_s": "number"},
-    "register": {"definition": "object"},
-    "definitions": {"name": "str"},
-    "definition": {"ref": "str"},
-    "deregister": {"ref": "str"},
-    "queue_update": {"queue": "str", "state": "str", "reason": "str"},
-}
+# The kinds of value. Each is optional (null means absent) and carries, as its
+# description, the words an error uses for it.
+_Id = Annotated[int, Field(ge=0, le=INT_MAX)]
+_Text = Annotated[str, Field(max_length=MAX_TEXT)]
+_Target = _Id | Annotated[str, Field(max_length=64)]
+JobId = Annotated[_Id | None, Field(description="a whole number from 0")]
+Text = Annotated[_Text | None, Field(description=f"a string of at most {MAX_TEXT} characters")]
+Seconds = Annotated[
+    Annotated[int | float, Field(ge=0, le=1e9)] | None,
+    Field(description="a number from 0 to 1e9"),  # NaN fails both bounds
+]
+Body = Annotated[dict[str, Any] | None, Field(description="an object")]
+Flag = Annotated[bool | None, Field(description="true or false")]
+JobIds = Annotated[
+    Annotated[list[_Id], Field(max_length=MAX_LIST)] | None,
+    Field(description="a list of job ids (whole numbers)"),
+]
+Texts = Annotated[
+    Annotated[list[_Text], Field(max_length=MAX_LIST)] | None,
+    Field(description="a list of strings"),
+]
+Targets = Annotated[
+    Annotated[list[_Target], Field(max_length=MAX_LIST)] | None,
+    Field(description="a list of job ids (N or ARRAY_INDEX)"),
+]
 
 
-def _ok(kind: str, value: Any) -> bool:
-    if kind in ("int", "id"):
-        low = 0 if kind == "id" else INT_MIN
-        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= INT_MAX
-    if kind == "str":
-        return isinstance(value, str) and len(value) <= MAX_TEXT
-    if kind == "number":
-        return (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and 0 <= value <= 1e9  # NaN fails both comparisons
-        )
-    if kind == "object":
-        return isinstance(value, Mapping)
-    if kind == "target":
-        return _ok("id", value) or (isinstance(value, str) and len(value) <= 64)
-    if kind.startswith("list[") and isinstance(value, list):
-        inner = kind[5:-1]
-        return len(value) <= 1_000_000 and all(_ok(inner, v) for v in value)
-    return False
+class OpArgs(BaseModel):
+    """The arguments of one operation; every one optional unless a model says so."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
-_WORDS = {
-    "id": "a whole number from 0",
-    "int": "a whole number",
-    "str": f"a string of at most {MAX_TEXT} characters",
-    "number": "a number from 0 to 1e9",
-    "object": "an object",
-    "list[id]": "a list of job ids (whole numbers)",
-    "list[str]": "a list of strings",
-    "list[target]": "a list of job ids (N or ARRAY_INDEX)",
-}
+class NoArgs(OpArgs):
+    pass
 
 
-def check_args(op: str, msg: Mapping[str, Any]) -> None:
-    """Raise a bad_request ApiError naming the first argument of the wrong shape."""
-    for key, kind in SHAPES.get(op, {}).items():
-        value = msg.get(key)
-        if value is not None and not _ok(kind, value):
-            raise ApiError("bad_request", f"{op}: {key} must be {_WORDS[kind]}")
+class SubmitArgs(OpArgs):
+    request: Body = None
+    warnings: Texts = None  # the CLI's own warnings, shown by the CLI
+    as_user: Text = None
+
+
+class SubmitArgvArgs(OpArgs):
+    """`submit_argv`: `hpcbatch submit`'s arguments as typed, parsed here (`cli.quick`).
+
+    `script` is the text of the file `script_for` names (its resolved path in
+    `script_realpath`) and `env` the submitter's environment, each sent once the
+    controller has asked for it."""
+
+    argv: Annotated[list[str], Field(max_length=MAX_LIST, description="a list of strings")]
+    cwd: Annotated[str, Field(max_length=MAX_TEXT, description="a directory path")]
+    env: Annotated[dict[str, str] | None, Field(description="an object of strings")] = None
+    umask: Annotated[int | None, Field(ge=0, le=0o777, description="a umask")] = None
+    stdin_piped: Flag = None
+    script: Annotated[str | None, Field(description="a string")] = None
+    script_for: Text = None
+    script_realpath: Text = None
+
+
+class JobsArgs(OpArgs):
+    states: Texts = None
+    ids: JobIds = None
+    array_parent: JobId = None
+    user: Text = None
+    queue: Text = None
+    name: Text = None
+    limit: JobId = None
+    all: Flag = None
+    tags: Body = None  # only jobs with all these tags (key -> value)
+    priority: Flag = None  # each active job's priority as the scheduler sees it
+
+
+class AcctArgs(OpArgs):
+    """`acct`: finished and running jobs in a time window, with what they used."""
+
+    start: float | None = None
+    end: float | None = None
+    states: Texts = None
+    ids: JobIds = None
+    user: Text = None
+    queue: Text = None
+    name: Text = None
+    all_users: Flag = None
+    per_node: Flag = None
+    limit: JobId = None
+    tags: Body = None  # only jobs with all these tags (key -> value)
+
+
+class ShowArgs(OpArgs):
+    job_id: JobId = None
+
+
+class CancelArgs(OpArgs):
+    job_ids: Targets = None
+    reason: Text = None
+    user: Text = None
+    queue: Text = None
+    name: Text = None
+    states: Texts = None
+
+
+class ControlArgs(OpArgs):
+    """hold, release, requeue: the jobs (N, ARRAY_INDEX, or an array's id: its children)."""
+
+    job_ids: Targets = None
+
+
+class RequeueArgs(ControlArgs):
+    """requeue: the jobs, running or finished; `hold`: held when back (requeuehold)."""
+
+    hold: bool | None = None
+
+
+class UpdateArgs(OpArgs):
+    """update: one job and the fields to change (core.jobcontrol.UPDATABLE)."""
+
+    job_id: Annotated[_Target, Field(description="a job id (N or ARRAY_INDEX)")]
+    changes: Body = None
+
+
+class LogsArgs(OpArgs):
+    job_id: JobId = None
+    stream: Text = None
+    offset: JobId = None
+    node: JobId = None
+    attempt: JobId = None
+    limit: JobId = None
+
+
+class HostArgs(OpArgs):
+    host: Text = None
+    reason: Text = None
+
+
+class WaitArgs(OpArgs):
+    job_ids: JobIds = None
+    timeout_s: Seconds = None
+
+
+class RegisterArgs(OpArgs):
+    definition: Body = None
+
+
+class DefinitionsArgs(OpArgs):
+    name: Text = None
+    all: Flag = None
+
+
+class DefinitionRefArgs(OpArgs):
+    ref: Text = None
+
+
+class SharesArgs(OpArgs):
+    queue: str | None = Field(default=None, max_length=64)
+
+
+class QueueUpdateArgs(OpArgs):
+    queue: Text = None
+    state: Text = None
+    reason: Text = None
+
+
+InventoryKind = Annotated[
+    Literal["queues", "compute_environments", "hosts"] | None,
+    Field(description='one of "queues", "compute_environments", "hosts"'),
+]
+
+
+class InventoryArgs(OpArgs):
+    """Live administration (docs/operations.md): an entry of the inventory, by kind."""
+
+    kind: InventoryKind = None
+    name: Text = None
+    entry: Body = None  # create: the whole entry, as the inventory's TOML would hold it
+    fields: Body = None  # update: the fields to set
+    unset: Texts = None  # update: the fields to return to their default
+    join: Texts = None  # create a host: compute environments it joins
+    reason: Text = None
+
+
+A = TypeVar("A", bound=OpArgs)
+
+
+@dataclass(frozen=True, slots=True)
+class Operation(Generic[A]):
+    """One operation of the API: the model of its arguments and the handler that runs it."""
+
+    args: type[A]
+    run: Callable[[A, Caller], Awaitable[Any]]
+
+    async def __call__(self, op: str, msg: Mapping[str, Any], caller: Caller) -> Any:
+        return await self.run(parse_args(op, self.args, msg), caller)
+
+
+ENVELOPE = ("op", "id")  # the request's own keys, not an operation's arguments
+
+
+def parse_args(op: str, model: type[A], msg: Mapping[str, Any]) -> A:
+    """The arguments of a request, or a bad_request ApiError naming the first wrong one."""
+    try:
+        return model.model_validate({k: v for k, v in msg.items() if k not in ENVELOPE})
+    except ValidationError as exc:
+        raise ApiError("bad_request", _first_error(op, model, exc)) from None
+
+
+def _first_error(op: str, model: type[OpArgs], exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = str(err["loc"][0]) if err["loc"] else "arguments"
+    if err["type"] == "extra_forbidden":
+        known = ", ".join(model.model_fields) or "none"
+        return f"{op}: unknown argument {key!r} (it takes: {known})"
+    field = model.model_fields.get(key)
+    words = field.description if field is not None and field.description else "valid"
+    return f"{op}: {key} must be {words}"
+
+
+class SecretSetArgs(OpArgs):
+    name: Text = None
+    value: Annotated[
+        Annotated[str, Field(max_length=65536)] | None,
+        Field(description="a string of at most 65536 characters"),
+    ] = None
+    file: Text = None
+    command: Text = None
+    access: Texts = None
+
+
+class SecretNameArgs(OpArgs):
+    name: Text = None
+
+
+class PurgeArgs(OpArgs):
+    before: Annotated[
+        Annotated[int | float, Field(ge=0, le=1e11)] | None,
+        Field(description="seconds since the epoch"),
+    ] = None
+    hosts: Flag = None
+    vacuum: Flag = None

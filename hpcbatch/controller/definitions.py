@@ -20,7 +20,23 @@ from hpcbatch.jobdefs import (
     request_from_definition,
 )
 from hpcbatch.store.db import Store
-from hpcbatch.store.definitions import DefinitionRow
+from hpcbatch.store.definitions import DefinitionOwned, DefinitionRow
+
+
+def redacted(row: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    """A definition as `caller` sees it: another user's environment values are
+    hidden (the names stay, each with null), in its node ranges too."""
+    if row["owner"] == caller.user or caller.admin:
+        return row
+    body = dict(row["definition"])
+    if body.get("environment"):
+        body["environment"] = dict.fromkeys(body["environment"])
+    if body.get("node_ranges"):
+        body["node_ranges"] = [
+            {**r, "env": dict.fromkeys(r["env"])} if r.get("env") else r
+            for r in body["node_ranges"]
+        ]
+    return {**row, "definition": body, "redacted": True}
 
 
 class DefinitionService:
@@ -29,7 +45,7 @@ class DefinitionService:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def register(self, raw: Any, caller: Caller) -> dict[str, Any]:
+    async def register(self, raw: dict[str, Any] | None, caller: Caller) -> dict[str, Any]:
         if not isinstance(raw, dict):
             raise ApiError("bad_request", "definition must be an object")
         try:
@@ -37,10 +53,23 @@ class DefinitionService:
         except ValidationError as exc:
             raise ApiError("bad_request", format_validation_error(exc, "definition")) from None
         body = defn.model_dump(mode="json", exclude_defaults=True)
-        revision = await self.store.definitions.register(defn.name, body, caller.user, time.time())
+        try:
+            revision = await self.store.definitions.register(
+                defn.name, body, caller.user, time.time(), admin=caller.admin
+            )
+        except DefinitionOwned as exc:
+            raise ApiError(
+                "forbidden",
+                f"job definition {exc.name} belongs to {exc.owner}; only they or an "
+                "administrator may register a new revision of it (choose another name)",
+            ) from None
         return {"name": defn.name, "revision": revision, "arn": f"{defn.name}:{revision}"}
 
-    async def get(self, ref: Any) -> DefinitionRow:
+    async def show(self, ref: str | None, caller: Caller) -> dict[str, Any]:
+        """One revision as the caller may see it (`redacted`)."""
+        return redacted((await self.get(ref)).to_json(), caller)
+
+    async def get(self, ref: str | None) -> DefinitionRow:
         if not isinstance(ref, str):
             raise ApiError("bad_request", "definition: give NAME or NAME:REVISION")
         try:
@@ -54,17 +83,18 @@ class DefinitionService:
             raise ApiError("not_found", f"job definition {name}:{revision} not found")
         return row
 
-    async def list(self, name: str | None, inactive: bool) -> list[dict[str, Any]]:
-        return [r.to_json() for r in await self.store.definitions.list(name, inactive=inactive)]
+    async def list(self, name: str | None, inactive: bool, caller: Caller) -> list[dict[str, Any]]:
+        rows = await self.store.definitions.list(name, inactive=inactive)
+        return [redacted(r.to_json(), caller) for r in rows]
 
-    async def deregister(self, ref: Any, caller: Caller) -> dict[str, Any]:
+    async def deregister(self, ref: str | None, caller: Caller) -> dict[str, Any]:
         row = await self.get(ref)
         if row.status != "ACTIVE":
             raise ApiError("bad_request", f"job definition {row.name}:{row.revision} is INACTIVE")
-        if row.user != caller.user and not caller.admin:
+        if row.owner != caller.user and not caller.admin:
             raise ApiError(
                 "forbidden",
-                f"job definition {row.name}:{row.revision} belongs to {row.user}; "
+                f"job definition {row.name}:{row.revision} belongs to {row.owner}; "
                 "only they or an administrator may deregister it",
             )
         await self.store.definitions.deregister(row.name, row.revision)

@@ -10,7 +10,6 @@ transaction, with a reason naming the dependency.
 from __future__ import annotations
 
 import bisect
-import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,7 @@ from hpcbatch.core.dependencies import (
 )
 from hpcbatch.core.records import JobRecord
 from hpcbatch.core.states import JobState
+from hpcbatch.store.db import Store
 
 if TYPE_CHECKING:
     from hpcbatch.controller.arrays import ArrayTracker
@@ -38,9 +38,10 @@ RELEASED = "Resources: waiting for the scheduler"
 
 
 class DependencyTracker:
-    def __init__(self, jobs: JobService, arrays: ArrayTracker) -> None:
+    def __init__(self, jobs: JobService, arrays: ArrayTracker, store: Store) -> None:
         self.jobs = jobs
         self.arrays = arrays
+        self.store = store  # for reads only: jobs that are final, or array children
         self.waiting: dict[int, list[Dependency]] = {}
         # ("job", id): waits for that job; ("child", parent, index): for that array child.
         self.by_target: dict[tuple[object, ...], set[int]] = {}
@@ -49,8 +50,7 @@ class DependencyTracker:
         self._final: dict[int, JobState] = {}
         self._children: dict[int, dict[int, int]] = {}
         self._indices: dict[int, list[int]] = {}
-        self._scheduled = False
-        jobs.observers.append(self._changed)
+        self._scheduled = False  # the composition root makes `changed` observe the jobs
 
     # ------------------------------------------------------------------ submit
 
@@ -80,7 +80,7 @@ class DependencyTracker:
             raise ApiError("bad_request", str(exc)) from None
 
     def watch(self, job: JobRecord) -> None:
-        deps = list(parse(str(job.request.get("dependency") or "")))
+        deps = list(parse(job.spec.dependency or ""))
         self.waiting[job.id] = deps
         for dep in deps:
             for target in self._targets(job, dep):
@@ -91,7 +91,7 @@ class DependencyTracker:
 
     # ------------------------------------------------------------------ events
 
-    def _changed(self, job: JobRecord) -> None:
+    def changed(self, job: JobRecord) -> None:
         if job.state.is_final:
             self._final[job.id] = job.state
         for waiter in self.by_target.get(("job", job.id), ()):
@@ -117,11 +117,13 @@ class DependencyTracker:
         fail: dict[str, list[int]] = {}
         reasons: dict[int, str] = {}
         for job_id in sorted(dirty):
-            job = self.jobs.active.get(job_id)
+            job = self.jobs.live(job_id)
             deps = self.waiting.get(job_id)
             if job is None or deps is None or job.state != JobState.PENDING:
                 self._unwatch(job_id, job)
                 continue
+            if job.hold:
+                continue  # held: still watched; `release` asks again (controller.control)
             verdict = await self._verdict(job, deps)
             if verdict.outcome == Outcome.SATISFIED:
                 release.append(job_id)
@@ -129,11 +131,7 @@ class DependencyTracker:
                 fail.setdefault(f"DependencyNeverSatisfied: {verdict.reason}", []).append(job_id)
             else:
                 reasons[job_id] = verdict.reason or "Dependency: waiting"
-        for job_id, reason in reasons.items():
-            job = self.jobs.active[job_id]
-            if job.reason != reason:
-                job.reason = reason
-                self.jobs.publish(job)
+        self.jobs.note_reasons(reasons)
         if release:
             await self._move(release, JobState.RUNNABLE, RELEASED)
             self.jobs.wake_scheduler()
@@ -142,25 +140,8 @@ class DependencyTracker:
         await self.arrays.flush()
 
     async def _move(self, ids: Iterable[int], new: JobState, reason: str) -> None:
-        now = time.time()
-        async with self.jobs.lock:
-            moved = await self.jobs.store.bulk_transition(
-                list(ids),
-                [JobState.PENDING],
-                new,
-                reason,
-                now,
-                ended=now if new.is_final else None,
-            )
-            for job_id, _old in moved:
-                job = self.jobs.active[job_id]
-                job.state, job.reason = new, reason
-                self._unwatch(job_id, job)
-                if new.is_final:
-                    job.ended = now
-                    self.jobs._finished(job)
-                else:
-                    self.jobs.publish(job)
+        for job in await self.jobs.move_pending(ids, new, reason):
+            self._unwatch(job.id, job)
 
     def _unwatch(self, job_id: int, job: JobRecord | None) -> None:
         deps = self.waiting.pop(job_id, None)
@@ -196,7 +177,7 @@ class DependencyTracker:
             return None
         indices = self._indices.get(job.array_parent)
         if indices is None:
-            spec = parse_spec(str(job.request.get("array") or ""))
+            spec = parse_spec(job.spec.array or "")
             indices = self._indices[job.array_parent] = list(spec.indices)
         at = bisect.bisect_left(indices, job.array_index)
         return indices[at - 1] if at > 0 else None
@@ -228,7 +209,7 @@ class DependencyTracker:
         """Other jobs of this name and user that run, or wait ahead of this one (Slurm)."""
         return [
             other.id
-            for other in self.jobs.active.values()
+            for other in self.jobs.live_jobs()
             if other.id != job.id
             and other.user == job.user
             and other.name == job.name
@@ -244,7 +225,7 @@ class DependencyTracker:
     async def _children_of(self, parent_id: int) -> dict[int, int]:
         children = self._children.get(parent_id)
         if children is None:
-            rows = await self.jobs.store.list_jobs(array_parents=[parent_id], limit=1_000_000)
+            rows = await self.store.jobs.list_jobs(array_parents=[parent_id], limit=1_000_000)
             children = {j.array_index: j.id for j in rows if j.array_index is not None}
             self._children[parent_id] = children
         return children
@@ -255,12 +236,12 @@ class DependencyTracker:
         return (await self._children_of(parent_id)).get(index)
 
     async def _state(self, job_id: int, default: JobState | None) -> JobState | None:
-        live = self.jobs.active.get(job_id) or self.arrays.parents.get(job_id)
+        live = self.jobs.live(job_id) or self.arrays.parents.get(job_id)
         if live is not None:
             return live.state
         if job_id in self._final:
             return self._final[job_id]
-        stored = await self.jobs.store.get_job(job_id)
+        stored = await self.store.jobs.get_job(job_id)
         if stored is None:
             return default
         if stored.state.is_final:

@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING
 
 from hpcbatch.controller.cluster import HostRuntime
 from hpcbatch.core.facts import HostFacts
-from hpcbatch.core.states import AdminState, HostState
+from hpcbatch.core.states import POWER_STATES, AdminState, HostState
 from hpcbatch.inventory import ResolvedHost, ResolvedInventory
-from hpcbatch.transport.link import AgentError, HostLink, HostUnavailable
+from hpcbatch.transport.pool import AgentError, HostPool, HostUnavailable
 
 if TYPE_CHECKING:
     from hpcbatch.controller.hosts import HostService
@@ -86,11 +86,9 @@ class HostMonitor:
     host that just connected (HostService calls it before the host is UP).
     """
 
-    def __init__(
-        self, hosts: HostService, links: dict[str, HostLink], settings: ControllerSettings
-    ) -> None:
+    def __init__(self, hosts: HostService, pool: HostPool, settings: ControllerSettings) -> None:
         self.hosts = hosts
-        self.links = links
+        self.pool = pool
         self.settings = settings
         self.tick_s = max(0.2, min(1.0, settings.heartbeat_s))
         self._task: asyncio.Task[None] | None = None
@@ -120,7 +118,7 @@ class HostMonitor:
 
     async def tick(self) -> None:
         now = asyncio.get_running_loop().time()
-        for name, link in self.links.items():
+        for name, link in self.pool.items():
             host = self.hosts.cluster.hosts[name]
             if link.connected:
                 silent = now - link.last_seen
@@ -128,8 +126,10 @@ class HostMonitor:
                     log.warning("%s: silent for %.0f s: dropping the connection", name, silent)
                     await link.drop(f"no heartbeat for {silent:.0f} s")
                 elif host.state == HostState.UP and now >= self._next_check.get(name, 0.0):
-                    self._spawn_check(link, host)
+                    self._spawn_check(host)
                 continue
+            if host.state in POWER_STATES:
+                continue  # elastic: the power manager times resumes (controller/power.py)
             silent = now - max(link.last_seen, self._started)
             # `attempts_on` scans every active job (17 ms at 50,000 queued): called for
             # each DOWN host each tick, a few dozen DOWN hosts took the whole loop. The
@@ -145,7 +145,7 @@ class HostMonitor:
 
     # ------------------------------------------------------------------ checks
 
-    async def on_connect(self, link: HostLink, host: HostRuntime) -> None:
+    async def on_connect(self, host: HostRuntime) -> None:
         """Resources and health checks of a host that just connected, before it is UP."""
         if host.facts is not None:
             short = resources_below(host.spec, host.facts)
@@ -153,17 +153,17 @@ class HostMonitor:
                 await self._set_drain(host, f"{RESOURCES_PREFIX}: " + "; ".join(short))
             else:
                 await self._clear_drain(host, RESOURCES_PREFIX)
-        await self.check(link, host)
+        await self.check(host)
 
-    def _spawn_check(self, link: HostLink, host: HostRuntime) -> None:
+    def _spawn_check(self, host: HostRuntime) -> None:
         if host.name in self._checking:
             return
         if not host_checks(self.hosts.cluster.inventory, host.name):
             self._next_check[host.name] = float("inf")  # none configured for it
             return
-        self.hosts.jobs.spawn(self.check(link, host), f"health-{host.name}")
+        self.hosts.jobs.spawn(self.check(host), f"health-{host.name}")
 
-    async def check(self, link: HostLink, host: HostRuntime) -> bool | None:
+    async def check(self, host: HostRuntime) -> bool | None:
         """Run the host's health checks now: True passed, False failed (drained), None:
         nothing to run, or the host went away meanwhile."""
         checks = host_checks(self.hosts.cluster.inventory, host.name)
@@ -174,7 +174,8 @@ class HostMonitor:
             failure: str | None = None
             for chk in checks:
                 try:
-                    reply = await link.request(
+                    reply = await self.pool.request(
+                        host.name,
                         "exec",
                         argv=["/bin/sh", "-c", chk.command],
                         timeout_s=float(chk.timeout_s),
@@ -185,7 +186,7 @@ class HostMonitor:
                 except AgentError as exc:
                     failure = f"{HEALTH_PREFIX}: {chk.command}: {exc}"
                     break
-                out = _output(str(reply.get("stdout") or ""), str(reply.get("stderr") or ""))
+                out = _output(reply["stdout"], reply["stderr"])
                 if reply.get("timed_out"):
                     failure = f"{HEALTH_PREFIX}: {chk.command}: timed out after {chk.timeout_s} s"
                 elif reply.get("code") != 0:

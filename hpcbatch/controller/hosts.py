@@ -16,16 +16,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hpcbatch.controller.cluster import Cluster, HostRuntime
-from hpcbatch.controller.containers import on_progress
 from hpcbatch.controller.events import EventBus
-from hpcbatch.controller.gang import host_lost
 from hpcbatch.controller.jobs import JobService
 from hpcbatch.controller.relay import RelayService
 from hpcbatch.core.facts import FactsError, effective_resources, facts_from_agent
 from hpcbatch.core.records import AttemptState, parse_attempt_id
-from hpcbatch.core.states import AdminState, HostState
+from hpcbatch.core.states import POWER_STATES, AdminState, HostState
 from hpcbatch.store.db import Store, StoreError
-from hpcbatch.transport.link import AgentError, HostLink, HostUnavailable
+from hpcbatch.transport.agent.protocol import HelloReply, ReportedAttempt
+from hpcbatch.transport.link import HostLink
+from hpcbatch.transport.pool import AgentError, HostPool, HostUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +33,30 @@ log = logging.getLogger(__name__)
 class HostService:
     """Implements the transport's LinkListener for every host."""
 
-    def __init__(self, store: Store, cluster: Cluster, bus: EventBus, jobs: JobService) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cluster: Cluster,
+        bus: EventBus,
+        jobs: JobService,
+        relay: RelayService,
+        pool: HostPool,
+    ) -> None:
         self.store = store
         self.cluster = cluster
         self.bus = bus
         self.jobs = jobs
-        self.relay = RelayService(jobs)
+        self.relay = relay
+        self.pool = pool  # fence and ack of what a reconnecting host reports
         # Health checks and resource checks on connect (controller/health.py), if set.
-        self.on_connect: Callable[[HostLink, HostRuntime], Awaitable[None]] | None = None
+        self.on_connect: Callable[[HostRuntime], Awaitable[None]] | None = None
+        # Told of each host whose state may have changed (the events feed).
+        self.observers: list[Callable[[HostRuntime], None]] = []
 
     def publish(self, host: HostRuntime) -> None:
         self.bus.publish({"event": "host", "host": host.summary()})
+        for observe in self.observers:
+            observe(host)
 
     async def load(self) -> None:
         """Restore operator states (drain) from the store."""
@@ -81,7 +94,7 @@ class HostService:
 
     # ------------------------------------------------------------------ LinkListener
 
-    async def link_up(self, link: HostLink, hello: dict[str, Any]) -> None:
+    async def link_up(self, link: HostLink, hello: HelloReply) -> None:
         host = self.cluster.hosts[link.name]
         host.state = HostState.CONNECTING
         try:
@@ -103,7 +116,7 @@ class HostService:
         try:
             await self.reconcile(link, list(hello.get("attempts") or []))
             if self.on_connect is not None:
-                await self.on_connect(link, host)
+                await self.on_connect(host)
         except (HostUnavailable, AgentError) as exc:
             host.state, host.reason = HostState.UNREACHABLE, f"reconcile failed: {exc}"
             self.publish(host)
@@ -115,12 +128,14 @@ class HostService:
 
     async def link_down(self, link: HostLink, reason: str) -> None:
         host = self.cluster.hosts[link.name]
+        if host.state in POWER_STATES:
+            return  # an elastic host not up yet, or going down: nothing ran there
         if host.state != HostState.DOWN:
             host.state = HostState.UNREACHABLE
         host.reason = reason
         log.warning("%s: %s", link.name, reason)
         self.relay.host_down(link.name, reason)
-        await host_lost(self.jobs, link.name, reason)
+        await self.jobs.host_lost(link.name, reason)
         self.publish(host)
         self.jobs.wake_scheduler()
 
@@ -131,7 +146,14 @@ class HostService:
         elif self.relay.handles(kind):
             self.relay.on_event(link.name, event)
         elif kind == "progress":
-            on_progress(self.jobs, link.name, event)
+            self.jobs.note_progress(link.name, event)
+        elif kind == "heartbeat":
+            host = self.cluster.hosts.get(link.name)
+            usage = event.get("usage")
+            if host is not None and (usage or host.live.now):
+                host.live.note(
+                    float(event.get("t") or 0.0), usage if isinstance(usage, dict) else {}
+                )
         elif kind == "error":
             log.warning("%s: agent: %s", link.name, event.get("error"))
 
@@ -151,7 +173,7 @@ class HostService:
 
     # ------------------------------------------------------------------ reconcile
 
-    async def reconcile(self, link: HostLink, reported: list[dict[str, Any]]) -> None:
+    async def reconcile(self, link: HostLink, reported: list[ReportedAttempt]) -> None:
         name = link.name
         by_id = {str(r.get("attempt")): r for r in reported}
         keep: list[str] = []
@@ -162,7 +184,7 @@ class HostService:
                 job_id, attempt, node = parse_attempt_id(aid)
             except ValueError:
                 continue
-            job = self.jobs.active.get(job_id)
+            job = self.jobs.live(job_id)
             a = None
             if job is not None and job.attempt == attempt:
                 a = next(
@@ -181,8 +203,8 @@ class HostService:
             if info.get("state") == "running":
                 keep.append(aid)
                 if a.state == AttemptState.STARTING:
-                    started = float(info.get("started") or time.time())
-                    await self.jobs.mark_running(job, a, started)
+                    # `hello` lists no start time: the launch's reply was lost.
+                    await self.jobs.mark_running(job, a, time.time())
             else:
                 exit_info = dict(info.get("exit") or {})
                 if info.get("state") == "lost" and not exit_info.get("reason"):
@@ -190,10 +212,10 @@ class HostService:
                 await self.jobs.on_exit(name, {**exit_info, "attempt": aid})
         if stray_running:
             # Fencing: the controller gave up on these; they must not run on.
-            reply = await link.request("fence", keep=keep)
+            reply = await self.pool.request(name, "fence", keep=keep)
             log.warning("%s: fenced stale attempts %s", name, reply.get("killed"))
         if stray_exited:
-            await link.request("ack", attempts=stray_exited)
+            await self.pool.request(name, "ack", attempts=stray_exited)
         for job, a in self.jobs.attempts_on(name):
             if a.attempt_id in by_id:
                 continue

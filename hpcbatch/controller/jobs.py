@@ -1,43 +1,56 @@
-"""Job lifecycle in the controller: submit, launch, exit, cancel.
+"""The one writer of job state: the active jobs, their attempts, and every change to them.
 
-Every change follows the same order: compare-and-set in the store (committed),
-then the in-memory copy, then the side effects (launch, kill, ack, events).
-All mutations of job state run under one lock, so the in-memory copy always
-matches what was committed; the store's compare-and-set is the second guard.
+Other parts of the controller ask; they do not reach in. Each change is an
+intent method (accept, accept_array, start_plan, mark_running, on_exit,
+fail_job, host_lost, move_pending, cancel, ...) that runs the same four steps:
+decide (with a pure function where there is something to decide, e.g.
+`core.exits.decide_exit`), one compare-and-set write to the store, apply to the
+in-memory records, then notify (observers, event bus, waiters, scheduler) and
+hand host work to the launcher (`HostActions`). Writes run under one lock, so
+memory always matches what was committed; compare-and-set is the second guard.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
-from pydantic import ValidationError
-
-from hpcbatch.controller import containers, gang
-from hpcbatch.controller.callers import ApiError, Caller, format_validation_error
 from hpcbatch.controller.cluster import Cluster
 from hpcbatch.controller.events import EventBus
-from hpcbatch.controller.retries import host_failure_retry, retry_reason
+from hpcbatch.controller.hostactions import HostActions
 from hpcbatch.controller.settings import ControllerSettings
 from hpcbatch.controller.snapshot import job_view
-from hpcbatch.core.exits import exit_reason
-from hpcbatch.core.gang import STOP_GRACE_S, gang_shape
+from hpcbatch.controller.waiters import Waiters
+from hpcbatch.controller.writegroup import Change, WriteGroup
+from hpcbatch.core.exits import ExitDecision, decide_exit, host_failure_retry
+from hpcbatch.core.gang import STOP_GRACE_S
 from hpcbatch.core.hostlist import compress
-from hpcbatch.core.records import AttemptRecord, AttemptState, JobRecord, parse_attempt_id
-from hpcbatch.core.scheduler import JobView, infeasible
+from hpcbatch.core.jobcontrol import Control, ControlError
+from hpcbatch.core.jobspec import JobSpec
+from hpcbatch.core.records import (
+    AttemptRecord,
+    AttemptState,
+    JobRecord,
+    current_attempts,
+    new_attempts,
+    parse_attempt_id,
+)
+from hpcbatch.core.scheduler import JobView
 from hpcbatch.core.states import JobState
-from hpcbatch.models import JobRequest
-from hpcbatch.store.db import AttemptUpdate, NewJob, Store
-from hpcbatch.transport.link import AgentError, HostLink, HostUnavailable
+from hpcbatch.store.db import NewJob, StartOrder, Store
+from hpcbatch.store.rows import exit_writes, lost_updates, new_record, running_write
 
 log = logging.getLogger(__name__)
 
-NOT_YET: dict[str, str] = {}
+LIVE = (AttemptState.STARTING, AttemptState.RUNNING)
+NOT_STARTED = (JobState.SUBMITTED, JobState.PENDING, JobState.RUNNABLE)
+LAUNCH_CHUNK = 256  # launches made ready per turn of the event loop
+START_SLICE = 1024  # jobs a pass starts per transaction (and per hold of the lock)
 
 
 class JobService:
@@ -48,29 +61,61 @@ class JobService:
         store: Store,
         cluster: Cluster,
         bus: EventBus,
-        links: dict[str, HostLink],
         settings: ControllerSettings,
         wake_scheduler: Callable[[], None],
     ) -> None:
-        self.store = store
+        self._store = store
         self.cluster = cluster
-        self.bus = bus
-        self.links = links
+        self._bus = bus
         self.settings = settings
         self.wake_scheduler = wake_scheduler
-        self.active: dict[int, JobRecord] = {}
-        self.lock = asyncio.Lock()
-        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._active: dict[int, JobRecord] = {}
+        self._lock = asyncio.Lock()
+        self._host: HostActions | None = None
+        self._waiters = Waiters()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._acks: dict[str, list[str]] = {}  # host -> exits to acknowledge
-        # A job's request never changes: its scheduler view is built once, not every pass.
-        self._views: dict[int, JobView] = {}
-        # Array parents by id (owned by the ArrayTracker): live, but never run.
-        self.array_parents: dict[int, JobRecord] = {}
-        # Called with each job whose state changed (arrays, dependencies follow this).
-        self.observers: list[Callable[[JobRecord], None]] = []
-        # Jobs loaded from the store that are not this service's to run (array parents).
-        self.set_aside: Callable[[JobRecord], bool] = lambda job: False
+        self._views: dict[int, JobView] = {}  # built once per job: a request never changes
+        # Array parents by id (their summaries are kept by the ArrayTracker): live, never run.
+        self._parents: dict[int, JobRecord] = {}
+        self._observers: list[Callable[[JobRecord], None]] = []
+        # Launch replies and exits, committed in groups under the same lock.
+        self._group = WriteGroup(self._lock, store.jobs.write_group, self.spawn)
+
+    def use(self, host: HostActions) -> None:
+        """Wire the launcher (the composition root does, once)."""
+        self._host = host
+
+    def observe(self, observer: Callable[[JobRecord], None]) -> None:
+        """Call `observer` with each job whose state changed (arrays, dependencies, usage)."""
+        self._observers.append(observer)
+
+    @property
+    def _hosts(self) -> HostActions:
+        assert self._host is not None, "JobService.use(launcher) was not called"
+        return self._host
+
+    # ------------------------------------------------------------------ reads
+
+    def live(self, job_id: int) -> JobRecord | None:
+        """The in-memory record of an active job (None: final, unknown, or an array parent)."""
+        return self._active.get(job_id)
+
+    def live_jobs(self) -> list[JobRecord]:
+        """Every active job's record."""
+        return list(self._active.values())
+
+    @property
+    def array_parents(self) -> Mapping[int, JobRecord]:
+        """The live array parents by id (a read-only view)."""
+        return MappingProxyType(self._parents)
+
+    def runnable(self) -> list[JobRecord]:
+        """The jobs waiting for the scheduler."""
+        return [j for j in self._active.values() if j.state == JobState.RUNNABLE]
+
+    def task_count(self) -> int:
+        """Background tasks (launches, kills, acks, exits) not yet finished."""
+        return len(self._tasks)
 
     def view(self, job: JobRecord) -> JobView:
         view = self._views.get(job.id)
@@ -78,12 +123,25 @@ class JobService:
             view = self._views[job.id] = job_view(job)
         return view
 
-    # ------------------------------------------------------------------ helpers
+    def current_attempts(self, job: JobRecord) -> list[AttemptRecord]:
+        return current_attempts(job)
 
-    def spawn(self, coro: Any, name: str) -> None:
+    def attempts_on(self, host: str) -> list[tuple[JobRecord, AttemptRecord]]:
+        jobs = self._active.values()
+        return [
+            (j, a) for j in jobs for a in current_attempts(j) if a.host == host and a.state in LIVE
+        ]
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def idle(self) -> None:
+        """Wait until no background task is left, those they start included (burst runs)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def drain_tasks(self) -> None:
         for task in list(self._tasks):
@@ -92,178 +150,202 @@ class JobService:
 
     def publish(self, job: JobRecord) -> None:
         self.publish_summary(job)
-        for observe in self.observers:
+        for observe in self._observers:
             observe(job)
 
     def publish_summary(self, job: JobRecord) -> None:
         """Tell watchers (dashboard, `wait`) about a job, without telling the observers."""
-        if self.bus.watched:  # a summary costs ~10 us: a 10,000-child array, 0.1 s
-            self.bus.publish({"event": "job", "job": job.summary()})
+        if self._bus.watched:  # a summary costs ~10 us: a 10,000-child array, 0.1 s
+            self._bus.publish({"event": "job", "job": job.summary()})
 
-    def current_attempts(self, job: JobRecord) -> list[AttemptRecord]:
-        return [a for a in job.attempts if a.attempt == job.attempt]
+    def _finished(self, job: JobRecord) -> None:
+        self.cluster.release(current_attempts(job))
+        self._active.pop(job.id, None)
+        self._views.pop(job.id, None)
+        self._waiters.resolve(job.id)
+        self.publish(job)
+        self.wake_scheduler()
+
+    async def wait_final(self, job_ids: Iterable[int], timeout: float | None) -> None:
+        """Wait until the given jobs (and array parents) that are live now are final."""
+        await self._waiters.wait(job_ids, self._is_live_id, timeout)
+
+    def _is_live_id(self, job_id: int) -> bool:
+        return job_id in self._active or job_id in self._parents
 
     async def load(self) -> None:
         """Rebuild the in-memory state from the store after a (re)start."""
-        for job in await self.store.load_active():
-            if self.set_aside(job):
+        for job in await self._store.jobs.load_active():
+            if job.is_array_parent:
+                self._parents[job.id] = job
                 continue
-            exclusive = job.request.get("nodes", 1) > 1 or bool(job.request.get("exclusive"))
+            exclusive = job.spec.is_gang or job.spec.exclusive
             job.attempts = [replace(a, exclusive=exclusive) for a in job.attempts]
-            self.active[job.id] = job
-            self.cluster.hold(self.current_attempts(job))
+            self._active[job.id] = job
+            self.cluster.hold(current_attempts(job))
 
-    def _finished(self, job: JobRecord) -> None:
-        self.cluster.release(self.current_attempts(job))
-        self.active.pop(job.id, None)
-        self._views.pop(job.id, None)
-        self.resolve_waiters(job.id)
+    # ------------------------------------------------------------------ accept
+
+    async def accept(self, new: NewJob, state: JobState, reason: str) -> JobRecord:
+        """A new job (RUNNABLE, or PENDING on its dependencies)."""
+        async with self._lock:
+            (job_id,) = await self._store.jobs.insert_jobs([new], state, reason)
+            job = new_record(job_id, new, None, state, reason)  # spec: built on first read
+            self._active[job_id] = job
         self.publish(job)
-        self.wake_scheduler()
+        return job
 
-    def resolve_waiters(self, job_id: int) -> None:
-        for fut in self._waiters.pop(job_id, []):
-            if not fut.done():
-                fut.set_result(None)
+    async def accept_array(
+        self, new: NewJob, indices: Sequence[int], state: JobState, reason: str, *, quiet: bool
+    ) -> tuple[JobRecord, list[JobRecord]]:
+        """A new array: its parent (never run) and one child per index, in one write.
 
-    async def wait_final(self, job_ids: Iterable[int], timeout: float | None) -> None:
-        job_ids = list(job_ids)
-        futures = []
-        loop = asyncio.get_running_loop()
-        for job_id in job_ids:
-            if job_id in self.active or job_id in self.array_parents:
-                fut: asyncio.Future[None] = loop.create_future()
-                self._waiters.setdefault(job_id, []).append(fut)
-                futures.append(fut)
-        if not futures:
+        `quiet`: tell the observers about the parent only (the array tracker counts
+        the children in one call; per child, the observers cost 5 us each).
+        """
+        async with self._lock:
+            parent_id, child_ids = await self._store.jobs.insert_array(new, indices, state, reason)
+            spec = JobSpec.from_json(new.request)
+            parent = new_record(parent_id, new, spec, JobState.PENDING, reason)
+            parent.array_size = len(child_ids)
+            children = []
+            for child_id, index in zip(child_ids, indices, strict=True):
+                child = new_record(child_id, new, spec, state, reason)
+                child.array_parent, child.array_index = parent_id, index
+                children.append(child)
+            self._parents[parent_id] = parent
+            for child in children:
+                self._active[child.id] = child
+        self.publish(parent)
+        tell = self.publish_summary if quiet else self.publish
+        for child in children:
+            tell(child)
+        return parent, children
+
+    async def summarize_parent(
+        self, parent: JobRecord, state: JobState, reason: str, now: float
+    ) -> None:
+        """An array parent's new summary of its children (decided by core.arrays)."""
+        if state != parent.state:
+            ended = now if state.is_final else None
+            await self._store.jobs.set_summary_state(parent.id, state, reason, now, ended=ended)
+            if state == JobState.RUNNING and parent.started is None:
+                parent.started = now
+            parent.state, parent.ended = state, ended
+        parent.reason = reason
+        self.publish(parent)
+        if state.is_final:
+            self._parents.pop(parent.id, None)
+            self._waiters.resolve(parent.id)
+
+    # ------------------------------------------------------------------ pending jobs
+
+    def note_reasons(self, reasons: Mapping[int, str]) -> None:
+        """Why jobs wait (the scheduler's and the dependencies' words): memory only."""
+        for job_id, reason in reasons.items():
+            job = self._active.get(job_id)
+            if job is not None and job.reason != reason:
+                job.reason = reason
+                self.publish(job)
+
+    def note_progress(self, host: str, event: Mapping[str, Any]) -> None:
+        """A pull's progress line: shown as the STARTING job's reason (not stored: it is
+        transient, and the pull's whole output goes to the top of the job's stderr)."""
+        try:
+            job_id, attempt, _node = parse_attempt_id(str(event.get("attempt")))
+        except ValueError:
             return
-        try:
-            await asyncio.wait_for(asyncio.gather(*futures), timeout)
-        finally:
-            # A waiter that gave up (timeout, client gone) leaves nothing behind:
-            # a log follower waits in short slices for as long as a job runs.
-            for job_id in job_ids:
-                left = [f for f in self._waiters.get(job_id, []) if not f.done()]
-                if left:
-                    self._waiters[job_id] = left
-                else:
-                    self._waiters.pop(job_id, None)
+        job = self._active.get(job_id)
+        if job is None or job.attempt != attempt or not job.state.is_active:
+            return
+        text = str(event.get("text") or "")[:200]
+        job.reason = f"pulling image on {host}: {text}" if text else f"pulling image on {host}"
+        self.publish_summary(job)
 
-    # ------------------------------------------------------------------ submit
-
-    def check_request(self, raw: Any) -> tuple[JobRequest, str]:
-        if not isinstance(raw, dict):
-            raise ApiError("bad_request", "request must be an object")
-        for key, what in NOT_YET.items():
-            if raw.get(key) not in (None, ""):
-                raise ApiError("bad_request", f"{what} are not supported by this controller yet")
-        try:
-            req = JobRequest.model_validate(raw)
-        except ValidationError as exc:
-            raise ApiError("bad_request", format_validation_error(exc)) from None
-        inv = self.cluster.inventory
-        queue = req.queue or inv.default_queue
-        if queue not in inv.queues:
-            known = ", ".join(sorted(inv.queues))
-            raise ApiError("bad_request", f"unknown queue {queue!r} (queues: {known})")
-        if req.fabric is None and inv.queues[queue].fabric is not None:
-            req = req.model_copy(update={"fabric": inv.queues[queue].fabric})
-        hosts = [self.cluster.hosts[n] for n in self.cluster.queue_hosts(queue)]
-        known_hosts = [h.capacity_view() for h in hosts if h.known]
-        cpus, memory_mb, gpus = gang_shape(req.model_dump(mode="json"))
-        view = JobView(
-            id=0,
-            queue=queue,
-            cpus=cpus,
-            memory_mb=memory_mb,
-            gpus=gpus,
-            nodes=req.nodes,
-            exclusive=req.exclusive,
-            fabric=req.fabric,
-        )
-        # "Never" needs every host's size; while some are not yet probed, only "not now".
-        if len(known_hosts) == len(hosts):
-            why = infeasible(view, known_hosts)
-            if why is not None:
-                raise ApiError("infeasible", f"refused: {why}")
-        why = containers.check_image(self.cluster, req, queue)
-        if why is not None:
-            raise ApiError("infeasible", f"refused: {why}")
-        return req, queue
-
-    async def submit(self, raw: Any, caller: Caller) -> int:
-        req, queue = self.check_request(raw)
-        request = req.model_dump(mode="json")
-        request["queue"] = queue
+    async def move_pending(self, ids: Iterable[int], new: JobState, reason: str) -> list[JobRecord]:
+        """PENDING jobs released (RUNNABLE) or failed, in one write; returns those moved."""
         now = time.time()
-        reason = "Resources: waiting for the scheduler"
-        async with self.lock:
-            (job_id,) = await self.store.insert_jobs(
-                [NewJob(req.name, caller.user, caller.uid, queue, request, now)],
-                JobState.RUNNABLE,
-                reason,
+        async with self._lock:
+            moved = await self._store.jobs.bulk_transition(
+                list(ids), [JobState.PENDING], new, reason, now, ended=now if new.is_final else None
             )
-            job = JobRecord(
-                id=job_id,
-                name=req.name,
-                user=caller.user,
-                uid=caller.uid,
-                queue=queue,
-                state=JobState.RUNNABLE,
-                reason=reason,
-                request=request,
-                submitted=now,
-            )
-            self.active[job_id] = job
+            out = [self._active[job_id] for job_id, _old in moved]
+            for job in out:
+                job.state, job.reason = new, reason
+                if new.is_final:
+                    job.ended = now
+                    self._finished(job)
+                else:
+                    self.publish(job)
+        return out
+
+    async def control(
+        self, job_id: int, decide: Callable[[JobRecord], Control], *, final: bool = False
+    ) -> JobRecord:
+        """A job-control change (hold, release, update, requeue; decided by `decide`, see
+        controller.control) on a live job or array parent, or with `final` a finished job
+        (then live again): one compare-and-set write, applied, published."""
+        async with self._lock:
+            job = self._active.get(job_id) or self._parents.get(job_id)
+            if job is None and final:
+                job = await self._store.jobs.get_job(job_id)
+            if job is None or (job.state.is_final and not final):
+                raise ControlError("the job is not waiting or running")
+            c, reopen = decide(job), job.state.is_final
+            name, queue = c.name or job.name, c.queue or job.queue
+            if not await self._store.jobs.control(
+                job.id, job.state, c.state, c.reason, c.hold, c.request, name, queue, time.time(),
+                reopen=reopen,
+            ):  # fmt: skip
+                raise ControlError("the job changed while this was decided; try again")
+            job.state, job.reason, job.hold, job.name, job.queue = c.state, c.reason, c.hold, name, queue  # noqa: E501  # fmt: skip
+            if reopen:
+                job.ended = job.exit_code = None
+                self._active[job.id] = job
+            if c.request is not None:  # an array parent's: its live children share it
+                for j in [job, *(k for k in self._active.values() if k.array_parent == job.id)]:
+                    j.request = c.request
+                    self._views.pop(j.id, None)
         self.publish(job)
         self.wake_scheduler()
-        return job_id
+        return job
 
-    # ------------------------------------------------------------------ launch
+    # ------------------------------------------------------------------ start
 
-    def launch_soon(self, job: JobRecord, only: Iterable[AttemptRecord] | None = None) -> None:
-        if only is None and gang.is_gang(job):
-            attempts = self.current_attempts(job)
-            self.spawn(gang.launch_all(self, job, attempts), f"launch-{job.id}.{job.attempt}")
-            return
-        targets = list(only) if only is not None else self.current_attempts(job)
-        for a in targets:
-            self.spawn(self.launch_one(job, a), f"launch-{a.attempt_id}")
+    async def start_plan(self, orders: Sequence[StartOrder], now: float) -> int:
+        """Start the scheduler's plan: written in slices of START_SLICE jobs, each one
+        transaction under the lock and then launched, so that a pass starting 40,000
+        jobs lets submits, exits and queries in between its slices."""
+        started = 0
+        for at in range(0, len(orders), START_SLICE):
+            started += await self._start_slice(orders[at : at + START_SLICE], now)
+        return started
 
-    async def launch_one(self, job: JobRecord, a: AttemptRecord) -> None:
-        link = self.links.get(a.host)
-        req = job.request
-        if link is None or not link.connected:
-            return  # launched when the host (re)connects: see HostService.reconcile
-        fields = gang.launch_fields(self, job, a)
-        if req.get("image"):
-            container = await containers.prepare(self, job, a, link)
-            if container is False:
-                return
-            fields["container"] = container
-        # The check and the write to the channel happen with no await between them,
-        # so a cancel cannot slip in and be overtaken by this launch.
-        # (A gang's job may be RUNNING already: a first node's exit can overtake the
-        # launch of its main node.)
-        if not job.state.is_active or a.state != AttemptState.STARTING:
-            return
-        try:
-            reply = await link.request(
-                "launch",
-                attempt=a.attempt_id,
-                timeout_s=req.get("time_limit_s"),
-                kill_grace_s=self.settings.kill_grace_s,
-                **fields,
-            )
-        except HostUnavailable:
-            return  # the host reconnect path finds it STARTING and launches again
-        except AgentError as exc:
-            if "exists" in str(exc):
-                return  # already launched (a retry after a lost reply): its exit will come
-            await self.fail_job(job, f"launch failed on {a.host}: {str(exc).split(': ', 2)[-1]}")
-            return
-        started = float(reply.get("started") or time.time())
-        await self.mark_running(job, a, started, fields["stdout"], fields["stderr"])
+    async def _start_slice(self, orders: Sequence[StartOrder], now: float) -> int:
+        async with self._lock:
+            started = set(await self._store.jobs.start_jobs(orders, now))
+            launched = []
+            for order in orders:
+                job = self._active.get(order.job_id)
+                if order.job_id not in started or job is None:
+                    continue
+                job.state, job.reason, job.attempt = JobState.STARTING, order.reason, order.attempt
+                job.attempts = new_attempts(job.id, order.attempt, order.placements, now)
+                self.cluster.hold(job.attempts)
+                launched.append(job)
+        for i, job in enumerate(launched, 1):
+            self.publish(job)
+            self._hosts.launch(job)
+            if i % LAUNCH_CHUNK == 0:
+                # Let the loop read between chunks: a pass that starts 40,000 jobs made
+                # 40,000 launch tasks ready at once, and the loop ran them all (~30 s)
+                # before reading any socket, so every host looked silent and was cut off.
+                await asyncio.sleep(0)
+        return len(launched)
+
+    def launch_soon(self, job: JobRecord, attempts: Iterable[AttemptRecord]) -> None:
+        """Launch attempts written down but never launched (their host reconnected)."""
+        self._hosts.launch(job, attempts)
 
     async def mark_running(
         self,
@@ -273,312 +355,196 @@ class JobService:
         stdout: str | None = None,
         stderr: str | None = None,
     ) -> None:
-        async with self.lock:
-            if a.state != AttemptState.STARTING or job.id not in self.active:
+        """A node's launch reply: the attempt RUNNING, and the job once all its nodes are
+        (written in the next group commit)."""
+        await self._group.submit(job.id, lambda: self._running(job, a, started, stdout, stderr))
+
+    def _running(
+        self, job: JobRecord, a: AttemptRecord, started: float, out: str | None, err: str | None
+    ) -> Change | None:
+        if a.state != AttemptState.STARTING or job.id not in self._active:
+            return None
+        attempts = current_attempts(job)
+        moves = job.state == JobState.STARTING and all(
+            x.state == AttemptState.RUNNING or x is a for x in attempts
+        )
+        why = f"running on {compress([x.host for x in attempts])}" if moves else None
+
+        def apply(ok: list[bool]) -> None:
+            if not ok[0]:
                 return
-            upd = AttemptUpdate(
-                job.id,
-                a.attempt,
-                a.node,
-                AttemptState.RUNNING,
-                started=started,
-                stdout=stdout,
-                stderr=stderr,
-            )
-            all_started = all(
-                x.state == AttemptState.RUNNING or x is a for x in self.current_attempts(job)
-            )
-            if job.state == JobState.STARTING and all_started:
-                where = compress([x.host for x in self.current_attempts(job)])
-                ok = await self.store.transition(
-                    job.id,
-                    JobState.STARTING,
-                    JobState.RUNNING,
-                    f"running on {where}",
-                    started,
-                    started=started,
-                    attempt_updates=[upd],
-                )
-                if not ok:
-                    return
-                job.state = JobState.RUNNING
-                job.reason = f"running on {where}"
-                job.started = started
-            else:
-                await self.store.update_attempts([upd])
-            a.state = AttemptState.RUNNING
-            a.started = started
-            a.stdout = stdout or a.stdout
-            a.stderr = stderr or a.stderr
-        self.publish(job)
+            if why is not None:
+                job.state, job.reason, job.started = JobState.RUNNING, why, started
+            a.state, a.started = AttemptState.RUNNING, started
+            a.stdout, a.stderr = out or a.stdout, err or a.stderr
+            self.publish(job)
 
-    # ------------------------------------------------------------------ exits
+        return Change([running_write(a, started, out, err, why)], apply)
 
-    async def on_exit(self, host: str, ev: dict[str, Any]) -> None:
-        """An attempt ended on `host` (an agent event, or found by reconcile)."""
+    async def on_exit(self, host: str, ev: Mapping[str, Any]) -> None:
+        """An attempt ended on `host` (an agent event, or found by reconcile); written in
+        the next group commit, then acknowledged to the host."""
         try:
             job_id, attempt, node = parse_attempt_id(str(ev["attempt"]))
         except (KeyError, ValueError):
             log.warning("%s: exit event with a bad attempt id: %r", host, ev)
             return
-        async with self.lock:
-            job = self.active.get(job_id)
-            a = None
-            if job is not None and job.attempt == attempt:
-                a = next((x for x in self.current_attempts(job) if x.node == node), None)
-            if (
-                job is None
-                or a is None
-                or a.state not in (AttemptState.STARTING, AttemptState.RUNNING)
-            ):
-                stale = True
-            else:
-                stale = False
-                state, reason = exit_reason(ev, job.request.get("time_limit_s"))
-                outcome = gang.exit_outcome(job, a, state, reason)
-                ended = float(ev.get("ended") or time.time())
-                started = ev.get("started")
-                # The exit may overtake the launch reply: record that it did run.
-                if (
-                    job.state == JobState.STARTING
-                    and started
-                    and await self.store.transition(
-                        job_id,
-                        JobState.STARTING,
-                        JobState.RUNNING,
-                        f"running on {host}",
-                        float(started),
-                        started=float(started),
-                    )
-                ):
-                    job.state, job.started = JobState.RUNNING, float(started)
-                upd = AttemptUpdate(
-                    job_id,
-                    attempt,
-                    node,
-                    AttemptState.EXITED,
-                    started=ev.get("started"),
-                    ended=ended,
-                    exit_code=ev.get("code"),
-                    signal=ev.get("signal"),
-                    reason=reason,
-                )
-                others = [
-                    x
-                    for x in self.current_attempts(job)
-                    if x is not a and x.state in (AttemptState.STARTING, AttemptState.RUNNING)
-                ]
-                again = (
-                    retry_reason(job, ev, outcome.reason)
-                    if outcome.final == str(JobState.FAILED)
-                    else None
-                )
-                if outcome.final is None:  # one node's part is done; the job goes on
-                    others = []
-                    await self.store.update_attempts([upd])
-                    ok = True
-                elif again is not None:
-                    # Another attempt of the whole job: every node is stopped and released.
-                    why = gang.others_reason(job, a, outcome.reason)
-                    ok = await self.store.transition(
-                        job_id,
-                        job.state,
-                        JobState.RUNNABLE,
-                        again,
-                        ended,
-                        attempt_updates=[upd, *self._lost_updates(others, ended, why)],
-                    )
-                else:
-                    why = gang.others_reason(job, a, outcome.reason)
-                    ok = await self.store.transition(
-                        job_id,
-                        job.state,
-                        JobState(outcome.final),
-                        outcome.reason,
-                        ended,
-                        ended=ended,
-                        exit_code=ev.get("code"),
-                        attempt_updates=[upd, *self._lost_updates(others, ended, why)],
-                    )
-                if ok:
-                    a.state = AttemptState.EXITED
-                    a.ended, a.exit_code, a.signal, a.reason = (
-                        ended,
-                        ev.get("code"),
-                        ev.get("signal"),
-                        reason,
-                    )
-                if ok and again is not None:
-                    for x in others:
-                        x.state, x.ended, x.reason = AttemptState.LOST, ended, why
-                    self.cluster.release(self.current_attempts(job))
-                    job.state, job.reason = JobState.RUNNABLE, again
-                    self.publish(job)
-                    self.wake_scheduler()
-                    for x in others:
-                        self.spawn(self._kill(x, why, STOP_GRACE_S), f"kill-{x.attempt_id}")
-                elif ok and outcome.final is not None:
-                    for x in others:
-                        x.state, x.ended, x.reason = AttemptState.LOST, ended, why
-                    job.state, job.reason, job.ended, job.exit_code = (
-                        JobState(outcome.final),
-                        outcome.reason,
-                        ended,
-                        ev.get("code"),
-                    )
-                    self._finished(job)
-                    for x in others:
-                        self.spawn(self._kill(x, why, STOP_GRACE_S), f"kill-{x.attempt_id}")
-        self._queue_ack(host, str(ev["attempt"]))
-        if stale:
+        done = await self._group.submit(job_id, lambda: self._exit(job_id, attempt, node, host, ev))
+        self._hosts.ack(host, str(ev["attempt"]))
+        if not done:
             log.info("%s: collected stale attempt %s", host, ev["attempt"])
 
-    @staticmethod
-    def _lost_updates(
-        attempts: Iterable[AttemptRecord], ended: float, why: str
-    ) -> list[AttemptUpdate]:
-        return [
-            AttemptUpdate(a.job_id, a.attempt, a.node, AttemptState.LOST, ended=ended, reason=why)
-            for a in attempts
-        ]
+    def _exit(
+        self, job_id: int, attempt: int, node: int, host: str, ev: Mapping[str, Any]
+    ) -> Change | None:
+        job = self._active.get(job_id)
+        if job is None or job.attempt != attempt:
+            return None
+        a = next((x for x in current_attempts(job) if x.node == node), None)
+        if a is None or a.state not in LIVE:
+            return None
+        d = decide_exit(job, a, ev, time.time())
+        others = []
+        if d.job_state is not None:  # the job moves: its other live nodes are stopped
+            others = [x for x in current_attempts(job) if x is not a and x.state in LIVE]
+        writes = exit_writes(job, a, host, d, others)
 
-    def _queue_ack(self, host: str, attempt: str) -> None:
-        """Acknowledge exits in batches: one `ack` per host for every exit collected
-        before the flush runs (a burst of exits costs a few messages,
-        not one round trip each)."""
-        pending = self._acks.setdefault(host, [])
-        pending.append(attempt)
-        if len(pending) == 1:
-            self.spawn(self._ack(host), f"ack-{host}")
+        def apply(ok: list[bool]) -> None:
+            if len(ok) == 2 and ok[0]:
+                job.state, job.started = JobState.RUNNING, d.started
+            if ok[-1]:
+                self._apply_exit(job, a, others, d)
 
-    async def _ack(self, host: str) -> None:
-        await asyncio.sleep(0)  # let the exits already queued join this batch
-        attempts = self._acks.pop(host, [])
-        link = self.links.get(host)
-        if link is None or not attempts:
+        return Change(writes, apply)
+
+    def _apply_exit(
+        self, job: JobRecord, a: AttemptRecord, others: list[AttemptRecord], d: ExitDecision
+    ) -> None:
+        a.state = AttemptState.EXITED
+        a.ended, a.exit_code, a.signal, a.reason = d.ended, d.exit_code, d.signal, d.attempt_reason
+        a.take_usage(d.usage)
+        if d.job_state is None:
             return
-        # On failure they are listed again by the next hello, and acked then.
-        with contextlib.suppress(HostUnavailable, AgentError):
-            await link.request("ack", attempts=attempts)
+        for x in others:
+            x.state, x.ended, x.reason = AttemptState.LOST, d.ended, d.others_reason
+        if d.retried:
+            # Another attempt of the whole job: every node is stopped and released.
+            self.cluster.release(current_attempts(job))
+            job.state, job.reason = JobState.RUNNABLE, d.job_reason
+            self.publish(job)
+            self.wake_scheduler()
+        else:
+            job.state, job.reason, job.ended = d.job_state, d.job_reason, d.ended
+            job.exit_code = d.exit_code
+            self._finished(job)
+        for x in others:
+            self._hosts.kill(x, d.others_reason, STOP_GRACE_S)
 
-    # ------------------------------------------------------------------ cancel / fail
-
-    async def fail_job(self, job: JobRecord, reason: str, *, host_failure: bool = False) -> bool:
+    async def fail_job(
+        self, job: JobRecord, reason: str, *, host_failure: bool = False, requeue: bool = False
+    ) -> bool:
         """Fail a job now; its live attempts are marked LOST (fenced if they ever run).
 
-        With `host_failure` (its host is DOWN, or lost the attempt) the job's retry
-        strategy decides first: another attempt (RUNNABLE, maybe on another host)
-        or FAILED.
+        With `host_failure` (its host is DOWN, or lost the attempt) its retry strategy
+        decides: another attempt (RUNNABLE, maybe elsewhere) or FAILED. With `requeue`
+        (`hpcbatch requeue`) it is another attempt, PENDING if held (requeue --hold).
         """
-        async with self.lock:
-            if job.id not in self.active:
+        async with self._lock:
+            if job.id not in self._active:
                 return False
             now = time.time()
-            live = [
-                a
-                for a in self.current_attempts(job)
-                if a.state in (AttemptState.STARTING, AttemptState.RUNNING)
-            ]
-            updates = [
-                AttemptUpdate(
-                    job.id, a.attempt, a.node, AttemptState.LOST, ended=now, reason=reason
-                )
-                for a in live
-            ]
+            live = [a for a in current_attempts(job) if a.state in LIVE]
             if host_failure and not live:
                 return False  # already retried or ended (another node of it was lost first)
-            again = host_failure_retry(job, reason) if host_failure else None
-            ok = await self.store.transition(
-                job.id,
-                job.state,
-                JobState.RUNNABLE if again else JobState.FAILED,
-                again or reason,
-                now,
-                ended=None if again else now,
-                attempt_updates=updates,
-            )
+            again = reason if requeue else host_failure_retry(job, reason) if host_failure else None
+            back = JobState.PENDING if requeue and job.hold else JobState.RUNNABLE
+            ok = await self._store.jobs.transition(
+                job.id, job.state, back if again else JobState.FAILED, again or reason, now,
+                ended=None if again else now, attempt_updates=lost_updates(live, now, reason),
+            )  # fmt: skip
             if not ok:
                 return False
             for a in live:
                 a.state, a.ended, a.reason = AttemptState.LOST, now, reason
             if again:
-                self.cluster.release(self.current_attempts(job))
-                job.state, job.reason = JobState.RUNNABLE, again
+                self.cluster.release(current_attempts(job))
+                job.state, job.reason = back, again
                 self.publish(job)
                 self.wake_scheduler()
             else:
                 job.state, job.reason, job.ended = JobState.FAILED, reason, now
                 self._finished(job)
         for a in live:
-            self.spawn(self._kill(a, reason), f"kill-{a.attempt_id}")
+            self._hosts.kill(a, reason)
         return True
 
-    async def _kill(self, a: AttemptRecord, reason: str, grace: float | None = None) -> None:
-        link = self.links.get(a.host)
-        if link is None or not link.connected:
-            return
-        if grace is None:
-            grace = self.settings.kill_grace_s
-        with contextlib.suppress(HostUnavailable, AgentError):
-            await link.request("kill", attempt=a.attempt_id, reason=reason, grace_s=grace)
+    async def host_lost(self, host: str, reason: str) -> None:
+        """A host's link went down: every multi-node job with a node there ends now.
+
+        A single-node job keeps running (its shepherd does not need the link; the exit
+        is collected when the host returns); a multi-node job cannot: its MPI ranks
+        or relayed processes lost their peers, and its other nodes must be released.
+        It is a host failure: the whole job is retried if its retry strategy says so.
+        """
+        for job, a in self.attempts_on(host):
+            if job.spec.is_gang:
+                why = f"host {host} lost (node {a.node}): {reason}"
+                await self.fail_job(job, why, host_failure=True)
+
+    # ------------------------------------------------------------------ cancel
 
     async def cancel(
-        self, job_ids: Iterable[int], caller: Caller, reason: str | None
+        self, chosen: Iterable[JobRecord], by: str, reason: str | None
     ) -> list[dict[str, Any]]:
-        results = []
-        for job_id in job_ids:
-            job = self.active.get(job_id)
-            if job is None:
-                stored = await self.store.get_job(job_id)
-                status = "not found" if stored is None else f"already {stored.state}"
-                results.append({"job_id": job_id, "result": status})
-                continue
-            if job.uid != caller.uid and not caller.admin:
-                results.append({"job_id": job_id, "result": "forbidden: not your job"})
-                continue
-            why = reason or f"cancelled by {caller.user}"
-            if job.state.is_active:
-                why = reason or f"terminated by {caller.user}"
-                results.append({"job_id": job_id, "result": await self._terminate(job, why)})
-            else:
-                ok = await self.fail_job(job, why)
-                results.append({"job_id": job_id, "result": "cancelled" if ok else "already final"})
+        """Cancel jobs for user `by`: unstarted ones failed in one write, live ones
+        terminated through their hosts. One result per job."""
+        chosen = list(chosen)
+        quiet = [job.id for job in chosen if job.state in NOT_STARTED]
+        results = await self._fail_unstarted(quiet, reason or f"cancelled by {by}") if quiet else []
+        for job in [job for job in chosen if job.state.is_active]:
+            results.append({**await self._stop(job, by, reason), "display_id": job.display_id})
         return results
+
+    async def _fail_unstarted(self, ids: list[int], reason: str) -> list[dict[str, Any]]:
+        """Fail jobs that never started, all in one transaction."""
+        now = time.time()
+        async with self._lock:
+            moved = await self._store.jobs.bulk_transition(
+                ids, NOT_STARTED, JobState.FAILED, reason, now, ended=now
+            )
+            out: list[dict[str, Any]] = []
+            for job_id, _old in moved:
+                job = self._active.get(job_id)
+                if job is None:
+                    continue
+                job.state, job.reason, job.ended = JobState.FAILED, reason, now
+                self._finished(job)
+                out.append({"job_id": job.id, "display_id": job.display_id, "result": "cancelled"})
+        missed = set(ids) - {job_id for job_id, _ in moved}
+        out += [{"job_id": j, "result": "already started or final"} for j in sorted(missed)]
+        return out
+
+    async def _stop(self, chosen: JobRecord, by: str, reason: str | None) -> dict[str, Any]:
+        job = self._active.get(chosen.id)
+        if job is None:
+            stored = await self._store.jobs.get_job(chosen.id)
+            status = "not found" if stored is None else f"already {stored.state}"
+            return {"job_id": chosen.id, "result": status}
+        if job.state.is_active:
+            result = await self._terminate(job, reason or f"terminated by {by}")
+            return {"job_id": job.id, "result": result}
+        ok = await self.fail_job(job, reason or f"cancelled by {by}")
+        return {"job_id": job.id, "result": "cancelled" if ok else "already final"}
 
     async def _terminate(self, job: JobRecord, reason: str) -> str:
         """Kill a STARTING/RUNNING job's processes; the exit event finishes it."""
         pending = []
-        for a in self.current_attempts(job):
-            if a.state not in (AttemptState.STARTING, AttemptState.RUNNING):
-                continue
-            link = self.links.get(a.host)
-            found = False
-            if link is not None and link.connected:
-                try:
-                    reply = await link.request(
-                        "kill",
-                        attempt=a.attempt_id,
-                        reason=reason,
-                        grace_s=self.settings.kill_grace_s,
-                    )
-                    found = bool(reply.get("found"))
-                except (HostUnavailable, AgentError):
-                    found = False
-            if not found:
+        for a in current_attempts(job):
+            if a.state in LIVE and not await self._hosts.terminate(a, reason):
                 pending.append(a)
-        if pending and job.id in self.active:
+        if pending and job.id in self._active:
             # Never launched, or its host is unreachable: fail it now; if the process
             # exists after all, the host fences it when it reconnects.
             await self.fail_job(job, reason)
             return "terminated"
         return "terminating"
-
-    # ------------------------------------------------------------------ hosts
-
-    def attempts_on(self, host: str) -> list[tuple[JobRecord, AttemptRecord]]:
-        out = []
-        for job in self.active.values():
-            for a in self.current_attempts(job):
-                if a.host == host and a.state in (AttemptState.STARTING, AttemptState.RUNNING):
-                    out.append((job, a))
-        return out

@@ -10,7 +10,7 @@ stdin as `relay_in`/`relay_eof` -> `rin`, output as `rout` -> `relay_out`, the
 end as `rexit` -> `relay_exit`; a client that goes away (`relay_close`) kills
 the remote command (`rkill`).
 
-Everything is forwarded with `HostLink.post` (no round trips, order kept) and
+Everything is forwarded with `HostPool.post` (no round trips, order kept) and
 nothing is awaited, so events are handled in the order the links deliver them.
 """
 
@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from hpcbatch.controller.execs import KEY_PREFIX, ExecService
+from hpcbatch.controller.jobs import JobService
+from hpcbatch.controller.steps import STEP_EVENT, StepService
 from hpcbatch.core.records import AttemptRecord, AttemptState, JobRecord, parse_attempt_id
-
-if TYPE_CHECKING:
-    from hpcbatch.controller.jobs import JobService
+from hpcbatch.transport.pool import HostPool, HostUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +43,26 @@ class Session:
 
 
 class RelayService:
-    def __init__(self, jobs: JobService) -> None:
+    def __init__(
+        self, jobs: JobService, pool: HostPool, steps: StepService | None = None,
+        execs: ExecService | None = None,
+    ) -> None:  # fmt: skip
         self.jobs = jobs
+        self.pool = pool
+        self.execs = execs  # commands started through the API (alloc, run --pty)
+        self.steps = steps  # srun's step reports come over the same socket
         self.sessions: dict[str, Session] = {}
         self.opened = 0
 
     def handles(self, kind: Any) -> bool:
-        return kind in SOURCE_EVENTS or kind in TARGET_EVENTS
+        return kind in SOURCE_EVENTS or kind in TARGET_EVENTS or kind == STEP_EVENT
 
     def on_event(self, host: str, ev: dict[str, Any]) -> None:
         kind = ev.get("ev")
-        if kind == "relay_open":
+        if kind == STEP_EVENT:
+            if self.steps is not None:
+                self.steps.on_event(host, ev)
+        elif kind == "relay_open":
             self._open(host, ev)
         elif kind in SOURCE_EVENTS:
             s = self.sessions.get(f"{host}/{ev.get('sid')}")
@@ -65,6 +75,8 @@ class RelayService:
             else:
                 del self.sessions[s.key]
                 self._post(s.dst, "rkill", key=s.key)
+        elif self.execs is not None and str(ev.get("key")).startswith(KEY_PREFIX):
+            self.execs.on_target(host, ev)
         else:
             s = self.sessions.get(str(ev.get("key")))
             if s is None or s.dst != host:
@@ -74,10 +86,13 @@ class RelayService:
             else:
                 del self.sessions[s.key]
                 self._post(s.src, "relay_exit", sid=s.sid, code=ev.get("code"),
-                           signal=ev.get("signal"), error=ev.get("error"))  # fmt: skip
+                           signal=ev.get("signal"), error=ev.get("error"),
+                           usage=ev.get("usage"))  # fmt: skip
 
     def host_down(self, host: str, reason: str) -> None:
         """Sessions through a host whose link went down end now, on both sides."""
+        if self.execs is not None:
+            self.execs.host_down(host, reason)
         for s in list(self.sessions.values()):
             if s.src == host:
                 del self.sessions[s.key]
@@ -97,7 +112,7 @@ class RelayService:
         except ValueError:
             self._refuse(host, sid, f"bad attempt id {ev.get('attempt')!r}")
             return
-        job = self.jobs.active.get(job_id)
+        job = self.jobs.live(job_id)
         src = self._attempt(job, attempt, node)
         if job is None or src is None or src.host != host:
             self._refuse(host, sid, f"job {job_id} is not running here")
@@ -146,5 +161,8 @@ class RelayService:
         self._post(host, "relay_exit", sid=sid, code=255, signal=None, error=error)
 
     def _post(self, host: str, op: str, **fields: Any) -> bool:
-        link = self.jobs.links.get(host)
-        return link is not None and link.post(op, **fields)
+        try:
+            self.pool.post(host, op, **fields)
+        except HostUnavailable:
+            return False
+        return True

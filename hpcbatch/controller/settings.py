@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcbatch import locations
+from hpcbatch.store.url import StoreUrl
 
 
 def default_home() -> Path:
@@ -28,6 +29,7 @@ class ControllerSettings:
     inventory: Path
     socket: Path
     database: Path
+    """The SQLite store's file (the default store; the file a sqlite:// store URL names)."""
     heartbeat_s: float = 5.0
     connect_timeout_s: float = 10.0
     kill_grace_s: float = 10.0
@@ -38,6 +40,17 @@ class ControllerSettings:
     # `down_after_s` is DOWN and its attempts end as host failures.
     link_timeout_s: float | None = None
     down_after_s: float = 120.0
+    # `--metrics HOST:PORT`: serve Prometheus metrics there (over the inventory's
+    # `[metrics] address`); None and no inventory address: off.
+    metrics: str | None = None
+    store: StoreUrl | None = None
+    """Where the store is (`--store URL`); None: the SQLite file `database`."""
+    standby: bool = False
+    """Wait for another controller to lose the (PostgreSQL) store's lock, then take over."""
+
+    @property
+    def store_url(self) -> StoreUrl:
+        return self.store or StoreUrl.sqlite(self.database)
 
     @property
     def silence_limit_s(self) -> float:
@@ -52,13 +65,19 @@ class ControllerSettings:
         home: Path | None = None,
         socket: Path | None = None,
         database: Path | None = None,
+        store: str | StoreUrl | None = None,
         **kw: object,
     ) -> ControllerSettings:
+        """`store` (a URL) is the general form of `database` (a SQLite file), and wins."""
         home = home or default_home()
+        url = StoreUrl.parse(store) if isinstance(store, str) else store
+        if url is not None and url.path is not None:
+            database = url.path
         return cls(
             home=home,
             inventory=inventory,
             socket=socket or default_socket(home),
             database=database or home / "hpcbatch.db",
+            store=url,
             **kw,  # type: ignore[arg-type]
         )

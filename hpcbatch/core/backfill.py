@@ -26,21 +26,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hpcbatch.core.records import Placement
+from hpcbatch.core.targeting import fabric_matches
+from hpcbatch.core.views import Reservation
 
 if TYPE_CHECKING:
     from hpcbatch.core.placement import Free, Pool
     from hpcbatch.core.views import JobView
 
 NEVER = math.inf
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """A start time promised to a waiting job, and where."""
-
-    job_id: int
-    start: float
-    hosts: tuple[str, ...]
 
 
 # (end, cpus, memory_mb, gpus, exclusive): what one placement gives back, and when.
@@ -142,6 +135,8 @@ class Hold:
 
 def reserve(job: JobView, pools: Sequence[Pool], timeline: Timeline, now: float) -> Hold | None:
     """The earliest start of `job` on `pools`' hosts, as a Hold; None if never (as known)."""
+    if job.target is not None and job.target.nodelist:
+        return None  # no reservation for a job that names its hosts: it waits for them
     best: tuple[float, list[tuple[Free, int, int, int]]] | None = None
     for pool in pools:
         if job.whole_hosts:
@@ -169,7 +164,10 @@ def _single(
     job: JobView, pool: Pool, timeline: Timeline, now: float
 ) -> tuple[float, list[tuple[Free, int, int, int]]] | None:
     best: tuple[float, list[tuple[Free, int, int, int]]] | None = None
+    target = job.target
     for f in pool.hosts:
+        if target is not None and not target.admits(f.host):
+            continue
         t, cpus, mem, gpus = timeline.earliest(f, job, now)
         if t < NEVER and (best is None or t < best[0]):
             best = (t, [(f, cpus, mem, gpus)])
@@ -184,7 +182,9 @@ def _gang(
     groups: dict[str | None, list[tuple[float, int, Free]]] = {}
     seen: set[str] = set()
     for pos, f in enumerate(pool.hosts):
-        if f.host.name in seen or (job.fabric and f.host.fabric is None):
+        if f.host.name in seen or (job.fabric and not fabric_matches(job.fabric, f.host.fabric)):
+            continue
+        if job.target is not None and not job.target.admits(f.host):
             continue
         seen.add(f.host.name)
         t, *_ = timeline.earliest(f, job, now)

@@ -87,11 +87,6 @@ class ImageRef:
     kind: ImageKind
     ref: str
 
-    @property
-    def pullable(self) -> bool:
-        """Whether a runtime fetches it from a registry when it is missing (paths: never)."""
-        return self.kind == "oci"
-
 
 @dataclass(frozen=True)
 class Mount:

@@ -37,6 +37,7 @@ import shlex
 from collections.abc import Collection, Mapping
 
 from hpcbatch.core import option_values as conv
+from hpcbatch.core.option_table import OPTIONS
 from hpcbatch.core.option_values import ExportSpec, signal_name
 from hpcbatch.core.units import UnitError
 
@@ -45,7 +46,7 @@ from hpcbatch.core.units import UnitError
 # stand in for NamedTuple).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Final, Literal
+    from typing import Final
 
 __all__ = [
     "EXTRA_KEYS",
@@ -65,6 +66,8 @@ JOB_REQUEST_KEYS: Final = frozenset(
     {
         "name",
         "queue",
+        "share_id",
+        "tags",  # dict[str, str]: each --tag adds to the others
         "cpus",
         "memory_mb",
         "gpus",
@@ -74,6 +77,9 @@ JOB_REQUEST_KEYS: Final = frozenset(
         "output",
         "error",
         "workdir",
+        "mail_type",
+        "mail_user",
+        "secrets",  # dict[str, str]: repeated --secret options add up
     }
 )
 """Keys of `merge`'s result that are `JobRequest` fields, with values of the field's type."""
@@ -92,6 +98,16 @@ EXTRA_KEYS: Final = frozenset(
         "main_node",
         "launch_mode",
         "warn_signal",  # dict: {"name": "USR1", "before_s": 60, "batch_only": False}
+        "nodelist",  # str: hostlist expressions (core.targeting)
+        "exclude",
+        "constraint",  # str: a feature expression
+        "gpu_type",  # str: from --gres=gpu:TYPE:N, --gpus=TYPE:N
+        "begin",  # float: epoch seconds
+        "deadline",
+        "hold",  # True
+        "priority",  # int
+        "nice",  # int
+        "requeue",  # bool (--no-requeue: False)
     }
 )
 """The other keys `merge` may return: not `JobRequest` fields; the caller decides."""
@@ -146,77 +162,15 @@ class ParsedOptions:
 
 
 # --------------------------------------------------------------------------- the table
+# (core.option_table: what each option is; here, how to find one by name)
 
-
-class _Option:
-    """One row of the option table."""
-
-    __slots__ = ("arity", "convert", "ignored", "key", "names")
-
-    def __init__(
-        self,
-        names: tuple[str, ...],
-        key: str,
-        arity: Literal["value", "flag", "optional"] = "value",
-        convert: conv.Converter | None = conv.text,
-        ignored: str | None = None,  # why it is accepted but has no effect here
-    ) -> None:
-        self.names = names
-        self.key = key
-        self.arity = arity
-        self.convert = convert
-        self.ignored = ignored
-
-
-_OPTIONS: Final = (
-    _Option(("-J", "--job-name"), "name"),
-    _Option(("-c", "--cpus-per-task"), "cpus_per_task", convert=conv.integer(1, 100_000)),
-    _Option(("--mem",), "memory_mb", convert=conv.memory),
-    _Option(("--mem-per-cpu",), "mem_per_cpu_mb", convert=conv.memory),
-    _Option(("--gres",), "gpus", convert=conv.gres),
-    _Option(("--gpus-per-node",), "gpus", convert=conv.gpus_per_node),
-    _Option(("-G", "--gpus"), "gpus_per_job", convert=conv.gpus_per_job),
-    _Option(("-t", "--time"), "time_limit_s", convert=conv.time_limit),
-    _Option(("-o", "--output"), "output"),
-    _Option(("-e", "--error"), "error"),
-    _Option(("-D", "--chdir"), "workdir"),
-    _Option(("-p", "--partition"), "queue", convert=conv.partition),
-    _Option(("--queue",), "queue", convert=conv.partition),
-    _Option(("-N", "--nodes"), "nodes", convert=conv.nodes),
-    _Option(("--ntasks-per-node",), "ntasks_per_node", convert=conv.integer(1, 100_000)),
-    _Option(("-n", "--ntasks"), "ntasks", convert=conv.integer(1, 1_000_000)),
-    _Option(("--export",), "export", convert=conv.export),
-    _Option(("--exclusive",), "exclusive", arity="optional", convert=conv.exclusive),
-    _Option(("-a", "--array"), "array"),
-    _Option(("-d", "--dependency"), "dependency"),
-    _Option(("--fabric",), "fabric"),
-    _Option(("--image", "--container-image"), "image"),
-    _Option(("--mount", "--container-mounts"), "mounts", convert=conv.mounts),
-    _Option(("--main-node",), "main_node"),
-    _Option(("--launch-mode",), "launch_mode"),
-    _Option(("--signal",), "warn_signal", convert=conv.warn_signal),
-    _Option(("--mail-type",), "mail_type", ignored="hpcbatch sends no mail"),
-    _Option(("--mail-user",), "mail_user", ignored="hpcbatch sends no mail"),
-    _Option(("-A", "--account"), "account", ignored="hpcbatch keeps no accounts"),
-    _Option(("--qos",), "qos", ignored="there are no QOS levels; queues have priorities"),
-    _Option(
-        ("-C", "--constraint"),
-        "constraint",
-        ignored="there are no node features; use a queue whose hosts have them",
-    ),
-    _Option(("--nice",), "nice", arity="optional", ignored="there is no per-job priority"),
-    _Option(("--requeue",), "requeue", arity="flag", ignored="jobs are never requeued"),
-    _Option(("--no-requeue",), "requeue", arity="flag", ignored="jobs are never requeued"),
-    _Option(("--open-mode",), "open_mode", ignored="not supported"),
-)
-
-_BY_NAME: Final = {name: option for option in _OPTIONS for name in option.names}
+_BY_NAME: Final = {name: option for option in OPTIONS for name in option.names}
 _SEPARATE_VALUE: Final = frozenset(
     name for name, option in _BY_NAME.items() if option.arity == "value"
 )
 _EXCLUSIVE_KEYS: Final = (
-    frozenset({"memory_mb", "mem_per_cpu_mb"}),
-    frozenset({"gpus", "gpus_per_job"}),
+    frozenset({"memory_mb", "mem_per_cpu_mb", "mem_per_gpu_mb"}),
+    frozenset({"gpus", "gpus_per_job", "gpus_per_task"}),
 )
 
 
@@ -226,6 +180,9 @@ def _store(values: dict[str, object], key: str, value: object) -> None:
         if key in group:
             for other in group:
                 values.pop(other, None)
+    old = values.get(key)
+    if key in ("secrets", "tags") and isinstance(old, dict) and isinstance(value, dict):
+        value = {**old, **value}  # they add up; the later value of a key wins
     values[key] = value
 
 
@@ -451,6 +408,14 @@ def merge(script_opts: ParsedOptions, cli_opts: ParsedOptions) -> dict[str, obje
     when something set it. Warnings are not merged: the caller keeps both lists.
     """
     values = _overlay(script_opts.values, cli_opts.values)
+    for key in ("gpus", "gpus_per_job"):
+        typed = values.get(key)
+        if isinstance(typed, tuple):  # (count, type) from a typed GPU request
+            values[key], values["gpu_type"] = typed
+    if values.get("nice") is True:
+        values["nice"] = 100  # --nice alone, as Slurm
+    if values.pop("no_requeue", None):
+        values["requeue"] = False
     nodes = _get_int(values, "nodes") or 1
     cpus_per_task = _get_int(values, "cpus_per_task")
     ntasks = _get_int(values, "ntasks")
@@ -466,10 +431,6 @@ def merge(script_opts: ParsedOptions, cli_opts: ParsedOptions) -> dict[str, obje
         values["ntasks_per_node"] = tasks_per_node
     if cpus_per_task is not None or tasks_per_node is not None:
         values["cpus"] = (cpus_per_task or 1) * (tasks_per_node or 1)
-    mem_per_cpu = _get_int(values, "mem_per_cpu_mb")
-    values.pop("mem_per_cpu_mb", None)
-    if mem_per_cpu is not None:
-        values["memory_mb"] = mem_per_cpu * (_get_int(values, "cpus") or 1)
     gpus_per_job = _get_int(values, "gpus_per_job")
     values.pop("gpus_per_job", None)
     if gpus_per_job is not None:
@@ -481,7 +442,38 @@ def merge(script_opts: ParsedOptions, cli_opts: ParsedOptions) -> dict[str, obje
                 " use --gpus-per-node",
             )
         values["gpus"] = gpus_per_job // nodes
+    _per_gpu(values, tasks_per_node)
+    mem_per_cpu = _get_int(values, "mem_per_cpu_mb")
+    values.pop("mem_per_cpu_mb", None)
+    if mem_per_cpu is not None:
+        values["memory_mb"] = mem_per_cpu * (_get_int(values, "cpus") or 1)
+    if values.get("memory_mb") == 0:  # --mem=0: all of each host's memory, so the host
+        del values["memory_mb"]
+        values["exclusive"] = True
     return values
+
+
+def _per_gpu(values: dict[str, object], tasks_per_node: int | None) -> None:
+    """Slurm's GPU-relative requests, per node: `--gpus-per-task` x tasks on the node,
+    then `--cpus-per-gpu` and `--mem-per-gpu` x the node's GPUs."""
+    per_task = _get_int(values, "gpus_per_task")
+    values.pop("gpus_per_task", None)
+    if per_task is not None:
+        values["gpus"] = per_task * (tasks_per_node or 1)
+    gpus = _get_int(values, "gpus") or 0
+    for key, target, option in (
+        ("cpus_per_gpu", "cpus", "--cpus-per-gpu"),
+        ("mem_per_gpu_mb", "memory_mb", "--mem-per-gpu"),
+    ):
+        value = _get_int(values, key)
+        values.pop(key, None)
+        if value is None:
+            continue
+        if not gpus:
+            raise DirectiveError(
+                _MERGE_ORIGIN, None, f"{option} needs GPUs (--gpus-per-node, --gres, --gpus)"
+            )
+        values[target] = value * gpus
 
 
 # --------------------------------------------------------------------------- output names

@@ -27,9 +27,6 @@ __all__ = [
     "parse_nvidia_smi",
 ]
 
-NVIDIA_SMI_QUERY = "nvidia-smi --query-gpu=index,name,memory.total,uuid --format=csv,noheader"
-"""The command whose output `parse_nvidia_smi` reads."""
-
 _NA = frozenset({"[N/A]", "N/A", "[Not Supported]", "[Unknown Error]", ""})
 _MEMORY_RE = re.compile(r"^([0-9]{1,15})\s*([KMGT]i?B)?$", re.IGNORECASE)
 _INDEX_RE = re.compile(r"^[0-9]{1,6}$")
@@ -85,6 +82,12 @@ class HostFacts:
     user: str = ""
     home: str | None = None
     gpu_error: str | None = None
+    # Per-job limits (cgroups): whether the agent can hold jobs to them, and if
+    # not (or not fully) why; `cgroup_version` 0 where none is usable.
+    limits_enforced: bool = False
+    limits_why: str | None = None
+    cgroup_version: int = 0
+    gpu_devices: bool = False  # the job's cgroup hides the other GPUs (v1 devices)
 
 
 # --------------------------------------------------------------------------- nvidia-smi
@@ -200,7 +203,7 @@ def facts_from_agent(raw: Mapping[str, Any]) -> HostFacts:
     Fields (see docs/architecture.md): `hostname`, `cpus`, `memory_mb`,
     `nvidia_smi`, `nvidia_smi_error`, `infiniband`, `efa`, `dev_infiniband`,
     `runtimes` (usable container runtimes), `runtime_versions`, `runtimes_unusable`,
-    `python`, `kernel`, `user`, `home`. Only `cpus` and
+    `python`, `kernel`, `user`, `home`, `cgroups`. Only `cpus` and
     `memory_mb` are required; unknown fields are ignored (a newer agent may
     report more). A field of the wrong type raises `FactsError` naming it.
 
@@ -229,6 +232,10 @@ def facts_from_agent(raw: Mapping[str, Any]) -> HostFacts:
         raise FactsError(f"host facts: 'dev_infiniband' should be true or false, got {dev_ib!r}")
 
     runtimes_raw = _get_map(raw, "runtimes", "names to paths")
+    cg = raw.get("cgroups")
+    if cg is not None and not isinstance(cg, Mapping):
+        raise FactsError(f"host facts: 'cgroups' should be an object, got {cg!r}")
+    cg = cg or {}
 
     return HostFacts(
         cpus=cpus,
@@ -246,6 +253,10 @@ def facts_from_agent(raw: Mapping[str, Any]) -> HostFacts:
         user=_get_str(raw, "user") or "",
         home=_get_str(raw, "home"),
         gpu_error=gpu_error,
+        limits_enforced=cg.get("enforced") is True,
+        limits_why=str(cg["why"]) if cg.get("why") else None,
+        cgroup_version=int(cg.get("version") or 0),
+        gpu_devices=cg.get("gpu_devices") is True,
     )
 
 

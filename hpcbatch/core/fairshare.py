@@ -20,7 +20,7 @@ Everything here is pure arithmetic on floats.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 DEFAULT_HALF_LIFE_S = 7 * 24 * 3600.0
@@ -105,3 +105,50 @@ def factors(usage: Mapping[str, float], shares: Mapping[str, float]) -> dict[str
         u: fair_share_factor(usage.get(u, 0.0), share_of(u, shares), total_usage, total_shares)
         for u in users
     }
+
+
+@dataclass(frozen=True, slots=True)
+class ShareRow:
+    """One share identifier of a fair-share queue, as `hpcbatch shares` lists it."""
+
+    share_id: str
+    weight: float
+    usage: float  # decayed CPU-seconds
+    norm_usage: float  # its fraction of the listed identifiers' usage
+    norm_shares: float  # its fraction of their weights
+    factor: float  # 2 ** (-norm_usage / norm_shares): 1.0 unused, 0.5 on its share
+
+    def as_dict(self) -> dict[str, float | str]:
+        return {
+            "share_id": self.share_id,
+            "weight": self.weight,
+            "usage": self.usage,
+            "norm_usage": self.norm_usage,
+            "norm_shares": self.norm_shares,
+            "factor": self.factor,
+        }
+
+
+def share_rows(
+    usage: Mapping[str, float], shares: Mapping[str, float], ids: Iterable[str] = ()
+) -> list[ShareRow]:
+    """The identifiers of `shares`, `ids` and those with usage, the first to be served
+    first (highest factor; ties by name)."""
+    names = set(shares) | set(ids) | {u for u, v in usage.items() if v > 0}
+    used = {n: max(usage.get(n, 0.0), 0.0) for n in names}
+    weight = {n: share_of(n, shares) for n in names}
+    total_u = sum(used.values())
+    total_s = sum(weight.values())
+    rows = [
+        ShareRow(
+            n,
+            weight[n],
+            used[n],
+            used[n] / total_u if total_u > 0 else 0.0,
+            weight[n] / total_s if total_s > 0 else 0.0,
+            fair_share_factor(used[n], weight[n], total_u, total_s),
+        )
+        for n in names
+    ]
+    rows.sort(key=lambda r: (-r.factor, r.usage / r.weight, r.share_id))
+    return rows

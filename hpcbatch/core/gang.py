@@ -20,8 +20,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-LAUNCH_MODES = ("main", "all")
-
 HOLDER_SCRIPT = (
     "#!/bin/sh\n# hpcbatch: keeps this node reserved for the job's main node\n"
     "exec sleep 2147483647\n"
@@ -121,6 +119,11 @@ def gang_shape(request: Mapping[str, Any]) -> tuple[int, int, int]:
         mem = max(mem, int(r.get("memory_mb") or 0))
         gpus = max(gpus, int(r.get("gpus") or 0))
     return cpus, mem, gpus
+
+
+def is_gang(request: Mapping[str, Any]) -> bool:
+    """Whether the job runs on more than one node."""
+    return int(request.get("nodes") or 1) > 1
 
 
 def launch_mode(request: Mapping[str, Any]) -> str:

@@ -114,6 +114,17 @@ def text(value: str, warn: Warn) -> object:
     return value
 
 
+def tags(value: str, warn: Warn) -> object:
+    """`KEY=VALUE[,KEY=VALUE...]`: AWS Batch tags (repeated options add up)."""
+    out: dict[str, str] = {}
+    for item in value.split(","):
+        key, equals, tag = item.partition("=")
+        if not equals or not key.strip():
+            raise BadValue(f"expected KEY=VALUE[,KEY=VALUE...], got {item!r}")
+        out[key.strip()] = tag
+    return out
+
+
 def mounts(value: str, warn: Warn) -> object:
     if not value.strip():
         raise BadValue("expected SRC[:DST][:ro][,SRC[:DST][:ro]...]")
@@ -125,6 +136,13 @@ def time_limit(value: str, warn: Warn) -> object:
 
 
 def memory(value: str, warn: Warn) -> object:
+    return parse_memory_mb(value)
+
+
+def memory_or_all(value: str, warn: Warn) -> object:
+    """`--mem`: a size, or 0 (Slurm's "all of each node's memory": the host, exclusive)."""
+    if value.strip().rstrip("KkMmGgTt") in ("0", "0.0"):
+        return 0
     return parse_memory_mb(value)
 
 
@@ -140,17 +158,21 @@ def nodes(value: str, warn: Warn) -> object:
     return first
 
 
-def gpu_count(value: str, warn: Warn, shown: str, high: int) -> int:
-    """`[type:]count` (as in Slurm's --gpus): the count; a type is ignored with a warning."""
+_GPU_TYPE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+
+
+def gpu_count(value: str, warn: Warn, shown: str, high: int) -> object:
+    """`[type:]count` (as in Slurm's --gpus): the count, or `(count, type)` with a type
+    (`merge` splits it into `gpus` and `gpu_type`)."""
     gpu_type, colon, count = value.rpartition(":")
     if (colon and (not gpu_type or ":" in gpu_type)) or not re.fullmatch(r"[0-9]{1,12}", count):
         raise BadValue(f"{value!r} is not a GPU count (e.g. 2 or a100:2)")
-    if gpu_type:
-        warn(f"ignored: GPU type {gpu_type!r} in {shown} (any GPU of a host is used)")
+    if gpu_type and not _GPU_TYPE_RE.fullmatch(gpu_type):
+        raise BadValue(f"{gpu_type!r} in {shown} is not a GPU type (e.g. h100)")
     number = int(count)
     if number > high:
         raise BadValue(f"{value!r} is more than {high} GPUs")
-    return number
+    return (number, gpu_type.lower()) if gpu_type else number
 
 
 def gpus_per_node(value: str, warn: Warn) -> object:
@@ -166,7 +188,7 @@ def gres(value: str, warn: Warn) -> object:
 
     `none` is no GPUs; a list without gpu sets nothing.
     """
-    gpus: int | None = None
+    gpus: object = None
     seen_gpu = False
     for entry in value.split(","):
         name, colon, rest = entry.partition(":")
@@ -182,9 +204,8 @@ def gres(value: str, warn: Warn) -> object:
             seen_gpu = True
             if not colon:
                 gpus = 1
-            elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", rest):  # gpu:TYPE, one GPU
-                warn(f"ignored: GPU type {rest!r} in --gres={value} (any GPU of a host is used)")
-                gpus = 1
+            elif _GPU_TYPE_RE.fullmatch(rest):  # gpu:TYPE, one GPU
+                gpus = (1, rest.lower())
             else:
                 gpus = gpu_count(rest, warn, f"--gres={value}", MAX_GPUS)
     return UNSET if gpus is None else gpus
@@ -217,6 +238,20 @@ def export(value: str, warn: Warn) -> object:
         else:
             names.append(name)
     return ExportSpec(everything=everything, names=tuple(names), values=tuple(assigned))
+
+
+_SECRET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+
+
+def secret(value: str, warn: Warn) -> object:
+    """`--secret VAR=NAME[,VAR=NAME...]`: environment variable -> secret name."""
+    refs: dict[str, str] = {}
+    for entry in value.split(","):
+        var, equals, name = entry.strip().partition("=")
+        if not equals or not ENV_NAME_RE.fullmatch(var) or not _SECRET_NAME_RE.fullmatch(name):
+            raise BadValue(f"{entry!r} is not VAR=SECRET_NAME")
+        refs[var] = name
+    return refs
 
 
 _SIGNAL_DEFAULT_BEFORE_S = 60  # as Slurm: a signal without @secs comes 60 s before the limit
@@ -263,3 +298,54 @@ def warn_signal(value: str, warn: Warn) -> object:
 def exclusive(value: str, warn: Warn) -> object:
     warn(f"ignored: the {value!r} in --exclusive={value} (the job gets whole hosts)")
     return True
+
+
+def hostlist(value: str, warn: Warn) -> object:
+    """`-w`/`-x`: a hostlist expression (`node[1-3],gpu7`), checked, kept as given."""
+    from hpcbatch.core.hostlist import HostlistError, expand
+
+    try:
+        names = expand(value)
+    except HostlistError as exc:
+        raise BadValue(str(exc)) from None
+    if not names:
+        raise BadValue(f"{value!r} names no hosts")
+    return value
+
+
+def constraint(value: str, warn: Warn) -> object:
+    """`-C`: a feature expression (`nvlink&(ib|efa)`), checked, kept as given."""
+    from hpcbatch.core.targeting import ConstraintError, parse_constraint
+
+    try:
+        parse_constraint(value)
+    except ConstraintError as exc:
+        raise BadValue(str(exc)) from None
+    return value
+
+
+def clock_time(value: str, warn: Warn) -> object:
+    """`--begin`/`--deadline`: a Slurm time (`now+1hour`, `16:00`, ISO) as epoch seconds,
+    read when the script is submitted."""
+    import time
+
+    from hpcbatch.core.jobcontrol import ControlError, parse_time_spec
+
+    try:
+        return parse_time_spec(value, time.time())
+    except ControlError as exc:
+        raise BadValue(str(exc)) from None
+
+
+def nice(value: str, warn: Warn) -> object:
+    """`--nice[=N]`: N (default 100, as Slurm), -10000..10000; higher waits longer."""
+    if not re.fullmatch(r"[+-]?[0-9]{1,5}", value):
+        raise BadValue(f"{value!r} is not a nice value (a whole number, -10000 to 10000)")
+    number = int(value)
+    if abs(number) > 10_000:
+        raise BadValue(f"{value!r} is outside -10000 to 10000")
+    return number
+
+
+def no(value: str, warn: Warn) -> object:
+    return False

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from hpcbatch.core.targeting import ANY_FABRIC, fabric_matches
+
 if TYPE_CHECKING:
     from hpcbatch.core.placement import Free
     from hpcbatch.core.views import ComputeEnvView, HostView, JobView, QueueView
@@ -27,14 +29,17 @@ def describe(job: JobView) -> str:
     if job.gpus:
         parts.append(f"{job.gpus} GPU{'s' if job.gpus != 1 else ''}")
     what = ", ".join(parts)
+    target = f" ({job.target.words()})" if job.target is not None else ""
     if job.nodes > 1:
         where = f"{job.nodes} whole hosts with {what} each"
         if job.fabric:
             where += " in one fabric island"
-        return where
+            if job.fabric != ANY_FABRIC:
+                where += f" of kind {job.fabric}"
+        return where + target
     if job.exclusive:
-        return f"a whole host with {what}"
-    return f"{what} on one host"
+        return f"a whole host with {what}{target}"
+    return f"{what} on one host{target}"
 
 
 def resources(
@@ -50,7 +55,9 @@ def resources(
     resources do) saves rescanning the hosts for every failing shape.
     """
     key: tuple[object, ...] = (
-        (job.cpus, job.memory_mb, job.gpus, job.nodes, job.fabric) if job.nodes > 1 else (job.gpus,)
+        (job.cpus, job.memory_mb, job.gpus, job.nodes, job.fabric, job.target)
+        if job.nodes > 1
+        else (job.gpus, job.target)
     )
     if cache is not None:
         hit = cache.get(key)
@@ -67,6 +74,11 @@ def resources(
 
 def _resources(job: JobView, queue: str, hosts: Sequence[Free]) -> str:
     usable = [f for f in hosts if f.usable]
+    target = job.target
+    if target is not None and usable:
+        usable = [f for f in usable if target.admits(f.host)]
+        if not usable:
+            return f"Resources: needs {describe(job)}; no such host of queue {queue} takes work now"
     if not usable:
         states = sorted({f.host.unavailable_reason or "busy" for f in hosts})
         if not states:
@@ -77,7 +89,7 @@ def _resources(job: JobView, queue: str, hosts: Sequence[Free]) -> str:
         if job.fabric:
             counts: dict[str, int] = {}
             for f in fitting:
-                if f.host.fabric:
+                if f.host.fabric and fabric_matches(job.fabric, f.host.fabric):
                     counts[f.host.fabric] = counts.get(f.host.fabric, 0) + 1
             best_island, best_n = max(counts.items(), key=lambda kv: kv[1], default=("-", 0))
             return (
@@ -105,6 +117,25 @@ def infeasible_on(job: JobView, hosts: Iterable[HostView], where: str) -> str | 
     pool = list({h.name: h for h in hosts}.values())  # a host listed twice counts once
     if not pool:
         return f"{where} has no hosts"
+    target = job.target
+    if target is not None:
+        missing = sorted(target.nodelist - {h.name for h in pool})
+        if missing:
+            return f"asks for host {','.join(missing)}, which is not in {where}"
+        pool = [h for h in pool if target.admits(h)]
+        bad = sorted(h for h in target.nodelist if h not in {p.name for p in pool})
+        if bad:
+            return f"asks for host {','.join(bad)}, which does not match ({target.words()})"
+        if not pool:
+            return f"no host in {where} matches ({target.words()})"
+        if len(target.nodelist) > job.nodes:
+            return f"names {len(target.nodelist)} hosts with -w but asks for {job.nodes}"
+        if target.nodelist and job.nodes == 1:
+            pool = [h for h in pool if h.name in target.nodelist]
+    if job.fabric and job.whole_hosts:  # a fabric places whole-host jobs only
+        pool = [h for h in pool if fabric_matches(job.fabric, h.fabric)]
+        if not pool:
+            return f"no host in {where} is on a fabric island of kind {job.fabric}"
     fit = _fitting(job, pool)
     if job.nodes == 1 and not (job.exclusive and job.fabric):
         if fit:

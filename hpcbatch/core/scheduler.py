@@ -14,8 +14,9 @@ The policy, in order (docs/scheduling.md has the long form):
 
 1. Queues by priority, higher first (ties: the order given). A disabled queue
    keeps its jobs and starts none.
-2. Within a queue, FIFO (the order given) or fair share (the user with the
-   least decayed usage per share first; see `fairshare`).
+2. Within a queue, FIFO (the order given) or fair share (the share identifier,
+   by default the user, with the least decayed usage per share first; see
+   `fairshare`), less any compute reservation kept for identifiers not active.
 3. Per job: the queue's limits (running jobs, vCPUs), the job's array throttle,
    then placement on the queue's enabled compute environments in order, each
    within its vCPU cap. Single-node jobs go best-fit (fewest spare GPUs, then
@@ -47,8 +48,20 @@ Pending reason codes (the text before the first colon is stable):
     Every compute environment of the queue is disabled.
 `ComputeEnvLimit:`
     Every compute environment of the queue that is enabled is at its vCPU cap.
+`ShareReservation:`
+    Its fair-share queue keeps part of its vCPUs for share identifiers with
+    nothing running (`compute_reservation`), and this job's identifier is active.
+`UserLimit:`
+    Its user (or share identifier) holds as much as the queue allows one at once.
 `Throttle:`
     Its array already runs as many children as its `%N` throttle allows.
+`BeginTime:`
+    It asked not to start before a time (`--begin`), named.
+`JobHeldUser:` / `JobHeldAdmin:`
+    (Set by the controller: held jobs are PENDING, not given to the pass.)
+`DeadLine:`
+    (A failure, not a wait.) It could not end by its `--deadline`: started now,
+    its time limit would run past it.
 `Dependency:`
     (Set by the controller from `hpcbatch.core.dependencies`, not here.) It
     waits for another job, named, or for a singleton.
@@ -56,29 +69,34 @@ Pending reason codes (the text before the first colon is stable):
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from operator import attrgetter
 
 from hpcbatch.core import fairshare, reasons
-from hpcbatch.core.backfill import NEVER, Hold, Reservation, Timeline, reserve
+from hpcbatch.core.backfill import NEVER, Hold, Timeline, reserve
+from hpcbatch.core.limits import UserCounts
 from hpcbatch.core.placement import Free, Pool
 from hpcbatch.core.reasons import describe, infeasible
 from hpcbatch.core.records import Placement
-from hpcbatch.core.units import format_duration
+from hpcbatch.core.shares import FairOrder, ShareReservation
+from hpcbatch.core.units import format_clock, format_duration
 from hpcbatch.core.views import (
+    AllocationStrategy,
     ComputeEnvView,
     HostView,
     JobView,
     Plan,
     QueuePolicy,
     QueueView,
+    Reservation,
     RunningView,
+    by_priority,
 )
 
 __all__ = [
+    "AllocationStrategy",
     "ComputeEnvView",
     "HostView",
     "JobView",
@@ -93,6 +111,7 @@ __all__ = [
 ]
 
 _MAX_RESERVATION_TRIES = 8  # distinct request shapes tried for a reservation per pass
+STEP = 64  # jobs considered between two steps of `schedule_in_steps`
 
 
 def _limit(limit: float | None, queue: QueueView | None) -> float | None:
@@ -105,39 +124,6 @@ def _limit(limit: float | None, queue: QueueView | None) -> float | None:
 
 def _when(t: float, now: float) -> str:
     return "now" if t <= now else f"in {format_duration(math.ceil(t - now))}"
-
-
-class _FairOrder:
-    """A queue's jobs, the user with the lowest usage per share first, re-ranked as it goes."""
-
-    def __init__(
-        self, jobs: Sequence[JobView], usage: Mapping[str, float], shares: Mapping[str, float]
-    ) -> None:
-        self.per_user: dict[str, deque[tuple[int, JobView]]] = {}
-        for pos, job in enumerate(jobs):
-            self.per_user.setdefault(job.user, deque()).append((pos, job))
-        self.usage = {u: max(usage.get(u, 0.0), 0.0) for u in self.per_user}
-        self.shares = {u: fairshare.share_of(u, shares) for u in self.per_user}
-
-    def charge(self, user: str, amount: float) -> None:
-        self.usage[user] = self.usage.get(user, 0.0) + amount
-
-    def __iter__(self) -> Iterator[JobView]:
-        usage, shares, key_of = self.usage, self.shares, fairshare.ordering_key
-        heap = [(key_of(usage[u], shares[u]), q[0][0], u) for u, q in self.per_user.items()]
-        heapq.heapify(heap)
-        while heap:
-            _, _, user = heapq.heappop(heap)
-            q = self.per_user[user]
-            while q:
-                yield q.popleft()[1]  # the caller may charge `user` before we rank them again
-                if q:
-                    # Stay with this user while they still rank first: most jobs do not
-                    # start (nothing charged), and this saves a heap push and pop each.
-                    entry = (key_of(usage[user], shares[user]), q[0][0], user)
-                    if heap and entry > heap[0]:
-                        heapq.heappush(heap, entry)
-                        break
 
 
 class _Pass:
@@ -170,7 +156,7 @@ class _Pass:
         self.throttled: Counter[str] = Counter(map(attrgetter("throttle_group"), self.running))
         self.q_vcpus: Counter[str] = Counter()
         ce_used: Counter[str] = Counter()
-        count_q = any(q.max_vcpus is not None for q in self.queues)
+        count_q = any(q.max_vcpus is not None or q.compute_reservation for q in self.queues)
         count_ce = any(c.used_vcpus is None and c.max_vcpus is not None for c in ces)
         if count_q or count_ce:
             for r in self.running:
@@ -190,6 +176,7 @@ class _Pass:
                 enabled=ce.enabled,
                 max_vcpus=ce.max_vcpus,
                 used_vcpus=ce_used[ce.name] if ce.used_vcpus is None else ce.used_vcpus,
+                strategy=ce.strategy,
             )
         self.hold: Hold | None = None
         self.reserve_tries = 0
@@ -218,8 +205,13 @@ class _Pass:
         return [Pool(f"queue {q.name}", self._hosts(q.hosts), real=False)]
 
     def run(
-        self, jobs: Iterable[JobView], usage: Mapping[str, float], shares: Mapping[str, float]
-    ) -> Plan:
+        self,
+        jobs: Iterable[JobView],
+        usage: Mapping[str, float],
+        shares: Mapping[str, float],
+        usage_by_half_life: Mapping[float, Mapping[str, float]],
+    ) -> Iterator[Plan | None]:
+        """The pass, a step at a time: None after every STEP jobs considered, then the plan."""
         by_queue: dict[str, list[JobView]] = {}
         for job in jobs:
             by_queue.setdefault(job.queue, []).append(job)
@@ -242,11 +234,14 @@ class _Pass:
                         f"is disabled ({names})"
                     )
                 continue
-            self.run_queue(q, active, waiting, usage, shares)
+            q_usage = usage
+            if q.half_life_s is not None:
+                q_usage = usage_by_half_life.get(q.half_life_s, usage)
+            yield from self.run_queue(q, active, waiting, q_usage, q.shares or shares)
         for orphans in by_queue.values():
             for job in orphans:
                 reasons_[job.id] = f"QueueUnknown: queue {job.queue} is not in the inventory"
-        return self.plan
+        yield self.plan
 
     def run_queue(
         self,
@@ -255,8 +250,11 @@ class _Pass:
         waiting: list[JobView],
         usage: Mapping[str, float],
         shares: Mapping[str, float],
-    ) -> None:
-        fair = _FairOrder(waiting, usage, shares) if q.policy == QueuePolicy.FAIRSHARE else None
+    ) -> Iterator[None]:
+        waiting = by_priority(waiting)
+        fair = FairOrder(waiting, usage, shares) if q.policy == QueuePolicy.FAIRSHARE else None
+        reserve = ShareReservation.of(q, pools, self.running) if fair is not None else None
+        per_user = UserCounts(q.name, q.user_limits, self.running) if q.user_limits else None
         order: Iterable[JobView] = fair if fair is not None else waiting
         hosts = list({f.name: f for p in pools for f in p.hosts}.values())
         # Failures stay failures for the rest of the pass (resources only shrink, the
@@ -267,7 +265,24 @@ class _Pass:
         reasons_ = self.plan.reasons
         throttled = self.throttled
         it = iter(order)
+        seen = 0
         for job in it:
+            seen += 1
+            if seen % STEP == 0:
+                yield None
+            if job.begin is not None and job.begin > self.now:
+                reasons_[job.id] = f"BeginTime: not before {format_clock(job.begin)}"
+                plan = self.plan
+                plan.wake_at = job.begin if plan.wake_at is None else min(plan.wake_at, job.begin)
+                continue
+            if job.deadline is not None:
+                most = _limit(job.time_limit_s, q) or 0
+                if self.now + most > job.deadline:
+                    self.plan.expired[job.id] = (
+                        f"DeadLine: it could not end by {format_clock(job.deadline)} "
+                        f"(time limit {format_duration(int(most))})"
+                    )
+                    continue
             if q.max_running is not None and self.q_running[q.name] >= q.max_running:
                 why = (
                     f"QueueLimit: queue {q.name} runs at most {q.max_running} jobs at once "
@@ -288,7 +303,8 @@ class _Pass:
                     continue
             # job.shape(), inlined: this line runs for every waiting job
             shape = (
-                job.queue, job.cpus, job.memory_mb, job.gpus, job.nodes, job.exclusive, job.fabric
+                job.queue, job.cpus, job.memory_mb, job.gpus, job.nodes, job.exclusive, job.fabric,
+                job.target,
             )  # fmt: skip
             known = failed.get(shape)
             if known is not None:
@@ -301,11 +317,26 @@ class _Pass:
                 if known is not None:
                     reasons_[job.id] = known
                     continue
+            if per_user is not None:
+                over = per_user.refuses(job)
+                if over is not None:
+                    reasons_[job.id] = over
+                    continue
+            if reserve is not None:
+                held = reserve.refuses(job, self.q_vcpus[q.name])
+                if held is not None:
+                    reasons_[job.id] = held
+                    continue
             started = self.consider(q, pools, hosts, job, end, shape, failed, failed_by_end)
+            if started and per_user is not None:
+                per_user.started(job)
             if started and fair is not None:
                 seconds = self.horizon if limit is None else limit
                 need_c, need_g = job.cpus * job.nodes, job.gpus * job.nodes
-                fair.charge(job.user, fairshare.charge(need_c, need_g, seconds, self.gpu_weight))
+                share = job.share_id or job.user
+                fair.charge(share, fairshare.charge(need_c, need_g, seconds, self.gpu_weight))
+                if reserve is not None:
+                    reserve.active.add(share)
 
     def consider(
         self,
@@ -352,6 +383,12 @@ class _Pass:
                 one = pool.pick_single(job, allow)
                 if one is None:
                     continue
+                if (
+                    pool.strategy != AllocationStrategy.BEST_FIT_PROGRESSIVE
+                    and pool.elastic()
+                    and pool.pick_power(job, below_weight=one.host.weight) is not None
+                ):
+                    continue  # a cheaper host is powered down: resume it (below)
                 picked = [one]
                 charge = need
             if q.max_vcpus is not None and self.q_vcpus[q.name] + charge > q.max_vcpus:
@@ -362,6 +399,8 @@ class _Pass:
                 return False
             self.start(q, pool, job, picked, charge, end)
             return True
+        if self.power_up(pools, job):
+            return False
         if capped == len(pools):
             why = "ComputeEnvLimit: " + "; ".join(
                 f"compute environment {p.name} is at its vCPU cap "
@@ -383,6 +422,27 @@ class _Pass:
         failed[shape] = reasons_[job.id] = why
         if hold is None and self.backfill:
             self.try_reserve(job, pools, shape)
+        return False
+
+    def power_up(self, pools: list[Pool], job: JobView) -> bool:
+        """Whether `job` waits for elastic hosts: powering up already, or resumed now
+        (added to the plan's `resume`), which will fit it once up."""
+        for pool in pools:
+            if not pool.elastic():
+                continue
+            got = pool.pick_power(job)
+            if got is None:
+                continue
+            resume = self.plan.resume
+            for f in got:
+                if f.host.power == "POWERED_DOWN" and f.name not in resume:
+                    resume.append(f.name)
+            since = min((f.host.powering_since or self.now for f in got), default=self.now)
+            self.plan.reasons[job.id] = (
+                f"Resources: powering up {', '.join(f.name for f in got)} "
+                f"(since {max(0, int(self.now - since))} s)"
+            )
+            return True
         return False
 
     def start(
@@ -436,6 +496,7 @@ def schedule(
     compute_envs: Iterable[ComputeEnvView] = (),
     usage: Mapping[str, float] | None = None,
     shares: Mapping[str, float] | None = None,
+    usage_by_half_life: Mapping[float, Mapping[str, float]] | None = None,
     backfill: bool = True,
     fairshare_horizon_s: float = fairshare.DEFAULT_HORIZON_S,
     gpu_weight: float = fairshare.DEFAULT_GPU_WEIGHT,
@@ -444,8 +505,10 @@ def schedule(
 
     `jobs` are the runnable jobs in submission order. `running` are the
     allocations held now (queue limits, throttles, CE use, and their expected
-    ends for backfill); `usage` is each user's decayed usage for fair-share
-    queues and `shares` their shares (1 when not listed). `now` is the clock the
+    ends for backfill); `usage` is each share identifier's (by default each
+    user's) decayed usage for fair-share queues and `shares` their shares (1 when
+    not listed; a queue's own `shares` replace them). A queue with its own
+    `half_life_s` reads its usage from `usage_by_half_life[half_life_s]`. `now` is the clock the
     `running` start times use. Inputs are not changed; the same inputs give
     the same plan.
 
@@ -453,5 +516,34 @@ def schedule(
     search: resources only shrink during a pass, and the reservation only
     tightens.
     """
+    for step in schedule_in_steps(
+        hosts, queues, jobs, now=now, running=running, compute_envs=compute_envs, usage=usage,
+        shares=shares, usage_by_half_life=usage_by_half_life, backfill=backfill,
+        fairshare_horizon_s=fairshare_horizon_s, gpu_weight=gpu_weight,
+    ):  # fmt: skip
+        if step is not None:
+            return step
+    raise AssertionError("a pass ends with its plan")
+
+
+def schedule_in_steps(
+    hosts: Iterable[HostView],
+    queues: Iterable[QueueView],
+    jobs: Iterable[JobView],
+    *,
+    now: float = 0.0,
+    running: Iterable[RunningView] = (),
+    compute_envs: Iterable[ComputeEnvView] = (),
+    usage: Mapping[str, float] | None = None,
+    shares: Mapping[str, float] | None = None,
+    usage_by_half_life: Mapping[float, Mapping[str, float]] | None = None,
+    backfill: bool = True,
+    fairshare_horizon_s: float = fairshare.DEFAULT_HORIZON_S,
+    gpu_weight: float = fairshare.DEFAULT_GPU_WEIGHT,
+) -> Iterator[Plan | None]:
+    """`schedule`, a step at a time: None after every STEP jobs it considered, then the
+    Plan (the last item). A caller on an event loop serves others between steps (a pass
+    over 50,000 jobs at 5,000 hosts takes up to seconds); the inputs are views it does
+    not change, so what the caller changes meanwhile does not reach the plan."""
     p = _Pass(hosts, queues, compute_envs, running, now, backfill, fairshare_horizon_s, gpu_weight)
-    return p.run(jobs, usage or {}, shares or {})
+    return p.run(jobs, usage or {}, shares or {}, usage_by_half_life or {})

@@ -30,7 +30,7 @@ class JobState(StrEnum):
     """The host agent reported the attempt's process started."""
 
     SUCCEEDED = "SUCCEEDED"
-    """Final: the (last) attempt exited with code 0."""
+    """Final: the (last) attempt exited with code 0 (until a `requeue` runs it again)."""
 
     FAILED = "FAILED"
     """Final: non-zero exit, signal, timeout, cancel, host failure or failed dependency."""
@@ -50,15 +50,21 @@ FINAL_STATES: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.FAIL
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.SUBMITTED: frozenset({JobState.PENDING, JobState.RUNNABLE, JobState.FAILED}),
     JobState.PENDING: frozenset({JobState.RUNNABLE, JobState.FAILED}),
-    # RUNNABLE -> PENDING is not allowed: dependencies are settled before RUNNABLE.
-    JobState.RUNNABLE: frozenset({JobState.STARTING, JobState.FAILED}),
-    # STARTING/RUNNING -> RUNNABLE is a retry (a new attempt) or a requeue.
+    # RUNNABLE -> PENDING is a hold (`hpcbatch hold`); dependencies are settled
+    # before RUNNABLE.
+    JobState.RUNNABLE: frozenset({JobState.STARTING, JobState.FAILED, JobState.PENDING}),
+    # STARTING/RUNNING -> RUNNABLE is a retry (a new attempt) or a requeue; -> PENDING
+    # is a requeue with a hold (`hpcbatch requeue --hold`, scontrol requeuehold).
     JobState.STARTING: frozenset(
-        {JobState.RUNNING, JobState.RUNNABLE, JobState.SUCCEEDED, JobState.FAILED}
+        {JobState.RUNNING, JobState.RUNNABLE, JobState.PENDING, JobState.SUCCEEDED, JobState.FAILED}
     ),
-    JobState.RUNNING: frozenset({JobState.RUNNABLE, JobState.SUCCEEDED, JobState.FAILED}),
-    JobState.SUCCEEDED: frozenset(),
-    JobState.FAILED: frozenset(),
+    JobState.RUNNING: frozenset(
+        {JobState.RUNNABLE, JobState.PENDING, JobState.SUCCEEDED, JobState.FAILED}
+    ),
+    # Final, but for one way back: `hpcbatch requeue` of a finished job (Slurm requeues
+    # completed batch jobs): to its queue again as a new attempt, held with --hold.
+    JobState.SUCCEEDED: frozenset({JobState.RUNNABLE, JobState.PENDING}),
+    JobState.FAILED: frozenset({JobState.RUNNABLE, JobState.PENDING}),
 }
 
 
@@ -91,6 +97,22 @@ class HostState(StrEnum):
     DOWN = "DOWN"
     """Given up on: silent past the heartbeat limit, or set down by an operator.
     Its attempts were failed; any still alive there are fenced when it returns."""
+
+    POWERED_DOWN = "POWERED_DOWN"
+    """An elastic host switched off on purpose (docs/elastic.md): no connection is
+    tried; the scheduler counts it as capacity it may resume."""
+
+    POWERING_UP = "POWERING_UP"
+    """Its `resume_command` ran; connecting until it answers (then UP) or until
+    `resume_timeout_s` (then DOWN, with the command's output as the reason)."""
+
+    POWERING_DOWN = "POWERING_DOWN"
+    """Idle past `idle_time_s`: its link is closed and `suspend_command` runs; then
+    POWERED_DOWN. Takes no work."""
+
+
+POWER_STATES = frozenset({HostState.POWERED_DOWN, HostState.POWERING_UP, HostState.POWERING_DOWN})
+"""Host states of elastic hosts that are not (yet) connected on purpose."""
 
 
 class AdminState(StrEnum):

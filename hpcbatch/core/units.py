@@ -133,8 +133,7 @@ def parse_memory_mb(text: str) -> int:
     mb = -(-numerator // denominator)  # round up
     if mb == 0:
         raise UnitError(
-            f"{text!r} is no memory at all (Slurm's --mem=0, all of a node's memory, "
-            "is not supported: give a size)"
+            f"{text!r} is no memory at all (give a size; --mem=0 asks for the whole host)"
         )
     if mb > MAX_MEMORY_MB:
         raise UnitError(f"{text!r} is more than the largest memory size accepted")
@@ -159,3 +158,10 @@ def format_memory(mb: int) -> str:
                 value = scaled // per_unit
                 return f"{value // 10**places}.{value % 10**places:0{places}d}{suffix}"
     return f"{mb}M"
+
+
+def format_clock(epoch: float) -> str:
+    """An epoch time as local `YYYY-MM-DDTHH:MM:SS` (as Slurm shows begin times)."""
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch))

@@ -42,6 +42,10 @@ def _line(msg: dict[str, Any]) -> bytes:
     return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
 
 
+class _Closed(Exception):
+    """The connection ended before a reply."""
+
+
 class DashApi:
     """Requests over one lazily (re)opened connection; events over `watch()`."""
 
@@ -60,27 +64,19 @@ class DashApi:
         next request must never read an answer meant for another.
         """
         async with self._lock:
-            if self._conn is None:
-                self._conn = await _open(self.path)
-            reader, writer = self._conn
-            self._next += 1
-            rid = self._next
-            try:
-                writer.write(_line({"id": rid, "op": op, **args}))
-                await writer.drain()
-                raw = await asyncio.wait_for(reader.readline(), self.timeout)
-            except TimeoutError:
-                await self._drop()
-                raise ClientError("timeout", f"the controller did not answer {op!r}") from None
-            except (OSError, ConnectionError, ValueError) as exc:
-                await self._drop()
-                raise ClientError("unavailable", f"lost the controller: {exc}") from None
-            except BaseException:
-                await self._drop()
-                raise
-            if not raw:
-                await self._drop()
-                raise ClientError("unavailable", "the controller closed the connection")
+            # The controller closes a connection left idle (its `idle_timeout_s`)
+            # without reading from it: on a reused connection the request was not
+            # seen, so it is asked again once on a new one.
+            tries = 2 if self._conn is not None else 1
+            for left in range(tries - 1, -1, -1):
+                try:
+                    raw, rid = await self._exchange(op, args)
+                    break
+                except _Closed:
+                    if not left:
+                        raise ClientError(
+                            "unavailable", "the controller closed the connection"
+                        ) from None
             reply: dict[str, Any] = json.loads(raw)
             if reply.get("id") != rid:
                 await self._drop()
@@ -88,6 +84,35 @@ class DashApi:
         if not reply.get("ok"):
             raise ClientError(str(reply.get("kind", "error")), str(reply.get("error", "failed")))
         return reply.get("result")
+
+    async def _exchange(self, op: str, args: dict[str, Any]) -> tuple[bytes, int]:
+        """Send one request and read its reply line; `_Closed` if the connection was
+        closed before any answer came."""
+        if self._conn is None:
+            self._conn = await _open(self.path)
+        reader, writer = self._conn
+        self._next += 1
+        rid = self._next
+        try:
+            writer.write(_line({"id": rid, "op": op, **args}))
+            await writer.drain()
+            raw = await asyncio.wait_for(reader.readline(), self.timeout)
+        except TimeoutError:
+            await self._drop()
+            raise ClientError("timeout", f"the controller did not answer {op!r}") from None
+        except (BrokenPipeError, ConnectionResetError):
+            await self._drop()
+            raise _Closed from None
+        except (OSError, ConnectionError, ValueError) as exc:
+            await self._drop()
+            raise ClientError("unavailable", f"lost the controller: {exc}") from None
+        except BaseException:
+            await self._drop()
+            raise
+        if not raw:
+            await self._drop()
+            raise _Closed
+        return raw, rid
 
     async def subscribe(self) -> EventStream:
         """Open an event stream; returns once the controller has subscribed it."""

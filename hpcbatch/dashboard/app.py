@@ -164,9 +164,17 @@ class DashApp(App[None]):
             "queues": self.query_one(QueuesView),
         }
 
+    def _active_tab(self) -> str | None:
+        """The visible view's tab, or None while no view is on the screen: another screen
+        on top (a node's log), or the app closing. Timers and the feed fire meanwhile."""
+        tabs = list(self.query(TabbedContent))
+        return (tabs[0].active or self.initial) if tabs else None
+
     def redraw(self, force: bool = False) -> None:
         """Draw the visible view if the model changed since it was last drawn."""
-        active = self.query_one(TabbedContent).active or self.initial
+        active = self._active_tab()
+        if active is None:
+            return
         view = self._views().get(active)
         if view is None or (not force and self._drawn.get(active) == self.model.version):
             return
@@ -175,8 +183,11 @@ class DashApp(App[None]):
         self._topline()
 
     def _tick(self) -> None:
-        if self.query_one(TabbedContent).active == "jobs":
+        active = self._active_tab()
+        if active == "jobs":
             self.query_one(JobsView).tick()
+        elif self.feed is not None and active == "cluster":
+            self.feed.live_tick()  # actual load and memory beside the allocation
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         if event.tabbed_content.id == "views":
@@ -184,8 +195,8 @@ class DashApp(App[None]):
             self.call_after_refresh(self._focus_view)
 
     def _focus_view(self) -> None:
-        active = self.query_one(TabbedContent).active or self.initial
-        view = self._views().get(active)
+        active = self._active_tab()
+        view = self._views().get(active) if active is not None else None
         if view is not None:
             view.query_one(VTable).focus()
 

@@ -70,6 +70,19 @@ def usage(used: float, total: float, label: str, width: int, style: str) -> Text
     return text
 
 
+def actual(h: Host) -> str:
+    """What the host's jobs use now (agents' cgroup samples), beside the allocation bars;
+    `limits: not enforced` where its jobs run unconfined."""
+    now = h.get("actual")
+    used = f"using {now['cpus']:.1f} cpu {memory(int(now['memory_mb']))}" if now else ""
+    if now and now.get("gpu_util") is not None:
+        used += f" gpu {now['gpu_util']:.0f}%"
+    limits = ((h.get("facts") or {}).get("limits")) or {}
+    if limits and not limits.get("enforced"):
+        used = f"{used} (limits: not enforced)".strip()
+    return used
+
+
 def host_row(h: Host, jobs: list[int], pal: Palette, width: int) -> Text:
     state = host_state(h)
     cpus = int(h.get("cpus") or 0)
@@ -97,7 +110,7 @@ def host_row(h: Host, jobs: list[int], pal: Palette, width: int) -> Text:
     ids = ",".join(str(j) for j in jobs)
     why = h.get("admin_reason") or (h.get("reason") if state in ("down", "unreachable") else None)
     tail = " ".join(
-        p for p in (f"jobs {ids}" if ids else "", labels, f"({why})" if why else "") if p
+        p for p in (actual(h), f"jobs {ids}" if ids else "", labels, f"({why})" if why else "") if p
     )
     text.append(tail[:rest], "")
     return text

@@ -32,10 +32,34 @@ from hpcbatch.dashboard.words import duration, explain, memory, stamp
 
 FOLLOW_INTERVAL_S = 0.5
 READ_LIMIT = 256 * 1024
+LIVE_S = 2.0  # how often a running job is read again for its live usage
+
+
+def node_use(a: dict[str, Any]) -> str:
+    """One node's use: live while it runs (cores now, memory now), else what was recorded."""
+    live, used = a.get("live"), a.get("usage")
+    if live and not used:
+        parts = []
+        if "cpus" in live:
+            parts.append(f"{live['cpus']:.2f} cpu {memory(int(live['mem_bytes']) // 2**20)}")
+        if "gpu_util" in live:
+            parts.append(f"gpu {live['gpu_util']:.0f}%")
+        return " ".join(parts) + " now" if parts else "-"
+    if used:
+        cpu = (used.get("cpu_user_s") or 0) + (used.get("cpu_sys_s") or 0)
+        peak = used.get("mem_peak_bytes")
+        return f"{duration(cpu)} cpu, peak {memory(int(peak) // 2**20) if peak else '-'}"
+    return "-"
+
+
+PRIVATE = (
+    "(another user's job: its script, environment, output and errors are shown"
+    " to them and to administrators only)"
+)
 
 
 def overview(job: dict[str, Any], pal: Palette) -> RenderableType:
-    req = job.get("request") or {}
+    req = job.get("request") or job  # another user's job: its public row only
     state = str(job.get("state", ""))
     head = Text()
     head.append(f"{state}", pal.job(state))
@@ -77,7 +101,7 @@ def overview(job: dict[str, Any], pal: Palette) -> RenderableType:
     attempts = job.get("attempts") or []
     if attempts:
         alloc = Table(title="Nodes", title_justify="left", box=None, padding=(0, 1))
-        for col in ("TRY", "NODE", "HOST", "STATE", "GPUS", "EXIT", "REASON"):
+        for col in ("TRY", "NODE", "HOST", "STATE", "GPUS", "EXIT", "USE", "REASON"):
             alloc.add_column(col, style="bold" if col == "HOST" else "")
         for a in attempts:
             alloc.add_row(
@@ -87,6 +111,7 @@ def overview(job: dict[str, Any], pal: Palette) -> RenderableType:
                 str(a.get("state")),
                 ",".join(str(g) for g in a.get("gpus") or []) or "-",
                 "-" if a.get("exit_code") is None else str(a["exit_code"]),
+                node_use(a),
                 str(a.get("reason") or ""),
             )
         parts.append(alloc)
@@ -100,6 +125,8 @@ def overview(job: dict[str, Any], pal: Palette) -> RenderableType:
             t.get("reason") or "",
         )
     parts.append(history)
+    if job.get("private"):
+        parts.append(Text(PRIVATE, "dim"))
     env = req.get("env") or {}
     if env:
         table = Table(title="Environment", title_justify="left", box=None, padding=(0, 1))
@@ -185,6 +212,12 @@ class JobDetailScreen(Screen[None]):
         if self.api is not None:
             self.reload()
             self.tail()
+            self.set_interval(LIVE_S, self._live)
+
+    def _live(self) -> None:
+        """While the job runs, read it again for its nodes' live usage."""
+        if self.job.get("state") == "RUNNING":
+            self.reload()
 
     # ------------------------------------------------------------------ spec and timeline
 
@@ -203,7 +236,7 @@ class JobDetailScreen(Screen[None]):
         body: RenderableType = (
             Syntax(script, "bash", theme=theme, line_numbers=True)
             if script
-            else Text("(no script)")
+            else Text(PRIVATE if job.get("private") else "(no script)")
         )
         if args:
             body = Group(body, Text("arguments: " + " ".join(map(str, args)), "dim"))
@@ -268,6 +301,8 @@ class JobDetailScreen(Screen[None]):
                 )  # fmt: skip
             except ClientError as exc:
                 self.query_one("#log-status", Static).update(f"log: {exc.message}")
+                if exc.kind == "forbidden":  # another user's job: asking again will not help
+                    return
                 chunk = None
             if chunk is not None:
                 if chunk.get("data"):

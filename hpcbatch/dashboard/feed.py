@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from hpcbatch.dashboard.api import DashApi
 from hpcbatch.dashboard.model import FINAL, Model
 
 HOSTS_DELAY_S = 0.2  # coalesce host re-reads after allocation-changing job events
+LIVE_S = 2.0  # how often the host view re-reads live usage while jobs run
 BACKOFF_S = (0.25, 0.5, 1.0, 2.0, 3.0)
 
 
@@ -42,6 +44,7 @@ class Feed:
         self.on_change = on_change
         self.connected = False
         self._hosts_task: asyncio.Task[None] | None = None
+        self._live_at = 0.0
 
     async def run(self) -> None:
         failures = 0
@@ -99,6 +102,15 @@ class Feed:
             self._refresh_hosts()
         changed = {int(event["job"]["id"])} if event.get("event") == "job" else set()
         self.on_change(changed)
+
+    def live_tick(self) -> None:
+        """Every LIVE_S, while some host runs jobs: read the hosts again for their live
+        usage (sampled by the agents every heartbeat; no event announces it)."""
+        now = time.monotonic()
+        busy = any(h.get("jobs") for h in self.model.hosts.values())
+        if busy and now - self._live_at >= LIVE_S:
+            self._live_at = now
+            self._refresh_hosts()
 
     def _refresh_hosts(self) -> None:
         if self._hosts_task is None or self._hosts_task.done():

@@ -24,7 +24,8 @@ class FilterError(ValueError):
 
 @dataclass(frozen=True)
 class JobFilter:
-    """squeue's flags: -t states, -u user, -p queue, -n name, -w host, -j ids; words match names."""
+    """squeue's flags: -t states, -u user, -p queue, -n name, -w host, -j ids, and
+    --tag KEY=VALUE (jobs carrying every tag given); words match names."""
 
     states: frozenset[str] = frozenset()
     users: frozenset[str] = frozenset()
@@ -32,6 +33,7 @@ class JobFilter:
     names: frozenset[str] = frozenset()
     hosts: frozenset[str] = frozenset()
     ids: frozenset[str] = frozenset()
+    tags: frozenset[str] = frozenset()  # "KEY=VALUE" each
     words: tuple[str, ...] = ()
     text: str = ""
 
@@ -41,7 +43,7 @@ class JobFilter:
             tokens = shlex.split(text)
         except ValueError as exc:
             raise FilterError(f"filter: {exc}") from None
-        sets: dict[str, set[str]] = {k: set() for k in ("t", "u", "p", "n", "w", "j")}
+        sets: dict[str, set[str]] = {k: set() for k in ("t", "u", "p", "n", "w", "j", "g")}
         words: list[str] = []
         flags = {
             "-t": "t", "--states": "t", "--state": "t",
@@ -50,6 +52,7 @@ class JobFilter:
             "-n": "n", "--name": "n",
             "-w": "w", "--nodelist": "w",
             "-j": "j", "--jobs": "j",
+            "--tag": "g",
         }  # fmt: skip
         i = 0
         while i < len(tokens):
@@ -63,7 +66,7 @@ class JobFilter:
                     value = tokens[i]
                 sets[flags[flag]].update(v.strip() for v in value.split(",") if v.strip())
             elif tok.startswith("-") and len(tok) > 1:
-                raise FilterError(f"filter: unknown flag {tok} (use -t -u -p -n -w -j)")
+                raise FilterError(f"filter: unknown flag {tok} (use -t -u -p -n -w -j --tag)")
             else:
                 words.append(tok.lower())
             i += 1
@@ -80,6 +83,7 @@ class JobFilter:
             names=frozenset(sets["n"]),
             hosts=frozenset(sets["w"]),
             ids=frozenset(sets["j"]),
+            tags=frozenset(sets["g"]),
             words=tuple(words),
             text=text.strip(),
         )
@@ -98,10 +102,16 @@ class JobFilter:
                 or str(job.get("array_parent")) in self.ids
             )
             and all(w in str(job.get("name", "")).lower() for w in self.words)
+            and (not self.tags or self.tags <= _tag_words(job))
         )
 
     def state_ok(self, job: Job) -> bool:
         return not self.states or job.get("state") in self.states
+
+
+def _tag_words(job: Job) -> set[str]:
+    tags = job.get("tags") or {}
+    return {f"{k}={v}" for k, v in tags.items()} if isinstance(tags, dict) else set()
 
 
 @dataclass(frozen=True)

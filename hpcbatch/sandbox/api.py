@@ -17,7 +17,7 @@ from pathlib import Path
 from hpcbatch.sandbox.bringup import _check_params, _locked, _prepare_root, _up
 from hpcbatch.sandbox.files import _write_client_files
 from hpcbatch.sandbox.model import SANDBOX_USER, SSHD, Sandbox, SandboxError, _make_host, _Params
-from hpcbatch.sandbox.processes import _running_pid, _start, _stop
+from hpcbatch.sandbox.processes import _kill_trees, _marked, _running_pid, _start, _stop
 from hpcbatch.sandbox.state import (
     _hosts_from_state,
     _read_params,
@@ -71,6 +71,7 @@ def sandbox_up(
     gpu_hosts: int = 1,
     gpus_per_host: int = 2,
     base_address: int = 2,
+    users: tuple[str, ...] = (),
 ) -> Sandbox:
     """Bring the sandbox at `root` up and return it.
 
@@ -79,7 +80,7 @@ def sandbox_up(
     old port when still free). A sandbox of another shape is rebuilt when none
     of its hosts is running; otherwise this raises (run `sandbox_down` first).
     """
-    params = _Params(hosts, gpu_hosts, gpus_per_host, base_address)
+    params = _Params(hosts, gpu_hosts, gpus_per_host, base_address, tuple(users))
     _check_params(params)
     missing = missing_prerequisites()
     if missing:
@@ -90,7 +91,8 @@ def sandbox_up(
 
 
 def sandbox_down(root: Path) -> None:
-    """Stop every sshd of the sandbox at `root`, with its sessions; leave the files.
+    """Stop every sshd of the sandbox at `root`, with its sessions and every process
+    its hosts started (`sandbox_processes`); leave the files.
 
     Finds the hosts from their pid files, so it also works on a half-built or
     reshaped sandbox; a stale pid file (no process, or a process that is not
@@ -109,6 +111,17 @@ def sandbox_down(root: Path) -> None:
                     hosts[entry.name] = _make_host(root, entry.name, "", 0, 0, "")
         for host in hosts.values():
             _stop(host, kill_sessions=True)
+        # What the hosts started and detached (shepherds, a gang's holders) is no
+        # longer in any sshd's tree: found by the mark in its environment.
+        _kill_trees(set(_marked(root)))
+
+
+def sandbox_processes(root: Path | None = None) -> dict[int, Path]:
+    """pid -> sandbox root of every live process a sandbox host started (at `root`, or any).
+
+    What `sandbox_down` stops; the test suite checks that none outlives its sandbox.
+    """
+    return _marked(None if root is None else Path(root).expanduser().absolute())
 
 
 def sandbox_status(root: Path) -> Sandbox | None:
@@ -156,6 +169,7 @@ def temporary_sandbox(
     gpus_per_host: int = 2,
     base_address: int = 2,
     keep: bool = False,
+    users: tuple[str, ...] = (),
 ) -> Iterator[Sandbox]:
     """A sandbox in a fresh /tmp directory, brought down (and removed unless `keep`) on exit.
 
@@ -164,7 +178,7 @@ def temporary_sandbox(
     root = Path(tempfile.mkdtemp(prefix="hpcbatch-sbx-", dir="/tmp"))
     root.chmod(0o755)
     try:
-        yield sandbox_up(root, hosts, gpu_hosts, gpus_per_host, base_address)
+        yield sandbox_up(root, hosts, gpu_hosts, gpus_per_host, base_address, users)
     finally:
         sandbox_down(root)
         if not keep:

@@ -27,6 +27,8 @@ from hpcbatch.sandbox.model import (
 )
 from hpcbatch.sandbox.processes import _pick_port, _running_pid, _start
 from hpcbatch.sandbox.state import _read_state, _sandbox_from_state, _state_params, _write_state
+from hpcbatch.sandbox.users import ensure_users
+from hpcbatch.transport.agent import cgroups
 
 
 def _check_params(p: _Params) -> None:
@@ -93,7 +95,9 @@ def _up(root: Path, params: _Params) -> Sandbox:
                     f"hosts, user {existing.user}; running: {', '.join(running)}): "
                     "bring it down first"
                 )
-    sb = _new_sandbox(root, user, _layout(root, params))
+    if params.users:
+        ensure_users(list(params.users))
+    sb = _new_sandbox(root, user, _layout(root, params), params.users)
     for host in sb.hosts:
         prev = old.get(host.name)
         if prev is not None and prev.address == host.address:
@@ -126,7 +130,18 @@ def _login_user() -> str:
         if _password_locked(SANDBOX_USER):
             # sshd without PAM refuses even key logins to a '!'-locked account.
             _run(["usermod", "-p", "*", SANDBOX_USER])
+    _delegate_cgroups(SANDBOX_USER)
     return SANDBOX_USER
+
+
+def _delegate_cgroups(user: str) -> None:
+    """As an operator would (docs/accounting.md): give the login user, whose agents run
+    the jobs, a cgroup subtree per controller, so per-job limits hold. Where the kernel
+    refuses (a container without cgroup access) jobs run unconfined and the hosts'
+    facts say `limits: not enforced`."""
+    entry = pwd.getpwnam(user)
+    with contextlib.suppress(OSError):
+        cgroups.delegate(entry.pw_uid, entry.pw_gid)
 
 
 def _password_locked(user: str) -> bool:

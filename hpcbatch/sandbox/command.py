@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hpcbatch.sandbox.api import default_root, sandbox_down, sandbox_status, sandbox_up
 from hpcbatch.sandbox.model import Sandbox, SandboxError
+from hpcbatch.sandbox.users import parse_users
 
 
 def _describe(sb: Sandbox) -> str:
@@ -44,11 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--base-address", type=int, default=2, help="node1 listens on 127.0.0.BASE (up)"
     )
+    parser.add_argument(
+        "--users", default="", help="as root: real local users jobs run as (alice,bob) (up)"
+    )
     args = parser.parse_args(argv)
     root: Path = args.root if args.root is not None else default_root()
     try:
         if args.action == "up":
-            sb = sandbox_up(root, args.hosts, args.gpu_hosts, args.gpus_per_host, args.base_address)
+            users = tuple(parse_users(args.users))
+            sb = sandbox_up(
+                root, args.hosts, args.gpu_hosts, args.gpus_per_host, args.base_address, users
+            )
             print(_describe(sb))
         elif args.action == "down":
             sandbox_down(root)

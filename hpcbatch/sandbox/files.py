@@ -23,6 +23,7 @@ from hpcbatch.sandbox.model import (
     GPU_MEMORY_MIB,
     GPU_NAME,
     KEX,
+    ROOT_MARK,
     Sandbox,
     SandboxError,
     SandboxHost,
@@ -86,8 +87,8 @@ ListenAddress {host.address}:{host.port}
 HostKey {host.host_key}
 PidFile {host.pid_file}
 AuthorizedKeysFile {authorized}
-AllowUsers {sb.user}
-PermitRootLogin no
+AllowUsers {sb.user}{" root" if sb.users else ""}
+PermitRootLogin {"prohibit-password" if sb.users else "no"}
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -103,7 +104,7 @@ PrintLastLog no
 X11Forwarding no
 PermitUserEnvironment no
 Subsystem sftp internal-sftp
-SetEnv HPCBATCH_SANDBOX_HOST={host.name} PATH={path}
+SetEnv HPCBATCH_SANDBOX_HOST={host.name} {ROOT_MARK}={sb.root} PATH={path}
 """
 
 
@@ -156,15 +157,23 @@ for arg in "$@"; do
   esac
 done
 
+# What GPU N is doing: `UTIL MEM_MIB` in gpu-load/N beside this script, written by
+# whoever plays the GPU's workload (the tests); idle without it.
+load() {{
+  util=0 used=0
+  f="$(dirname "$0")/gpu-load/$1"
+  if [ -r "$f" ]; then read -r util used < "$f"; fi
+}}
+
 value() {{  # value GPU FIELD: sets v (value) and u (unit), or fails for an unknown field
   u=""
   case "$1:$2" in
 {per_gpu}
     *:name|*:gpu_name) v="{GPU_NAME}" ;;
     *:memory.total) v="{GPU_MEMORY_MIB}" u="MiB" ;;
-    *:memory.used) v="0" u="MiB" ;;
-    *:memory.free) v="{GPU_MEMORY_MIB}" u="MiB" ;;
-    *:utilization.gpu|*:utilization.memory) v="0" u="%" ;;
+    *:memory.used) load "$1"; v="$used" u="MiB" ;;
+    *:memory.free) load "$1"; v=$(({GPU_MEMORY_MIB} - used)) u="MiB" ;;
+    *:utilization.gpu|*:utilization.memory) load "$1"; v="$util" u="%" ;;
     *:count) v="{n}" ;;
     *:driver_version) v="{GPU_DRIVER}" ;;
     *) return 1 ;;
@@ -233,6 +242,8 @@ def _write_client_files(sb: Sandbox) -> None:
     _write(sb.known_hosts, _known_hosts(sb), 0o644)
     _write(sb.ssh_config, _ssh_config(sb), 0o644)
     _write(sb.inventory, _inventory(sb), 0o644)
+    if sb.users:
+        _write(sb.users_inventory, _inventory(sb, multi_user=True), 0o644)
 
 
 def _known_hosts(sb: Sandbox) -> str:
@@ -275,7 +286,9 @@ def _toml(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-def _inventory(sb: Sandbox) -> str:
+def _inventory(sb: Sandbox, multi_user: bool = False) -> str:
+    """The sandbox's inventory; `multi_user`: the agents log in as root and run each
+    job as its submitter (docs/security.md)."""
     n = len(sb.hosts)
     out = [
         f"# hpcbatch inventory of the sandbox at {sb.root}.",
@@ -284,7 +297,8 @@ def _inventory(sb: Sandbox) -> str:
         'default_queue = "batch"',
         "",
         "[defaults]",
-        f"user = {_toml(sb.user)}",
+        f"user = {_toml('root' if multi_user else sb.user)}",
+        *(['run_as = "submitter"'] if multi_user else []),
         f"identity = {_toml(str(sb.client_key))}",
         f"known_hosts = {_toml(str(sb.known_hosts))}",
     ]
@@ -296,12 +310,14 @@ def _inventory(sb: Sandbox) -> str:
             f"name = {_toml(host.name)}",
             f"address = {_toml(host.address)}",
             f"port = {host.port}",
-            f"work_dir = {_toml(str(host.work_dir))}",
+            f"work_dir = {_toml(str(host.work_dir) + ('-users' if multi_user else ''))}",
             f"fabric = {_toml(host.fabric)}",
             f"labels = {{ {labels} }}",
         ]
         if host.gpus:
-            out.append(f"gpus = {host.gpus}")
+            # A feature for `-C nvlink`; the GPU type (h100) is read from the fake
+            # nvidia-smi's name, as on a real host.
+            out += [f"gpus = {host.gpus}", 'features = ["nvlink"]']
     hostlist = "node1" if n == 1 else f"node[1-{n}]"
     out += [
         "",

@@ -13,6 +13,12 @@ from pathlib import Path
 SANDBOX_USER = "hpcbatch"
 """The login user when the sandbox is brought up as root."""
 
+ROOT_MARK = "HPCBATCH_SANDBOX_ROOT"
+"""`ROOT_MARK=<sandbox root>` is in the environment of every session of a sandbox
+host (sshd's SetEnv), and so of what they start: the agent, its detached
+shepherds, the jobs. `sandbox down` finds by it what the hosts started, even
+what has left the sshd's process tree."""
+
 SSHD = "/usr/sbin/sshd"
 """sshd must be started by absolute path: it re-executes itself per connection."""
 
@@ -88,6 +94,14 @@ class Sandbox:
     known_hosts: Path
     ssh_config: Path
     inventory: Path
+    # Real local users jobs may run as (`up --users`): the hosts then also take root
+    # logins, and `users_inventory` runs jobs as their submitter.
+    users: tuple[str, ...] = ()
+
+    @property
+    def users_inventory(self) -> Path:
+        """The inventory whose hosts run jobs as their submitter (agent logged in as root)."""
+        return self.root / "inventory-users.toml"
 
     def host(self, name: str) -> SandboxHost:
         for host in self.hosts:
@@ -106,12 +120,16 @@ class _Params:
     gpu_hosts: int
     gpus_per_host: int
     base_address: int
+    users: tuple[str, ...] = ()
 
 
-def _new_sandbox(root: Path, user: str, hosts: list[SandboxHost]) -> Sandbox:
+def _new_sandbox(
+    root: Path, user: str, hosts: list[SandboxHost], users: tuple[str, ...] = ()
+) -> Sandbox:
     return Sandbox(
         root=root,
         user=user,
+        users=users,
         hosts=hosts,
         client_key=root / "client_key",
         known_hosts=root / "known_hosts",

@@ -2,13 +2,15 @@
 
 Ports are picked here, a host's sshd is started and waited for, and stopping
 with its sessions finds every process holding the host's socket through /proc
-and kills their process trees (Linux only).
+and kills their process trees; `_marked` finds, through /proc too, what the
+hosts started and detached from those trees (Linux only).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import signal
 import socket
 import struct
@@ -18,6 +20,8 @@ from pathlib import Path
 
 from hpcbatch.sandbox.files import _sshd_config, _write
 from hpcbatch.sandbox.model import (
+    ROOT_MARK,
+    SANDBOX_USER,
     SSHD,
     START_TIMEOUT_S,
     STOP_TIMEOUT_S,
@@ -224,9 +228,62 @@ def _socket_holders(address: str, port: int) -> set[int]:
     return holders
 
 
+def _login_uid() -> int | None:
+    """The uid the sandbox hosts log in as (None: that user does not exist)."""
+    if os.geteuid() != 0:
+        return os.geteuid()
+    try:
+        return pwd.getpwnam(SANDBOX_USER).pw_uid
+    except KeyError:
+        return None
+
+
+def _marked(root: Path | None = None) -> dict[int, Path]:
+    """pid -> sandbox root of the live processes the hosts of a sandbox started.
+
+    Found by `ROOT_MARK` in their environment (of the sandbox at `root`, or of
+    any), also those that left their session's process tree (setsid, double
+    fork). Only the login user's processes count, never this process or its
+    ancestors (a `sandbox down` typed in a sandbox host's shell).
+    """
+    uid = _login_uid()
+    if uid is None:
+        return {}
+    spared = _ancestors()
+    prefix = f"{ROOT_MARK}=".encode()
+    found: dict[int, Path] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in spared:
+            continue
+        try:
+            if entry.stat().st_uid != uid or not _alive(int(entry.name)):
+                continue
+            environ = Path(entry.path, "environ").read_bytes()
+        except OSError:
+            continue
+        for var in environ.split(b"\0"):
+            if var.startswith(prefix):
+                marked = Path(os.fsdecode(var[len(prefix) :]))
+                if root is None or marked == root:
+                    found[int(entry.name)] = marked
+                break
+    return found
+
+
+def _ancestors() -> set[int]:
+    """This process and its ancestors, up to PID 1."""
+    parents = _parents()
+    chain = {os.getpid(), 1}
+    pid = os.getpid()
+    while pid in parents and parents[pid] not in chain:
+        pid = parents[pid]
+        chain.add(pid)
+    return chain
+
+
 def _kill_trees(roots: set[int]) -> None:
     """SIGKILL `roots` and all their descendants, frozen first so none escapes by forking."""
-    spared = {os.getpid(), 1}
+    spared = _ancestors()
     stopped: set[int] = set()
     for _ in range(100):
         parents = _parents()

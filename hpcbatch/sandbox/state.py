@@ -32,6 +32,7 @@ def _write_state(sb: Sandbox, params: _Params) -> None:
             "gpu_hosts": params.gpu_hosts,
             "gpus_per_host": params.gpus_per_host,
             "base_address": params.base_address,
+            "users": list(params.users),
         },
         "hosts": [
             {
@@ -62,9 +63,11 @@ def _read_state(root: Path) -> dict[str, object] | None:
 def _state_params(state: dict[str, object]) -> _Params:
     p = state["params"]
     assert isinstance(p, dict)
+    users = tuple(str(u) for u in p.get("users", []))
     return _Params(
-        int(p["hosts"]), int(p["gpu_hosts"]), int(p["gpus_per_host"]), int(p["base_address"])
-    )
+        int(p["hosts"]), int(p["gpu_hosts"]), int(p["gpus_per_host"]), int(p["base_address"]),
+        users,
+    )  # fmt: skip
 
 
 def _read_params(root: Path) -> _Params:
@@ -94,4 +97,4 @@ def _sandbox_from_state(root: Path, state: dict[str, object]) -> Sandbox:
     hosts = _hosts_from_state(root, state)
     for host in hosts:
         host.pid = _running_pid(host)
-    return _new_sandbox(root, str(state["user"]), hosts)
+    return _new_sandbox(root, str(state["user"]), hosts, _state_params(state).users)

@@ -1,11 +1,12 @@
 """One host's persistent SSH connection and the host agent running over it.
 
-A `HostLink` connects (host-key checking always on), uploads the agent if the
-host lacks this version (content-addressed file name), starts it over an SSH
-channel and then carries JSON-lines requests and events until the connection
-drops; it then reconnects with exponential backoff and jitter. Whoever owns
-the link hears about it through a `LinkListener`. This module and `pool` are
-the only ones that import asyncssh.
+A `HostLink` connects (host-key checking always on, whatever the ssh_config
+says), uploads the agent if the host lacks this version (content-addressed
+file name), starts it over an SSH channel and then carries JSON-lines
+requests and events until the connection drops; it then reconnects with
+exponential backoff and jitter. Whoever owns
+the link hears about it through a `LinkListener`. The controller's links live
+in a `pool.HostPool`. Only the transport imports asyncssh.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import logging
 import os
 import random
 import shlex
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import asyncssh
 
 from hpcbatch.transport.agent import archive
+from hpcbatch.transport.agent.protocol import HelloReply
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,9 @@ class SshTarget:
     work_dir: str
     python: str = "python3"
     namespace: str = "default"  # the agent's root is <work_dir>/<namespace>
+    # "submitter": jobs run as their users, who must pass through work_dir and the
+    # agent's root to their own attempt directories (0711: through, never list).
+    run_as: str = "login"
 
     def describe(self) -> str:
         user = f"{self.user}@" if self.user else ""
@@ -59,9 +66,32 @@ class LinkSettings:
     backoff_max_s: float = 30.0
     request_timeout_s: float = 60.0
     # Hosts connecting at once (handshake, upload, hello), and the longest one holds
-    # its place (a dead host's connect waits for its timeout): see `connect_gate`.
+    # its place (a dead host's connect waits for its timeout): see `pool.HostPool`.
     max_connecting: int = 64
     connect_slot_s: float = 2.0
+
+
+@dataclass(slots=True)
+class LinkStats:
+    """What the metrics read of a link: request round trips and connections made."""
+
+    requests: int = 0
+    rtt_sum_s: float = 0.0
+    last_rtt_s: float = 0.0
+    connects: int = 0
+
+
+@dataclass(slots=True)
+class Fencing:
+    """The controller's epoch, sent with every request (agent/epoch.py), and what to do
+    when a host refuses it as stale: another controller took the lead (one per pool)."""
+
+    epoch: int = 0  # 0: none sent (a controller that has not taken the lead yet)
+    on_stale: Callable[[str], None] | None = None
+
+    def refused(self, code: str, text: str) -> None:
+        if code == "stale_epoch" and self.on_stale is not None:
+            self.on_stale(text)
 
 
 class HostUnavailable(ConnectionError):
@@ -69,11 +99,21 @@ class HostUnavailable(ConnectionError):
 
 
 class AgentError(RuntimeError):
-    """The agent answered `ok: false`."""
+    """The agent answered `ok: false`. `code` is the reply's error code (protocol.ErrorCode:
+    decide on it, never on the words); `message` the agent's words alone."""
+
+    def __init__(self, text: str, code: str = "internal", message: str | None = None) -> None:
+        super().__init__(text)
+        self.code = code
+        self.message = text if message is None else message
+
+
+class HostKeyUnchecked(ConnectionError):
+    """The host's key would not be checked (the ssh_config turns checking off): refused."""
 
 
 class LinkListener(Protocol):
-    async def link_up(self, link: HostLink, hello: dict[str, Any]) -> None: ...
+    async def link_up(self, link: HostLink, hello: HelloReply) -> None: ...
 
     async def link_down(self, link: HostLink, reason: str) -> None: ...
 
@@ -94,20 +134,6 @@ ENCRYPTION_ALGS = (
 )
 
 
-def connect_gate(settings: LinkSettings) -> asyncio.Semaphore:
-    """One per controller, shared by its links: at most `max_connecting` set up at once.
-
-    Every link starts at once. Unbounded, a thousand handshakes interleave on
-    one event loop, so each takes as long as all of them together: no host is
-    UP until nearly all are, and past a few thousand they outlast the connect
-    timeout and start over, forever. Through the gate hosts come UP one after
-    another and none waits longer than its own setup. A connection keeps its
-    place for `connect_slot_s` at most, so hosts that are down (whose connects
-    wait out their timeouts, costing no CPU) cannot keep the others waiting.
-    """
-    return asyncio.Semaphore(settings.max_connecting)
-
-
 def agent_source() -> bytes:
     """The agent as uploaded: a deterministic zipapp of hpcbatch.transport.agent."""
     return archive()
@@ -117,35 +143,45 @@ def agent_digest(source: bytes) -> str:
     return hashlib.sha256(source).hexdigest()[:16]
 
 
-# known_hosts files parsed once per version (path -> (stat stamp, parsed)): see below.
-_known_hosts_cache: dict[str, tuple[tuple[int, int, int], asyncssh.SSHKnownHosts]] = {}
-
-
-def parsed_known_hosts(path: str) -> asyncssh.SSHKnownHosts | str:
-    """`path`'s known_hosts, parsed again only when the file changes.
+class KnownHostsCache:
+    """known_hosts files parsed once per version of the file (path -> (stat stamp, parsed)).
 
     Given a path, asyncssh reads and parses the whole file on every connection,
     decoding every key in it. With a line per host, connecting N hosts costs
     O(N^2): 75 ms of CPU per connection at 1,000 hosts, so that the
     controller could not connect them all (each handshake timed out behind
-    the others). Matching against the parsed file is a dictionary lookup. An
-    unreadable or malformed file is handed to asyncssh as before, which fails
-    the connection with its usual error.
+    the others). Matching against the parsed file is a dictionary lookup. One
+    cache is shared by the links of a `HostPool`.
     """
-    path = os.path.expanduser(path)
-    try:
-        st = os.stat(path)
-    except OSError:
-        return path
-    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-    cached = _known_hosts_cache.get(path)
-    if cached is None or cached[0] != stamp:
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, tuple[tuple[int, int, int], asyncssh.SSHKnownHosts]] = {}
+
+    def get(self, path: str) -> asyncssh.SSHKnownHosts | str:
+        """`path`'s known_hosts, parsed again only when the file changes. An
+        unreadable or malformed file is handed to asyncssh as the path, which
+        fails the connection with its usual error."""
+        path = os.path.expanduser(path)
         try:
-            cached = (stamp, asyncssh.read_known_hosts(path))
-        except (OSError, ValueError, asyncssh.Error):
+            st = os.stat(path)
+        except OSError:
             return path
-        _known_hosts_cache[path] = cached
-    return cached[1]
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._parsed.get(path)
+        if cached is None or cached[0] != stamp:
+            try:
+                cached = (stamp, asyncssh.read_known_hosts(path))
+            except (OSError, ValueError, asyncssh.Error):
+                return path
+            self._parsed[path] = cached
+        return cached[1]
+
+
+def _between(work_dir: str, namespace: str) -> list[str]:
+    """The directories between work_dir and the agent's root (c-<cluster>), quoted."""
+    parts = namespace.split("/")[:-1]
+    return [_remote_path(f"{work_dir.rstrip('/')}/{'/'.join(parts[: i + 1])}")
+            for i in range(len(parts))]  # fmt: skip
 
 
 def _remote_path(path: str) -> str:
@@ -168,14 +204,18 @@ class HostLink:
         settings: LinkSettings | None = None,
         source: bytes | None = None,
         gate: asyncio.Semaphore | None = None,
+        known_hosts: KnownHostsCache | None = None,
+        fencing: Fencing | None = None,
     ) -> None:
         self.target = target
+        self.fencing = fencing if fencing is not None else Fencing()
         self.name = target.name
         self._listener = listener
         self._settings = settings or LinkSettings()
         self._source = source if source is not None else agent_source()
         self._digest = agent_digest(self._source)
         self._gate = gate
+        self._known_hosts = known_hosts if known_hosts is not None else KnownHostsCache()
         self._conn: asyncssh.SSHClientConnection | None = None
         self._proc: asyncssh.SSHClientProcess[str] | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -187,6 +227,7 @@ class HostLink:
         self._drop_reason: str | None = None
         self.last_error: str | None = None
         self.last_seen: float = 0.0
+        self.stats = LinkStats()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -235,9 +276,15 @@ class HostLink:
         rid = self._next_id
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
+        t0 = time.perf_counter()
         try:
-            proc.stdin.write(json.dumps({"id": rid, "op": op, **fields}) + "\n")
+            proc.stdin.write(json.dumps({"id": rid, "op": op, **self._epoch(), **fields}) + "\n")
             reply = await asyncio.wait_for(fut, timeout or self._settings.request_timeout_s)
+            rtt = time.perf_counter() - t0
+            stats = self.stats
+            stats.requests += 1
+            stats.rtt_sum_s += rtt
+            stats.last_rtt_s = rtt
         except (OSError, asyncssh.Error) as exc:
             raise HostUnavailable(f"{self.name}: {exc}") from exc
         except TimeoutError as exc:
@@ -245,8 +292,15 @@ class HostLink:
         finally:
             self._pending.pop(rid, None)
         if not reply.get("ok", False):
-            raise AgentError(f"{self.name}: {op}: {reply.get('error', 'failed')}")
+            error = str(reply.get("error", "failed"))
+            code = str(reply.get("code") or "internal")  # an older agent sends no code
+            self.fencing.refused(code, f"{self.name}: {op}: {error}")
+            raise AgentError(f"{self.name}: {op}: {error}", code, error)
         return reply
+
+    def _epoch(self) -> dict[str, int]:
+        epoch = self.fencing.epoch
+        return {"epoch": epoch} if epoch else {}
 
     def post(self, op: str, **fields: Any) -> bool:
         """Send a request without waiting: the agent sends no reply (negative id), only
@@ -270,6 +324,7 @@ class HostLink:
             try:
                 hello = await self._gated_connect()
                 delay = self._settings.backoff_min_s
+                self.stats.connects += 1
                 self.connected = True
                 self.last_error = None
                 reader = asyncio.create_task(self._read_loop())
@@ -288,6 +343,8 @@ class HostLink:
                     f"{self.target.known_hosts or '~/.ssh/known_hosts'} "
                     f"(missing or changed): refused ({exc.reason})"
                 )
+            except HostKeyUnchecked as exc:
+                reason = str(exc)
             except asyncssh.PermissionDenied as exc:
                 reason = f"SSH login to {self.target.describe()} refused: {exc.reason}"
             except (OSError, asyncssh.Error, TimeoutError, HostUnavailable, AgentError) as exc:
@@ -313,7 +370,7 @@ class HostLink:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), sleep)
 
-    async def _gated_connect(self) -> dict[str, Any]:
+    async def _gated_connect(self) -> HelloReply:
         gate = self._gate
         if gate is None:
             return await self._connect()
@@ -328,7 +385,7 @@ class HostLink:
             gate.release()
         return await task
 
-    async def _connect(self) -> dict[str, Any]:
+    async def _connect(self) -> HelloReply:
         t = self.target
         s = self._settings
         options: dict[str, Any] = {
@@ -339,7 +396,7 @@ class HostLink:
             "encryption_algs": list(ENCRYPTION_ALGS),
         }
         if t.known_hosts is not None:
-            options["known_hosts"] = parsed_known_hosts(t.known_hosts)
+            options["known_hosts"] = self._known_hosts.get(t.known_hosts)
         if t.identity is not None:
             options["client_keys"] = [t.identity]
         if t.user is not None:
@@ -348,6 +405,8 @@ class HostLink:
             options["port"] = t.port
         if t.ssh_config is not None:
             options["config"] = [t.ssh_config]
+        if t.known_hosts is None:
+            await self._check_host_keys_on(options)
         conn = await asyncio.wait_for(
             asyncssh.connect(t.address or t.name, **options), s.connect_timeout_s + 5
         )
@@ -355,9 +414,16 @@ class HostLink:
         base = _remote_path(t.work_dir)
         root = _remote_path(f"{t.work_dir.rstrip('/')}/{t.namespace}")
         script = f"{base}/agent-{self._digest}.pyz"
+        # The file's name is its hash, but a name proves nothing: the content is hashed
+        # before each start, and a file that differs (rewritten by a job, truncated) is
+        # replaced by the controller's copy.
+        full = hashlib.sha256(self._source).hexdigest()
+        dirs = [base, *_between(t.work_dir, t.namespace), root]
+        mode = "711" if t.run_as == "submitter" else "700"
         upload = (
-            f"mkdir -p {root} && chmod 700 {base} {root} && "
-            f"{{ test -f {script} || {{ cat > {script}.$$ && mv {script}.$$ {script}; }}; }}"
+            f"mkdir -p {root} && chmod {mode} {' '.join(dirs)} && "
+            f'{{ [ "$(sha256sum < {script} 2>/dev/null | cut -c1-64)" = {full} ] || '
+            f"{{ cat > {script}.$$ && mv -f {script}.$$ {script}; }}; }}"
         )
         result = await asyncio.wait_for(
             conn.run(upload, input=self._source, encoding=None, check=False),
@@ -372,10 +438,37 @@ class HostLink:
         self._proc = await conn.create_process(command, encoding="utf-8")
         return await asyncio.wait_for(self._first_reply(), s.request_timeout_s)
 
-    async def _first_reply(self) -> dict[str, Any]:
+    async def _check_host_keys_on(self, options: dict[str, Any]) -> None:
+        """Refuse to connect when the ssh_config would turn host-key checking off.
+
+        Without a known_hosts file of the inventory's, asyncssh takes the one the
+        ssh_config names for this host (`UserKnownHostsFile`, default
+        ~/.ssh/known_hosts), and `UserKnownHostsFile none` there means: accept any
+        key. OpenSSH would still check against nothing and refuse (unless
+        `StrictHostKeyChecking no` says otherwise); hpcbatch refuses whatever
+        the ssh_config says. The options are resolved as `connect` resolves them.
+        """
+        t = self.target
+        # As `asyncssh.connect` passes them: no `config` means the user's ~/.ssh/config.
+        kwargs = {"config": (), **options, "host": t.address or t.name}
+        construct = getattr(asyncssh.SSHClientConnectionOptions, "construct", None)
+        if construct is not None:
+            resolved = await construct(**kwargs)
+        else:  # older asyncssh: the same, built in this thread
+            resolved = asyncssh.SSHClientConnectionOptions(**kwargs)
+        if resolved.known_hosts is None:
+            raise HostKeyUnchecked(
+                f"host key of {self.name} ({t.describe()}) cannot be checked: the ssh_config "
+                f"({t.ssh_config or '~/.ssh/config'}) says `UserKnownHostsFile none` for it, "
+                "which turns host-key checking off; hpcbatch never connects to a host whose "
+                "key it cannot check: set known_hosts in the inventory (or a file in that "
+                "UserKnownHostsFile): refused"
+            )
+
+    async def _first_reply(self) -> HelloReply:
         """Send `hello` and read lines until its reply (the read loop is not running yet)."""
         assert self._proc is not None
-        self._proc.stdin.write(json.dumps({"id": 0, "op": "hello"}) + "\n")
+        self._proc.stdin.write(json.dumps({"id": 0, "op": "hello", **self._epoch()}) + "\n")
         while True:
             line = await self._proc.stdout.readline()
             if not line:
@@ -386,9 +479,11 @@ class HostLink:
             msg = json.loads(line)
             if msg.get("id") == 0:
                 if not msg.get("ok"):
-                    raise AgentError(f"hello failed: {msg.get('error')}")
+                    code = str(msg.get("code") or "internal")
+                    self.fencing.refused(code, f"{self.name}: hello: {msg.get('error')}")
+                    raise AgentError(f"hello failed: {msg.get('error')}", code)
                 self.last_seen = asyncio.get_running_loop().time()
-                return dict(msg)
+                return cast(HelloReply, msg)
 
     async def _read_loop(self) -> str:
         assert self._proc is not None

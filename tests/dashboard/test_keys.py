@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from textual.widgets import TabbedContent
+
 from hpcbatch.dashboard import DashApp, create_app
 from hpcbatch.dashboard.dialogs import ColumnsScreen, HelpScreen
 from hpcbatch.dashboard.jobs_view import JobsView
@@ -64,3 +66,16 @@ async def test_help_theme_and_views() -> None:
         view = a.query_one(JobsView)
         assert view.filter.text == "-w node1"
         assert [r.key for r in view.rows] == ["101"]
+
+
+async def test_timers_firing_while_the_views_are_gone_do_not_crash() -> None:
+    """The refresh timer, the feed and a focus after refresh may fire while the app is
+    closing, its views already removed (seen in CI: NoMatches from the timer in the
+    middle of a Pilot's exit): they find no view and do nothing."""
+    a = app()
+    async with a.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        await a.query_one(TabbedContent).remove()
+        a._tick()
+        a.redraw(force=True)
+        a._focus_view()

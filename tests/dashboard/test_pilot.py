@@ -7,10 +7,12 @@ own API: an action the screen claims must have happened there.
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from rich.console import Console
 from textual.pilot import Pilot
 from textual.widgets import Log, Static, TabbedContent
@@ -232,3 +234,43 @@ async def test_log_of_each_node_of_a_multi_node_job(cluster: tuple[Controller, A
         await until(lambda: "hello from node 1" in "".join(log.lines), what="node 1's log")
         assert "hello from node 0" not in "".join(log.lines)
         assert "node 1 of 2" in text_of(status)
+
+
+async def test_live_usage_in_the_host_view_and_the_job_detail(
+    cluster: tuple[Controller, Api],
+) -> None:
+    """The agents' cgroup samples reach the screen: the host view's actual load and
+    memory beside the allocation, and the running job's nodes in its detail."""
+    c, api = cluster
+    hosts: list[dict[str, Any]] = await api("hosts")
+    if not hosts[0]["facts"]["limits"]["enforced"]:
+        pytest.skip(f"cgroups cannot be delegated here: {hosts[0]['facts']['limits']['why']}")
+    app = create_app(c.settings.socket)
+    spin = "#!/bin/sh\nexec timeout 60 sh -c 'while :; do :; done'\n"
+    async with app.run_test(size=SIZE) as pilot:
+        await connected(app)
+        job = await api.submit(name="dash-live", cpus=1, script=spin)
+        (where,) = (await until_running(api, job))["hosts"]
+        await pilot.press("1")
+        view = app.query_one(ClusterView)
+        await until(lambda: where in view.table.keys, what="hosts drawn")
+        await until(lambda: "using " in drawn(view.table, where), what="live load", timeout=20)
+        await pilot.press("2")
+        await open_row(pilot, app, str(job))
+        screen = app.screen
+        assert isinstance(screen, JobDetailScreen)
+        await until(
+            lambda: " now" in text_of(screen.query_one("#overview", Static)),
+            what="the node's live usage in the detail",
+            timeout=20,
+        )
+        await api("cancel", job_ids=[job])
+
+
+async def until_running(api: Api, job: int) -> dict[str, Any]:
+    for _ in range(300):
+        (j,) = await api("jobs", ids=[job], all=True)
+        if j["state"] == "RUNNING":
+            return dict(j)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job} did not start")

@@ -157,15 +157,18 @@ def _rst(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-def proxied_inventory(sb: Sandbox, proxies: dict[str, int], directory: Path) -> Path:
-    """A copy of the sandbox inventory reaching each named host through its proxy port."""
+def proxied_inventory(
+    sb: Sandbox, proxies: dict[str, int], directory: Path, base: Path | None = None
+) -> Path:
+    """A copy of the sandbox inventory (or `base`, e.g. its users inventory) reaching
+    each named host through its proxy port."""
     lines = sb.known_hosts.read_text().splitlines()
     for name in proxies:
         key = " ".join(Path(f"{sb.host(name).host_key}.pub").read_text().split()[:2])
         lines.append(f"[{PROXY_ADDRESS}]:{proxies[name]} {key}")
     known = directory / "known_hosts"
     known.write_text("\n".join(lines) + "\n")
-    text = sb.inventory.read_text()
+    text = (base or sb.inventory).read_text()
     text = re.sub(r"(?m)^known_hosts = .*$", f'known_hosts = "{known}"', text)
     for name, port in proxies.items():
         host = sb.host(name)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import signal
@@ -63,6 +64,7 @@ class SoakReport:
     agents_seen: int = 0  # the leftover check's own check: it must see the live agents
     events: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    users: set[str] = field(default_factory=set)  # who the jobs ran as (`id -un`)
 
     @property
     def twice(self) -> list[int]:
@@ -96,6 +98,49 @@ class SoakReport:
         )
 
 
+USER_CLIENT = """
+import json, os, pwd, sys
+from hpcbatch.client import Client, ClientError
+pw = pwd.getpwnam(sys.argv[1])
+os.initgroups(pw.pw_name, pw.pw_gid); os.setgid(pw.pw_gid); os.setuid(pw.pw_uid)
+for line in sys.stdin:
+    try:
+        with Client(sys.argv[2], timeout=60) as client:
+            out = {"job_id": client.call("submit", request=json.loads(line))["job_id"]}
+    except ClientError as exc:
+        out = {"kind": exc.kind, "error": str(exc)}
+    except OSError as exc:
+        out = {"kind": "unavailable", "error": str(exc)}
+    print(json.dumps(out), flush=True)
+"""
+
+
+class UserClient:
+    """A process that has become `user` and submits what it is given through the socket:
+    the controller sees the user's uid, as from `runuser -u USER -- hpcbatch submit`."""
+
+    def __init__(self, user: str, socket: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", USER_CLIENT, user, str(socket)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def submit(self, request: dict[str, Any]) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        out = json.loads(self.proc.stdout.readline())
+        if "job_id" not in out:
+            raise ClientError(out["kind"], out["error"])
+        return int(out["job_id"])
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        self.proc.wait(10)
+        self.proc.stdout.close()
+
+
 class ControllerProcess:
     """The controller as a separate process, so that it can be SIGKILLed."""
 
@@ -103,6 +148,7 @@ class ControllerProcess:
         self.inventory = inventory
         self.home = home
         self.proc: subprocess.Popen[bytes] | None = None
+        self.submitters: list[UserClient] = []
 
     def start(self) -> None:
         with open(self.home / "controller.log", "ab") as log:
@@ -146,7 +192,7 @@ class ControllerProcess:
 def _script(ledger: Path, sleep_s: float, code: int) -> str:
     return (
         "#!/bin/sh\n"
-        f'echo "$HPCBATCH_JOB_ID" >> {ledger}/"$SLURMD_NODENAME"\n'
+        f'echo "$HPCBATCH_JOB_ID" >> {ledger}/"$SLURMD_NODENAME.$(id -un)"\n'
         f"sleep {sleep_s:g}\n"
         f"exit {code}\n"
     )
@@ -164,18 +210,23 @@ def run_soak(sb: Sandbox, plan: SoakPlan, say: Callable[[str], None] = print) ->
     t0 = time.monotonic()
     host = sb.host(BLACKHOLED)
     with FaultProxy((host.address, host.port)) as proxy:
-        ctl = ControllerProcess(proxied_inventory(sb, {BLACKHOLED: proxy.port}, work), home)
+        # As root with the sandbox's users: jobs from alice and bob, each run as its
+        # submitter (the users inventory); else all as the login, from us.
+        base = sb.users_inventory if sb.users else None
+        ctl = ControllerProcess(proxied_inventory(sb, {BLACKHOLED: proxy.port}, work, base), home)
+        home.chmod(0o711)  # the socket's directory: the users connect
+        ctl.submitters = [UserClient(u, ctl.home / "controller.sock") for u in sb.users]
         ctl.start()
         try:
-            _until(lambda: sum(h["state"] == "UP" for h in ctl.call("hosts")) == 4, 60, "4 UP")
+            until(lambda: sum(h["state"] == "UP" for h in ctl.call("hosts")) == 4, 60, "4 UP")
             names = {f"soak-{i}": i for i in range(plan.jobs)}
             done = threading.Event()
             failures: list[BaseException] = []
             submitter = threading.Thread(
-                target=_guard(failures, lambda: _submit_all(ctl, plan, ledger, names, report))
+                target=guard(failures, lambda: _submit_all(ctl, plan, ledger, names, report))
             )
             chaos = threading.Thread(
-                target=_guard(failures, lambda: _chaos(sb, ctl, proxy, plan, rng, report, done))
+                target=guard(failures, lambda: _chaos(sb, ctl, proxy, plan, rng, report, done))
             )
             submitter.start()
             chaos.start()
@@ -196,19 +247,24 @@ def run_soak(sb: Sandbox, plan: SoakPlan, say: Callable[[str], None] = print) ->
                     report.wrong.append(
                         {k: job.get(k) for k in ("id", "name", "state", "reason", "attempt")}
                     )
-            _until(lambda: sum(h["state"] == "UP" for h in ctl.call("hosts")) == 4, 120, "4 UP")
+            until(lambda: sum(h["state"] == "UP" for h in ctl.call("hosts")) == 4, 120, "4 UP")
             report.agents_seen = len(_leftovers(sb, home, wait_s=0))
         finally:
             ctl.stop()
+            for client in ctl.submitters:
+                client.close()
         report.wall_s = time.monotonic() - t0
     for path in ledger.iterdir():
         report.ran.update(int(x) for x in path.read_text().split())
+        report.users.add(path.name.rsplit(".", 1)[-1])
     report.leftovers = _leftovers(sb, home)
     say(report.summary())
     return report
 
 
-def _guard(failures: list[BaseException], fn: Callable[[], None]) -> Callable[[], None]:
+def guard(failures: list[BaseException], fn: Callable[[], None]) -> Callable[[], None]:
+    """`fn` for a thread: what it raises is kept in `failures` for the main thread."""
+
     def run() -> None:
         try:
             fn()
@@ -218,11 +274,12 @@ def _guard(failures: list[BaseException], fn: Callable[[], None]) -> Callable[[]
     return run
 
 
-def _until(pred: Callable[[], bool], timeout: float, what: str) -> None:
+def until(pred: Callable[[], bool], timeout: float, what: str, soak: str = "soak") -> None:
+    """Poll `pred` every 0.1 s; TimeoutError naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"soak: timed out waiting for {what}")
+            raise TimeoutError(f"{soak}: timed out waiting for {what}")
         time.sleep(0.1)
 
 
@@ -237,8 +294,12 @@ def _submit_all(
         }
         while True:
             try:
-                with Client(ctl.home / "controller.sock", timeout=60) as client:
-                    report.ids.append(int(client.call("submit", request=request)["job_id"]))
+                if ctl.submitters:  # alice, bob, alice, ...: each through the socket as itself
+                    job_id = ctl.submitters[i % len(ctl.submitters)].submit(request)
+                else:
+                    with Client(ctl.home / "controller.sock", timeout=60) as client:
+                        job_id = int(client.call("submit", request=request)["job_id"])
+                report.ids.append(job_id)
                 break
             except (ClientError, OSError) as exc:
                 if isinstance(exc, ClientError) and exc.kind != "unavailable":
@@ -320,11 +381,15 @@ def _wait_final(ctl: ControllerProcess, report: SoakReport, plan: SoakPlan) -> N
 
 
 def _leftovers(sb: Sandbox, home: Path, wait_s: float = 15.0) -> list[str]:
+    with contextlib.closing(sqlite3.connect(home / "hpcbatch.db")) as db:
+        (cluster,) = db.execute("SELECT value FROM meta WHERE key = 'cluster_id'").fetchone()
+    return leftovers(cluster, wait_s)
+
+
+def leftovers(cluster: str, wait_s: float = 15.0) -> list[str]:
     """This cluster's processes still on the hosts (agents exit when the controller
     goes; jobs are all over): none may remain. They are found by the cluster's
     directory on the hosts, in their command line or environment."""
-    with contextlib.closing(sqlite3.connect(home / "hpcbatch.db")) as db:
-        (cluster,) = db.execute("SELECT value FROM meta WHERE key = 'cluster_id'").fetchone()
     marker = f"/c-{cluster}".encode()
     found: list[str] = []
     deadline = time.monotonic() + wait_s
@@ -355,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
                     sshd_down_s=opts.sshd_down, timeout_s=1800)  # fmt: skip
     if opts.seed is not None:
         plan.seed = opts.seed
-    with temporary_sandbox(hosts=4) as sb:
+    users = ("alice", "bob") if os.geteuid() == 0 else ()  # jobs from two users, as root
+    with temporary_sandbox(hosts=4, users=users) as sb:
         report = run_soak(sb, plan)
     problems = report.problems()
     for line in problems:

@@ -36,9 +36,10 @@ TIMEOUT = 10.0
 FACT_KEYS = {
     "hostname", "cpus", "memory_mb", "nvidia_smi", "nvidia_smi_error", "infiniband",
     "efa", "dev_infiniband", "runtimes", "runtime_versions", "runtimes_unusable", "python",
-    "kernel", "user", "home",
+    "kernel", "user", "home", "cgroups",
 }  # fmt: skip
-EXIT_KEYS = {"ev", "attempt", "code", "signal", "reason", "timed_out", "killed", "started", "ended"}
+EXIT_KEYS = {"ev", "attempt", "code", "signal", "reason", "timed_out", "killed", "started", "ended",
+             "usage", "oom"}  # fmt: skip
 
 
 class Agent:

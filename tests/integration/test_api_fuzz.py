@@ -33,9 +33,9 @@ pytestmark = pytest.mark.sshd
 
 # Every operation but those that stop the controller, stream, block, or take hosts
 # out of service (their refusals are tested elsewhere).
-OPS = ["ping", "submit", "jobs", "show", "cancel", "logs", "hosts", "queues", "register",
-       "definitions", "definition", "deregister", "queue_update", "drain", "resume", "nope",
-       None, 7]  # fmt: skip
+OPS = ["ping", "submit", "submit_argv", "jobs", "show", "cancel", "logs", "hosts", "queues",
+       "register", "definitions", "definition", "deregister", "queue_update", "drain", "resume",
+       "nope", None, 7]  # fmt: skip
 SAFE_SCRIPTS = ["#!/bin/sh\ntrue\n", "true", "#!/bin/sh\nexit 3\n"]
 
 _scalar = (
@@ -63,7 +63,8 @@ _submit_request = st.dictionaries(_request_keys, _json, max_size=6).flatmap(
 )
 _args = st.dictionaries(
     st.sampled_from(["job_id", "job_ids", "ids", "states", "user", "queue", "host", "reason",
-                     "ref", "definition", "stream", "offset", "node", "attempt", "all", "state"]),
+                     "ref", "definition", "stream", "offset", "node", "attempt", "all", "state",
+                     "argv", "cwd", "env", "script", "script_for"]),
     _json,
     max_size=4,
 )  # fmt: skip

@@ -1,4 +1,5 @@
-"""Arrays, dependencies, fair share and cancel filters on the real sandbox."""
+"""Arrays, dependencies, fair share and cancel filters on the real sandbox; each test
+on both stores (the bulk array writes and the usage reads are spelled per engine)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ from hpcbatch.sandbox import Sandbox
 from tests.integration.conftest import Api, until
 
 pytestmark = pytest.mark.sshd
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
 
 INDEX_SCRIPT = "#!/bin/sh\necho $HPCBATCH_ARRAY_INDEX $SLURM_ARRAY_JOB_ID $SLURM_ARRAY_TASK_COUNT\n"
 
@@ -83,7 +90,7 @@ async def test_pending_dependency_reason_names_the_job(cluster: tuple[Controller
     c, api = cluster
     slow = await api.submit(script="#!/bin/sh\nsleep 2\n")
     waiter = await api.submit(dependency=f"afterany:{slow}")
-    await until(lambda: c.jobs.active[waiter].state == "PENDING", what="pending")
+    await until(lambda: c.jobs.live(waiter).state == "PENDING", what="pending")
     (listed,) = await api("jobs", ids=[waiter])
     assert listed["reason"].startswith("Dependency:") and str(slow) in listed["reason"]
     jobs = await api.wait(slow, waiter)
@@ -97,8 +104,7 @@ async def test_cancel_a_whole_array_and_one_child(cluster: tuple[Controller, Api
     ]
     await until(
         lambda: (
-            sum(j.array_parent == parent and j.state == "RUNNING" for j in c.jobs.active.values())
-            == 2
+            sum(j.array_parent == parent and j.state == "RUNNING" for j in c.jobs.live_jobs()) == 2
         ),
         what="two children running",
     )
@@ -108,7 +114,7 @@ async def test_cancel_a_whole_array_and_one_child(cluster: tuple[Controller, Api
     assert len(results) == 49
     (done,) = await api.wait(parent, timeout=60)
     assert done["state"] == "FAILED" and "50 FAILED" in done["reason"]
-    assert not any(j.array_parent == parent for j in c.jobs.active.values())
+    assert not any(j.array_parent == parent for j in c.jobs.live_jobs())
 
 
 async def test_fair_share_runs_the_light_user_first(
@@ -134,7 +140,7 @@ async def test_fair_share_runs_the_light_user_first(
         as_user="alice",
         request={"script": "#!/bin/sh\nsleep 2\n", "queue": "fair", "cpus": cpus},
     )
-    await until(lambda: c.jobs.active[blocker["job_id"]].state == "RUNNING", what="blocker")
+    await until(lambda: c.jobs.live(blocker["job_id"]).state == "RUNNING", what="blocker")
     order: list[str] = []
     ids = []
     for user in ("alice", "alice", "bob", "bob"):

@@ -9,10 +9,14 @@ compute environment's `container_runtimes`, as an operator would.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -204,7 +208,7 @@ async def test_cancel_and_timeout_leave_nothing_behind(
     if how == "timeout":
         req["time_limit_s"] = 3
     job = await api.submit(**req)
-    await until(lambda: c.jobs.active.get(job) and c.jobs.active[job].state == "RUNNING", 60)
+    await until(lambda: c.jobs.live(job) and c.jobs.live(job).state == "RUNNING", 60)
     await until(lambda: processes_with(marker), 30, "the job's sleep to start")
     if how == "cancel":
         await api("cancel", job_ids=[job])
@@ -230,8 +234,8 @@ async def test_gpu_host_container_gets_exactly_its_gpus(
     inv = inventory_with(sandbox, tmp_path, ["podman"], ["podman"])
     c, api = await controller_factory(inventory=inv)
     holder = await api.submit(queue="gpu", gpus=1, script="#!/bin/sh\nsleep 60\n")
-    await until(lambda: c.jobs.active[holder].state == "RUNNING", 60)
-    held = c.jobs.active[holder].attempts[0].gpus
+    await until(lambda: c.jobs.live(holder).state == "RUNNING", 60)
+    held = c.jobs.live(holder).attempts[0].gpus
     job = await api.submit(queue="gpu", gpus=1, image=image, script="#!/bin/sh\ntrue\n")
     (summary,) = await api.wait(job, timeout=60)
     await api("cancel", job_ids=[holder])
@@ -244,19 +248,26 @@ async def test_gpu_host_container_gets_exactly_its_gpus(
     assert devices == [f"nvidia.com/gpu={other}"], argv
     assert "--gpus" not in argv
     # The job's environment names the host's index; inside, the container's only GPU is 0.
-    assert meta["env"]["CUDA_VISIBLE_DEVICES"] == str(other)
+    # (env.json, root's 0600 record: meta.json no longer copies the environment.)
+    env = json.loads(_meta_path(sandbox, summary["hosts"][0], f"{job}.1.0").with_name(
+        "env.json").read_text())  # fmt: skip
+    assert env["CUDA_VISIBLE_DEVICES"] == str(other)
     err = await api.logs(job, "stderr")
     assert f"hpcbatch: GPUs passed: {other} (CDI devices)" in err
     assert summary["state"] == "FAILED" and "nvidia.com/gpu" in err, (summary, err)
     assert podman_containers(sandbox) - before == set()
 
 
+def _meta_path(sandbox: Sandbox, host: str, attempt: str) -> Path:
+    """The attempt's meta.json in the newest controller's work directory on that host
+    (each controller has its own)."""
+    found = (sandbox.root / "hosts" / host / "work").glob(f"*/*/attempts/{attempt}/meta.json")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
 def _meta(sandbox: Sandbox, host: str, attempt: str) -> dict[str, Any]:
-    """The attempt's meta.json (the launch request and the argv run), from the newest
-    controller's work directory on that host (each controller has its own)."""
-    found = (sandbox.root / "hosts" / host / "work").glob(f"*/attempts/{attempt}/meta.json")
-    path = max(found, key=lambda p: p.stat().st_mtime)
-    return dict(json.loads(path.read_text()))
+    """The attempt's meta.json (the launch request and the argv run)."""
+    return dict(json.loads(_meta_path(sandbox, host, attempt).read_text()))
 
 
 # The host's MPI and Python, bound into a busybox image: the image needs no MPI of its own.
@@ -303,3 +314,24 @@ async def test_mpi_ranks_in_containers_on_two_hosts(
     assert sorted(h for _, h in ranks) == sorted(hosts), out
     assert len(re.findall(r"hello from rank \d of 2", out)) == 2, out
     assert "hpcbatch: container: bwrap" in err
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_run_forwards_stdin_into_the_container(
+    runtime: str, sandbox: Sandbox, controller_factory: Any, tmp_path: Path
+) -> None:
+    """`echo ... | hpcbatch run --image IMAGE cmd`: the command, in its image, reads what
+    `run` read (podman's client is given `--interactive`; bwrap and ch-run pass it on)."""
+    image = image_for(runtime, sandbox)
+    inv = inventory_with(sandbox, tmp_path, [runtime], [runtime])
+    c, _ = await controller_factory(inventory=inv)
+    env = {**os.environ, "HPCBATCH_SOCKET": str(c.settings.socket)}
+    given = b"line one\nline two\n" * 1000
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "hpcbatch.cli.main", "run", "--image", image, "sh", "-c",
+         "test -e /usr/bin/python3 && echo on-the-host; md5sum"],
+        input=given, capture_output=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0].decode() == hashlib.md5(given).hexdigest(), done.stdout

@@ -1,4 +1,5 @@
-"""The controller end to end on real sshd hosts: jobs, refusals, quoting, cancel, logs."""
+"""The controller end to end on real sshd hosts: jobs, refusals, quoting, cancel, logs;
+each test on both stores (SQLite, and a database on the session's PostgreSQL server)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ from hpcbatch.sandbox import Sandbox
 from tests.integration.conftest import Api, until
 
 pytestmark = pytest.mark.sshd
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "jobs"
 
@@ -64,9 +71,7 @@ async def test_two_gpu_jobs_never_share_a_gpu(cluster: tuple[Controller, Api]) -
     script = "#!/bin/sh\necho $CUDA_VISIBLE_DEVICES; sleep 1\n"
     ids = [await api.submit(script=script, queue="gpu", gpus=1) for _ in range(2)]
     await until(
-        lambda: all(
-            c.jobs.active.get(i) is None or c.jobs.active[i].state == "RUNNING" for i in ids
-        ),
+        lambda: all(c.jobs.live(i) is None or c.jobs.live(i).state == "RUNNING" for i in ids),
         what="both running",
     )
     jobs = await api.wait(*ids)
@@ -134,10 +139,8 @@ async def test_cancel_pending_and_running(cluster: tuple[Controller, Api]) -> No
     script = f"#!/bin/sh\nsleep 300 # {marker}\n"
     running = [await api.submit(script=script) for _ in range(total)]
     waiting = await api.submit(script=script)
-    await until(
-        lambda: all(c.jobs.active[i].state == "RUNNING" for i in running), what="all running"
-    )
-    job = c.jobs.active[waiting]
+    await until(lambda: all(c.jobs.live(i).state == "RUNNING" for i in running), what="all running")
+    job = c.jobs.live(waiting)
     await until(lambda: job.reason and job.reason.startswith("Resources"), what="pending reason")
     assert "largest free is 0 CPUs" in (job.reason or "")
     result = await api("cancel", job_ids=[waiting, *running, 999999])

@@ -7,6 +7,7 @@ import pytest
 from hpcbatch.cli.submit import build_submission
 from hpcbatch.client import ClientError
 from hpcbatch.controller.app import Controller
+from hpcbatch.core.directives import DirectiveError
 from tests.integration.conftest import Api, until
 
 pytestmark = pytest.mark.sshd
@@ -87,12 +88,37 @@ async def test_cli_definition_submission_sends_only_overrides() -> None:
     assert "script" not in req and "env" not in req
 
 
+async def test_propagate_tags_from_the_command_line(cluster: tuple[Controller, Api]) -> None:
+    """`--propagate-tags` / `--no-propagate-tags` over the definition's propagate_tags
+    (AWS Batch's SubmitJob propagateTags over the definition's), through the CLI's parser
+    and the real controller; without `--definition` they are refused, naming the flag."""
+    _c, api = cluster
+    await api("register", definition={"name": "tagged", "command": ["true"],
+                                      "tags": {"project": "climate", "cost": "7"},
+                                      "propagate_tags": True})  # fmt: skip
+
+    async def tags_of(*argv: str) -> dict[str, str]:
+        request = build_submission(["--definition", "tagged", *argv], None).request
+        job_id = await api.submit(**request)
+        await api.wait(job_id)
+        return dict((await api("show", job_id=job_id)).get("tags") or {})
+
+    assert await tags_of() == {"project": "climate", "cost": "7"}
+    assert await tags_of("--no-propagate-tags", "--tag", "run=1") == {"run": "1"}
+    await api("register", definition={"name": "tagged", "command": ["true"],
+                                      "tags": {"project": "climate"}})  # fmt: skip
+    assert await tags_of() == {}
+    assert await tags_of("--propagate-tags", "--tag", "project=ocean") == {"project": "ocean"}
+    with pytest.raises(DirectiveError, match="--\\[no-\\]propagate-tags needs --definition"):
+        build_submission(["--no-propagate-tags", "--wrap", "true"], None)
+
+
 async def test_disabled_queue_keeps_jobs_and_starts_none(cluster: tuple[Controller, Api]) -> None:
     c, api = cluster
     await api("queue_update", queue="batch", state="DISABLED")
     job = await api.submit(script="#!/bin/sh\necho ran\n", queue="batch")
     await until(
-        lambda: (c.jobs.active[job].reason or "").startswith("QueueDisabled"),
+        lambda: (c.jobs.live(job).reason or "").startswith("QueueDisabled"),
         what="a QueueDisabled reason",
     )
     (shown,) = await api("jobs", ids=[job])

@@ -54,13 +54,13 @@ async def test_unreachable_host_at_start_joins_later(
 async def test_sshd_killed_while_job_runs(sandbox: Sandbox, controller_factory: Any) -> None:
     c, api = await controller_factory()
     job_id = await api.submit(script="#!/bin/sh\necho begin\nsleep 3\necho end\n", cpus=2)
-    job = c.jobs.active[job_id]
+    job = c.jobs.live(job_id)
     await until(lambda: job.state == "RUNNING", what="running")
     host = job.attempts[0].host
     kill_sshd(sandbox, host)
     try:
         await until(lambda: c.cluster.hosts[host].state == "UNREACHABLE", what="host cut off")
-        assert c.jobs.active[job_id].state == "RUNNING"  # not lost, not failed
+        assert c.jobs.live(job_id).state == "RUNNING"  # not lost, not failed
         await asyncio.sleep(3.5)  # the job finishes while its host is unreachable
     finally:
         start_host(sandbox, host)

@@ -137,9 +137,9 @@ async def test_failing_node_fails_the_job_at_once(cluster: tuple[Controller, Api
 async def test_gang_is_all_or_nothing(cluster: tuple[Controller, Api]) -> None:
     c, api = cluster
     blocker = await api.submit(script="#!/bin/sh\nsleep 60\n", exclusive=True)
-    await until(lambda: c.jobs.active[blocker].state == "RUNNING", what="blocker running")
+    await until(lambda: c.jobs.live(blocker).state == "RUNNING", what="blocker running")
     gang_job = await api.submit(script="#!/bin/sh\ntrue\n", nodes=4)
-    job = c.jobs.active[gang_job]
+    job = c.jobs.live(gang_job)
     await until(lambda: job.reason and "free now" in job.reason, what="pending reason")
     assert job.state == "RUNNABLE" and job.reason == (
         "Resources: needs 4 whole hosts with 1 CPU each; 3 free now"
@@ -159,7 +159,7 @@ async def test_refused_at_submit(cluster: tuple[Controller, Api]) -> None:
     assert info.value.kind == "infeasible"
     assert "needs 10 whole hosts" in info.value.message and "only 4" in info.value.message
     with pytest.raises(ClientError) as info:
-        await api.submit(nodes=3, fabric="efa")  # the sandbox's islands have 2 hosts each
+        await api.submit(nodes=3, fabric="island")  # the sandbox's islands have 2 hosts each
     assert "largest island" in info.value.message
     with pytest.raises(ClientError) as info:
         await api.submit(nodes=2, main_node=2)
@@ -178,12 +178,12 @@ async def test_fabric_island_wait_reason(
     inventory.write_text(text)
     c, api = await controller_factory(inventory=inventory)
     blocker = await api.submit(script="#!/bin/sh\nsleep 60\n")
-    await until(lambda: c.jobs.active[blocker].state == "RUNNING", what="blocker running")
+    await until(lambda: c.jobs.live(blocker).state == "RUNNING", what="blocker running")
     job_id = await api.submit(nodes=4, fabric="ib")
-    job = c.jobs.active[job_id]
+    job = c.jobs.live(job_id)
     await until(lambda: job.reason and "island" in job.reason, what="island reason")
     assert job.reason == (
-        "Resources: needs 4 whole hosts with 1 CPU each in one fabric island; "
+        "Resources: needs 4 whole hosts with 1 CPU each in one fabric island of kind ib; "
         "best island ib-a has 3 free, lacks 1"
     )
     await api("cancel", job_ids=[blocker])

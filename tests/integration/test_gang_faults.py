@@ -56,7 +56,7 @@ def task_hosts(marker: str) -> list[str]:
 async def start_gang(c: Controller, api: Api, nodes: int) -> tuple[int, str, dict[int, str]]:
     marker = uuid.uuid4().hex
     job_id = await api.submit(script=SCRIPT, nodes=nodes, env={"TEST_MARK": marker})
-    job = c.jobs.active[job_id]
+    job = c.jobs.live(job_id)
     await until(lambda: job.state == "RUNNING", what="running")
     hosts = {a.node: a.host for a in job.attempts}
     # srun's tasks (`sleep 300`) on every node, started through the relay.
@@ -103,8 +103,8 @@ async def test_killed_node_process_fails_the_job(cluster: tuple[Controller, Api]
     job_id, marker, hosts = await start_gang(c, api, 3)
     victim = hosts[1]
     # The holder of node 1: the process of its attempt (a sleep that srun did not start).
-    job = c.jobs.active[job_id]
-    listed = (await c.links[victim].request("hello"))["attempts"]
+    job = c.jobs.live(job_id)
+    listed = (await c.pool[victim].request("hello"))["attempts"]
     holder_pid = next(int(r["pid"]) for r in listed if r["attempt"] == job.attempts[1].attempt_id)
     os.kill(holder_pid, signal.SIGKILL)
     (s,) = await api.wait(job_id, timeout=20)
@@ -165,7 +165,7 @@ async def test_lost_node_retries_the_whole_gang_elsewhere(
     job_id = await api.submit(
         script=script, nodes=3, env={"TEST_MARK": marker}, retry={"attempts": 2}
     )
-    job = c.jobs.active[job_id]
+    job = c.jobs.live(job_id)
     await until(lambda: job.state == "RUNNING", what="running")
     first = {a.node: a.host for a in job.attempts}
     await until(lambda: sorted(task_hosts(marker)) == sorted(first.values()), what="tasks")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from hpcbatch.controller.app import Controller
-from hpcbatch.sandbox import Sandbox
+from hpcbatch.sandbox import Sandbox, start_host, stop_host
 from tests.integration.conftest import Api, until
 from tests.integration.faults import FaultProxy, pid_alive, proxied_inventory, signal_sshd
 
@@ -72,6 +72,8 @@ async def test_timeout_on_a_cut_off_host(
     job_id = await api.submit(script=f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 60\n",
                               time_limit_s=3)  # fmt: skip
     pid = await wait_pid(pid_file)
+    # The job runs before the launch's reply is read: cut only once the controller knows.
+    await until(lambda: c.jobs.live(job_id).state == "RUNNING", what="RUNNING")
     started = time.monotonic()
     stopped: list[int] = []
     if cut == "blackhole":
@@ -83,7 +85,7 @@ async def test_timeout_on_a_cut_off_host(
         await until(lambda: not pid_alive(pid), timeout=15, what="the job killed on time")
         took = time.monotonic() - started
         assert c.cluster.hosts[VICTIM].state != "DOWN"
-        assert c.jobs.active[job_id].state == "RUNNING"  # the controller has not heard yet
+        assert c.jobs.live(job_id).state == "RUNNING"  # the controller has not heard yet
     finally:
         proxy.restore()
         if stopped:
@@ -228,7 +230,7 @@ async def test_operator_drain_is_not_undone_by_a_passing_check(
     c, api = await controller_factory(inventory=_with_health_check(sandbox, scratch, "true"))
     await api("drain", host=VICTIM, reason="maintenance")
     monitor = c.monitor
-    assert await monitor.check(c.links[VICTIM], c.cluster.hosts[VICTIM]) is True
+    assert await monitor.check(c.cluster.hosts[VICTIM]) is True
     assert (c.cluster.hosts[VICTIM].admin, c.cluster.hosts[VICTIM].admin_reason) == (
         "DRAIN",
         "maintenance",
@@ -247,3 +249,25 @@ async def test_resources_below_declared_drain(
     host = {h["name"]: h for h in await api("hosts")}[VICTIM]
     assert host["admin"] == "DRAIN"
     assert host["admin_reason"].startswith("resources below declared: 4096 CPUs declared, "), host
+
+
+async def test_a_time_limit_raised_while_the_host_was_away_reaches_it_when_it_returns(
+    sandbox: Sandbox, controller_factory: Any
+) -> None:
+    """`update --time` of a running job whose host cannot be told: sent when the host
+    reconnects, so a 6 s job raised to 30 s while cut off still runs its 10 s."""
+    c, api = await controller_factory()
+    job_id = await api.submit(script="#!/bin/sh\nsleep 10\n", time_limit_s=6, nodelist=VICTIM)
+    job = await until(lambda: (j := c.jobs.live(job_id)) and j.state == "RUNNING" and j)
+    stop_host(sandbox, VICTIM)  # refuses new connections: the link cannot come back
+    try:
+        await c.pool[VICTIM].drop("test: cut off")
+        await until(lambda: c.cluster.hosts[VICTIM].state != "UP", what="host cut off")
+        out = await api("update", job_id=job_id, changes={"time_limit_s": 30})
+        assert f"not reached on {VICTIM}" in out["result"], out
+    finally:
+        start_host(sandbox, VICTIM)
+    await until(lambda: c.cluster.hosts[VICTIM].state == "UP", timeout=30, what="host back")
+    (done,) = await api.wait(job_id, timeout=40)
+    assert done["state"] == "SUCCEEDED", done
+    assert done["ended"] - job.started > 9, done

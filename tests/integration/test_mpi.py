@@ -14,6 +14,7 @@ import math
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,88 @@ env -u HPCBATCH_JOB_ID srun true; echo "outside=$?"
     assert "worst=3" in lines and "outside=1" in lines
     assert "task 1: exited with status 3" in err
     assert "use `hpcbatch run" in err
+
+
+MPI4PY_STEP = (
+    "srun python3 -c 'import os; from mpi4py import MPI; c = MPI.COMM_WORLD; e = os.environ; "
+    'print("mpi", c.rank, c.size, c.allreduce(c.rank + 1), e["SLURM_PROCID"], '
+    'e["SLURM_LOCALID"], e["SLURM_NODEID"], e["SLURM_NTASKS"], e["HPCBATCH_NODE_INDEX"])\''
+)
+HELLO_C = r"""#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+    int rank, size, one = 1, sum = 0;
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    MPI_Allreduce(&one, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    printf("mpich %d %d %d %s %s %s\n", rank, size, sum, getenv("SLURM_PROCID"),
+           getenv("SLURM_NODEID"), getenv("HPCBATCH_NODE_INDEX"));
+    MPI_Finalize();
+    return rank == 3 ? 7 : 0;
+}
+"""
+
+
+def mpi_rows(out: str, tag: str) -> list[list[str]]:
+    return sorted(line.split()[1:] for line in out.splitlines() if line.startswith(tag + " "))
+
+
+async def test_srun_of_an_mpi4py_program_is_one_openmpi_job(
+    cluster: tuple[Controller, Api],
+) -> None:
+    """srun python3 -c '...mpi4py...' in a 2x2 job: one world of 4, Slurm's task variables."""
+    _, api = cluster
+    host_python_has_mpi4py()
+    script = f"#!/bin/sh\n{MPI4PY_STEP}\nsrun -N 1 -n 2 -l --mpi=openmpi {MPI4PY_STEP[5:]}\n"
+    job_id = await api.submit(script=script, nodes=2, ntasks_per_node=2, time_limit_s=TIME_LIMIT_S)
+    (summary,) = await api.wait(job_id, timeout=TIME_LIMIT_S + 30)
+    out, err = await api.logs(job_id), await api.logs(job_id, "stderr")
+    assert summary["state"] == "SUCCEEDED", (out, err)
+    # rank size sum(1..4) procid localid nodeid ntasks node-index: 2 ranks on each host
+    assert mpi_rows(out, "mpi") == [
+        ["0", "4", "10", "0", "0", "0", "4", "0"],
+        ["1", "4", "10", "1", "1", "0", "4", "0"],
+        ["2", "4", "10", "2", "0", "1", "4", "1"],
+        ["3", "4", "10", "3", "1", "1", "4", "1"],
+    ], (out, err)
+    labelled = sorted(x for x in out.splitlines() if x[:3] in ("0: ", "1: "))
+    assert labelled == ["0: mpi 0 2 3 0 0 0 2 0", "1: mpi 1 2 3 1 1 0 2 0"], out
+    assert "PMI support" not in err
+
+
+def build_mpich_hello() -> Path:
+    """Compiled where the sandbox hosts' login user can read it (pytest's tmp is 0700)."""
+    if not Path("/usr/bin/mpicc.mpich").exists():
+        pytest.fail("MPICH is missing: apt-get install mpich libmpich-dev (install-prereqs.sh)")
+    where = Path(tempfile.mkdtemp(prefix="hb-mpich-"))
+    where.chmod(0o755)
+    src, binary = where / "hello.c", where / "hello_mpich"
+    src.write_text(HELLO_C)
+    subprocess.run(["mpicc.mpich", "-o", str(binary), str(src)], check=True)
+    return binary
+
+
+async def test_srun_of_an_mpich_program(cluster: tuple[Controller, Api]) -> None:
+    """A C program built with mpicc.mpich: srun starts it under Hydra, 4 ranks on 2 hosts."""
+    _, api = cluster
+    binary = await asyncio.to_thread(build_mpich_hello)
+    script = f"#!/bin/sh\nsrun {binary}; echo step=$?\nsrun -n 3 {binary}; echo small=$?\n"
+    job_id = await api.submit(script=script, nodes=2, ntasks_per_node=2, time_limit_s=TIME_LIMIT_S)
+    (summary,) = await api.wait(job_id, timeout=TIME_LIMIT_S + 30)
+    out, err = await api.logs(job_id), await api.logs(job_id, "stderr")
+    assert summary["state"] == "SUCCEEDED", (out, err)
+    first, _, second = out.partition("step=")
+    assert mpi_rows(first, "mpich") == [
+        ["0", "4", "4", "0", "0", "0"],
+        ["1", "4", "4", "1", "0", "0"],
+        ["2", "4", "4", "2", "1", "1"],
+        ["3", "4", "4", "3", "1", "1"],
+    ], out
+    assert mpi_rows(second, "mpich") == [  # -n 3 on 2 nodes: block layout 2 + 1
+        ["0", "3", "3", "0", "0", "0"],
+        ["1", "3", "3", "1", "0", "0"],
+        ["2", "3", "3", "2", "1", "1"],
+    ], out
+    assert "step=7" in out and "small=0" in out, (out, err)

@@ -87,7 +87,7 @@ async def test_exit_code_time_limit_and_cancel(controller: tuple[Controller, Api
     failed = await api.submit(script="#!/bin/sh\nsleep 0.1\nexit 3\n")
     timed = await api.submit(script="#!/bin/sh\nsleep 30\n", time_limit_s=1)
     cancelled = await api.submit(script="#!/bin/sh\nsleep 30\n")
-    await until(lambda: c.jobs.active[cancelled].state == "RUNNING", what="RUNNING")
+    await until(lambda: c.jobs.live(cancelled).state == "RUNNING", what="RUNNING")
     await api("cancel", job_ids=[cancelled])
     by_id = {j["id"]: j for j in await api.wait(failed, timed, cancelled, timeout=30)}
     assert by_id[failed]["state"] == "FAILED" and by_id[failed]["exit_code"] == 3
@@ -102,15 +102,15 @@ async def test_exit_while_cut_off_is_collected_on_return(
 ) -> None:
     c, api = controller
     job = await api.submit(script="#!/bin/sh\nsleep 1\n")
-    await until(lambda: c.jobs.active[job].state == "RUNNING", what="RUNNING")
-    host = c.jobs.active[job].attempts[0].host
+    await until(lambda: c.jobs.live(job).state == "RUNNING", what="RUNNING")
+    host = c.jobs.live(job).attempts[0].host
     sim.blackhole([host])
-    await c.links[host].drop()  # as if the network cut the connection
+    await c.pool[host].drop()  # as if the network cut the connection
     await until(lambda: c.cluster.hosts[host].state != "UP", what=f"{host} down")
     await asyncio.sleep(1.2)  # the job ends while nobody listens
-    assert c.jobs.active[job].state == "RUNNING"
+    assert c.jobs.live(job).state == "RUNNING"
     sim.restore([host])
-    c.links[host].kick()
+    c.pool[host].kick()
     (final,) = await api.wait(job, timeout=30)
     assert final["state"] == "SUCCEEDED"
     await until(lambda: c.cluster.hosts[host].state == "UP", what=f"{host} back UP")

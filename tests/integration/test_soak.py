@@ -22,3 +22,5 @@ def test_short_soak(sandbox: Sandbox) -> None:
     report = run_soak(sandbox, plan)
     assert not report.problems(), report.summary() + "\n" + "\n".join(report.problems())
     assert report.states["FAILED"] == 20 and report.states["SUCCEEDED"] == 180
+    if sandbox.users:  # as root: jobs from alice and bob, each run as its submitter
+        assert report.users == set(sandbox.users), report.users

@@ -229,3 +229,52 @@ def test_container_name_is_stable_per_work_dir() -> None:
     assert a == container_name("/var/lib/hb/", "7.1.0")
     assert a != container_name("/other", "7.1.0")
     assert a.startswith("hb-") and a.endswith("-7.1.0")
+
+
+def test_the_jobs_limits_go_to_runtimes_whose_containers_leave_its_cgroup() -> None:
+    job_limits = {"memory_bytes": 1 << 30, "cpus": 2}
+    docker = build(spec("docker"), ctx(job_limits=job_limits))["argv"]
+    assert f"--memory={1 << 30}" in docker and "--cpus=2" in docker
+    assert f"--memory-swap={1 << 30}" in docker
+    root = build(spec("podman"), ctx(uid=0, job_limits=job_limits))["argv"]
+    assert "--cpus=2" in root
+    rootless = build(spec("podman"), ctx(job_limits=job_limits))["argv"]  # stays in the job's
+    assert not any(a.startswith(("--memory", "--cpus")) for a in rootless)
+
+
+SCRIPT = "/var/lib/hb/attempts/7.1.0/script"
+
+
+@pytest.mark.parametrize(
+    ("inner", "shebang", "shell"),
+    [
+        (["/bin/sh", SCRIPT, "a b"], None, ["/bin/sh"]),  # a script without #!
+        (["/bin/sh", "-c", "id -u"], None, ["/bin/sh"]),  # a relayed command
+        ([SCRIPT, "a b"], "#!/bin/bash -e", ["/bin/bash"]),
+        ([SCRIPT], "#!/usr/bin/env bash", ["/usr/bin/env", "bash"]),
+    ],
+)
+def test_docker_sets_the_jobs_umask_with_a_shell_the_job_needs_anyway(
+    inner: list[str], shebang: str | None, shell: list[str]
+) -> None:
+    """docker has no --umask: the job's command is exec'd by a shell that set it first."""
+    out = build(spec("docker"), ctx(inner=inner, shebang=shebang, umask=0o027))
+    at = out["argv"].index("localhost/tool:1")
+    assert out["argv"][at + 1 :] == [*shell, "-c", 'umask 0027 && exec "$@"', "sh", *inner]
+    assert not any("umask" in note for note in out["notes"])
+
+
+def test_docker_keeps_the_images_umask_without_a_shell_and_says_so() -> None:
+    inner = [SCRIPT]
+    out = build(spec("docker"), ctx(inner=inner, shebang="#!/usr/bin/python3", umask=0o027))
+    assert out["argv"][-2:] == ["localhost/tool:1", SCRIPT]
+    assert (
+        "docker has no --umask and the job's command is not run by a shell: the container "
+        "keeps the image's umask" in out["notes"]
+    )
+
+
+def test_podman_takes_the_umask_as_its_flag_and_runs_the_command_as_it_is() -> None:
+    out = build(spec("podman"), ctx(umask=0o027, shebang=None))
+    assert "--umask=0027" in out["argv"]
+    assert out["argv"][-4:] == ["localhost/tool:1", "/bin/sh", SCRIPT, "a b"]

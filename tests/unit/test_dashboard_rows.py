@@ -88,3 +88,13 @@ def test_events_update_the_model_by_id() -> None:
     m.apply({"event": "queue", "queue": "batch", "state": "ENABLED"})
     assert m.queues["batch"]["state"] == "ENABLED"
     assert m.queue_counts("default") == {"RUNNING": 1}
+
+
+def test_filter_by_tags() -> None:
+    f = JobFilter.parse("--tag project=x,stage=prod")
+    assert f.tags == {"project=x", "stage=prod"}
+    job = {"id": 1, "name": "a", "tags": {"project": "x", "stage": "prod", "k": "v"}}
+    assert f.matches(job)
+    assert not f.matches({**job, "tags": {"project": "x"}})
+    assert not f.matches({"id": 2, "name": "b"})
+    assert JobFilter.parse("--tag=project=x").matches(job)

@@ -161,27 +161,22 @@ def test_export_bad_name() -> None:
 
 def test_gres_types_and_others_warn() -> None:
     parsed = parse_args(["--gres=gpu:a100:2,nvme:1"])
-    assert parsed.values == {"gpus": 2}
+    assert parsed.values == {"gpus": (2, "a100")}  # merge splits it: gpus, gpu_type
     assert parsed.warnings == [
-        "command line: ignored: GPU type 'a100' in --gres=gpu:a100:2,nvme:1"
-        " (any GPU of a host is used)",
         "command line: ignored: --gres nvme:1 (only gpu resources are scheduled)",
     ]
     parsed = parse_args(["--gres=gpu:tesla"])
-    assert parsed.values == {"gpus": 1}
-    assert "GPU type 'tesla'" in parsed.warnings[0]
+    assert parsed.values == {"gpus": (1, "tesla")}
+    assert parsed.warnings == []
     parsed = parse_args(["--gres=nvme:1"])
     assert parsed.values == {}
     assert len(parsed.warnings) == 1
 
 
-def test_gpus_with_type_warns() -> None:
-    parsed = parse_args(["--gpus-per-node=h100:4"])
-    assert parsed.values == {"gpus": 4}
-    assert parsed.warnings == [
-        "command line: ignored: GPU type 'h100' in --gpus-per-node=h100:4"
-        " (any GPU of a host is used)"
-    ]
+def test_gpus_with_type_keeps_it() -> None:
+    parsed = parse_args(["--gpus-per-node=H100:4"])
+    assert parsed.values == {"gpus": (4, "h100")}
+    assert parsed.warnings == []
 
 
 def test_partition_list_takes_first() -> None:
@@ -203,17 +198,9 @@ def test_exclusive_with_mode_warns() -> None:
 @pytest.mark.parametrize(
     ("tokens", "shown"),
     [
-        (["--mail-type=END"], "--mail-type=END (hpcbatch sends no mail)"),
-        (["--mail-user", "a@b.c"], "--mail-user=a@b.c (hpcbatch sends no mail)"),
         (["-A", "proj"], "-A proj (hpcbatch keeps no accounts)"),
         (["--account=proj"], "--account=proj (hpcbatch keeps no accounts)"),
         (["--qos=high"], "--qos=high (there are no QOS levels; queues have priorities)"),
-        (["-C", "a100"], "-C a100 (there are no node features; use a queue whose hosts have them)"),
-        (["--constraint=x"], "--constraint=x (there are no node features;"),
-        (["--nice"], "--nice (there is no per-job priority)"),
-        (["--nice=10"], "--nice=10 (there is no per-job priority)"),
-        (["--requeue"], "--requeue (jobs are never requeued)"),
-        (["--no-requeue"], "--no-requeue (jobs are never requeued)"),
         (["--open-mode=append"], "--open-mode=append (not supported)"),
     ],
 )
@@ -232,7 +219,7 @@ def test_ignored_options_warn(tokens: list[str], shown: str) -> None:
     [
         (["--mem=4Q"], "command line: --mem: '4Q' is not a memory size (e.g. 4G, 512M)"),
         (["--mem-per-cpu", "x"], "command line: --mem-per-cpu: 'x' is not a memory size"),
-        (["--mem=0"], "command line: --mem: '0' is no memory at all"),
+        (["--mem-per-cpu=0"], "command line: --mem-per-cpu: '0' is no memory at all"),
         (["-t", "abc"], "command line: -t: 'abc' is not a time (e.g. 30, 1:30:00, 2-00:00:00)"),
         (["-c", "x"], "command line: -c: 'x' is not a whole number"),
         (["-c", "0"], "command line: -c: '0' is less than 1"),
@@ -391,8 +378,18 @@ def test_unknown_directive_warns_with_line() -> None:
 
 
 def test_ignored_directive_warns_with_line() -> None:
-    opts, _ = parse_script(script("#!/bin/sh", "#SBATCH --mail-type=END,FAIL"), "job.sh")
-    assert opts.warnings == ["job.sh:2: ignored: --mail-type=END,FAIL (hpcbatch sends no mail)"]
+    opts, _ = parse_script(script("#!/bin/sh", "#SBATCH --qos=high"), "job.sh")
+    assert opts.warnings == [
+        "job.sh:2: ignored: --qos=high (there are no QOS levels; queues have priorities)"
+    ]
+
+
+def test_mail_options_are_kept() -> None:
+    opts, _ = parse_script(
+        script("#!/bin/sh", "#SBATCH --mail-type=END,FAIL", "#SBATCH --mail-user=a@b.c"), "job.sh"
+    )
+    assert opts.values == {"mail_type": "END,FAIL", "mail_user": "a@b.c"}
+    assert opts.warnings == []
 
 
 @pytest.mark.parametrize(
@@ -499,10 +496,21 @@ def test_merge_keys_are_documented() -> None:
     every_option = shlex.split(
         "-J j -c 2 --mem-per-cpu=1G -G 2 -t 5 -o o -e e -D d -p q -N 2 -n 4 --export=ALL"
         " --exclusive -a 1-2 -d afterok:1 --fabric=efa --image=i --mount=/a:/b --main-node=m"
-        " --launch-mode=mpi --signal=USR1"
+        " --launch-mode=mpi --signal=USR1 -w n1 -x n2 -C f --gpus=h100:2 --begin=now"
+        " --deadline=now+1day -H --priority=1 --nice=3 --requeue --share-id=proj --tag=k=v"
+        " --mail-type=END --mail-user=u --secret A=s1"
     )
     merged = merge(ParsedOptions(), opts(*every_option))
     assert set(merged) == JOB_REQUEST_KEYS | EXTRA_KEYS
+
+
+def test_secret_options_add_up_and_bad_ones_name_the_entry() -> None:
+    merged = merge(
+        ParsedOptions(), opts("--secret", "A=s1,B=s.2", "--secret", "C=s-3", "--secret=A=s4")
+    )
+    assert merged["secrets"] == {"A": "s4", "B": "s.2", "C": "s-3"}
+    with pytest.raises(DirectiveError, match=r"'A=' is not VAR=SECRET_NAME"):
+        opts("--secret", "A=")
 
 
 def test_merge_does_not_change_its_inputs() -> None:
@@ -684,3 +692,35 @@ def test_signal_reservation_flag_is_a_warning() -> None:
 def test_signal_option_errors(value: str, message: str) -> None:
     with pytest.raises(DirectiveError, match=re.escape(message)):
         parse_args([f"--signal={value}"])
+
+
+def _merged(*argv: str) -> dict[str, object]:
+    from hpcbatch.core.directives import merge, parse_args, parse_script
+
+    return merge(parse_script("#!/bin/sh\n")[0], parse_args(list(argv)))
+
+
+def test_slurm_gpu_relative_requests_and_mem_0() -> None:
+    """--mem=0, --mem-per-gpu, --cpus-per-gpu and --gpus-per-task as Slurm reads them."""
+    whole = _merged("--mem=0", "-c", "2")
+    assert whole["exclusive"] is True and "memory_mb" not in whole
+    per_gpu = _merged("--gpus-per-node=2", "--cpus-per-gpu=4", "--mem-per-gpu=8G")
+    assert (per_gpu["gpus"], per_gpu["cpus"], per_gpu["memory_mb"]) == (2, 8, 16384)
+    per_task = _merged("--ntasks-per-node=3", "--gpus-per-task=2")
+    assert per_task["gpus"] == 6
+    later = _merged("--mem=4G", "--gpus-per-node=1", "--mem-per-gpu=1G")
+    assert later["memory_mb"] == 1024  # the later of --mem and --mem-per-gpu wins
+    import pytest
+
+    from hpcbatch.core.directives import DirectiveError
+
+    with pytest.raises(DirectiveError, match="--cpus-per-gpu needs GPUs"):
+        _merged("--cpus-per-gpu=4")
+
+
+def test_tags_add_up_across_options_and_sources_later_values_winning() -> None:
+    from_script, _ = parse_script(script("#SBATCH --tag project=a,stage=dev", "#SBATCH --tag x=1"))
+    merged = merge(from_script, opts("--tag", "stage=prod", "--tag=y=2"))
+    assert merged["tags"] == {"project": "a", "stage": "prod", "x": "1", "y": "2"}
+    with pytest.raises(DirectiveError, match="expected KEY=VALUE"):
+        opts("--tag", "novalue")

@@ -1,11 +1,15 @@
 """The import-layer contract, checked on the source with `ast` (and once at run time).
 
 * `hpcbatch/core/*` is pure: the standard library and `hpcbatch.core` only.
-* Only `hpcbatch/store/*` touches SQLite, only `hpcbatch/transport/*` asyncssh,
+* Only `hpcbatch/store/*` touches SQLite or PostgreSQL, only `hpcbatch/transport/*` asyncssh,
   only `hpcbatch/dashboard/*` textual.
 * The dashboard talks to the controller through its API only: it imports no
-  controller, store, transport or sandbox module (nor asyncssh, aiosqlite, pydantic).
+  controller, store, transport or sandbox module (nor asyncssh, aiosqlite, asyncpg,
+  pydantic).
 * The host agent is uploaded and run on its own: the standard library only.
+* Direction between packages: the store and the transport never import the
+  controller; the controller never imports the dashboard.
+* No import cycles between modules (a split that needs one is the wrong cut).
 * The thin client and the CLI load no heavy package at import time, so
   `hpcbatch submit` starts fast.
 * Every module has a docstring.
@@ -32,7 +36,7 @@ import hpcbatch
 
 PACKAGE_DIR = Path(hpcbatch.__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
-HEAVY = ("pydantic", "asyncssh", "aiosqlite", "textual")
+HEAVY = ("pydantic", "asyncssh", "aiosqlite", "asyncpg", "textual")
 STDLIB = frozenset(sys.stdlib_module_names)
 
 
@@ -41,6 +45,7 @@ class Import:
     module: str  # absolute dotted name
     line: int
     eager: bool  # runs when the importing module is imported (not in a function, not TYPE_CHECKING)
+    names: tuple[str, ...] = ()  # `from module import a, b`: a and b may be modules too
 
     @property
     def top(self) -> str:
@@ -81,7 +86,7 @@ def collect_imports(source: str, name: str, is_package: bool = False) -> list[Im
             found.extend(Import(a.name, node.lineno, eager) for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = resolve(node.level, node.module)
-            found.append(Import(base, node.lineno, eager))
+            found.append(Import(base, node.lineno, eager, tuple(a.name for a in node.names)))
             if node.module is None:  # `from . import x`: x may be a module
                 found.extend(Import(f"{base}.{a.name}", node.lineno, eager) for a in node.names)
         elif (
@@ -200,7 +205,8 @@ def test_the_package_is_found() -> None:
     assert "hpcbatch" in MODULES
     # The rules below are not vacuous: known imports are seen.
     assert any(i.module == "asyncssh" and i.eager for i in IMPORTS["hpcbatch.transport.link"])
-    assert any(i.module == "aiosqlite" for i in IMPORTS["hpcbatch.store.db"])
+    assert any(i.module == "aiosqlite" for i in IMPORTS["hpcbatch.store.database"])
+    assert any(i.module == "asyncpg" for i in IMPORTS["hpcbatch.store.postgres"])
     assert any(i.module == "asyncio" and not i.eager for i in IMPORTS["hpcbatch.cli.main"])
 
 
@@ -217,7 +223,7 @@ def test_core_imports_only_stdlib_and_core() -> None:
 @pytest.mark.parametrize(
     ("packages", "owner"),
     [
-        (("aiosqlite", "sqlite3"), "hpcbatch.store"),
+        (("aiosqlite", "sqlite3", "asyncpg"), "hpcbatch.store"),
         (("asyncssh",), "hpcbatch.transport"),
         (("textual",), "hpcbatch.dashboard"),
     ],
@@ -237,11 +243,97 @@ def test_dashboard_uses_only_the_api() -> None:
         dash,
         lambda i: (
             any(within(i.module, p) for p in internals)
-            or i.top in ("asyncssh", "aiosqlite", "sqlite3", "pydantic")
+            or i.top in ("asyncssh", "aiosqlite", "sqlite3", "asyncpg", "pydantic")
         ),
     )
     assert not bad, f"the dashboard talks to the controller's API only: {bad}"
     assert any(i.top == "textual" for m in dash for i in IMPORTS[m])
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported"),
+    [
+        ("hpcbatch.store", "hpcbatch.controller"),
+        ("hpcbatch.transport", "hpcbatch.controller"),
+        ("hpcbatch.controller", "hpcbatch.dashboard"),
+    ],
+    ids=["store-not-controller", "transport-not-controller", "controller-not-dashboard"],
+)
+def test_packages_depend_one_way(importer: str, imported: str) -> None:
+    """The controller is built on the store and the transport, which know nothing of it;
+    the dashboard is a client of the controller's API, which knows nothing of it."""
+    modules = [m for m in MODULES if within(m, importer)]
+    assert modules
+    bad = violations(modules, lambda i: within(i.module, imported))
+    assert not bad, f"{importer} must not import {imported}: {bad}"
+
+
+def module_graph() -> dict[str, set[str]]:
+    """module -> the hpcbatch modules it imports, every import counted (lazy and
+    TYPE_CHECKING ones too: a type-only cycle is still two modules that cannot be
+    read apart). `from pkg import name` counts `pkg.name` where that is a module.
+    An import of a module's own package is left out: the package's `__init__` runs
+    first whatever the order."""
+    graph: dict[str, set[str]] = {m: set() for m in MODULES}
+    for m, imports in IMPORTS.items():
+        for imp in imports:
+            for target in (imp.module, *(f"{imp.module}.{n}" for n in imp.names)):
+                while target and target not in MODULES:
+                    target = target.rpartition(".")[0]
+                if target and target != m and not m.startswith(target + "."):
+                    graph[m].add(target)
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[frozenset[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = {stack.pop()}
+            while v not in component:
+                component.add(stack.pop())
+            if len(component) > 1:
+                cycles.append(frozenset(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def _describe(cycles: list[frozenset[str]]) -> str:
+    return "; ".join(" <-> ".join(sorted(c)) for c in cycles)
+
+
+def test_cycle_finder_finds_cycles() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e", "d"}}
+    assert import_cycles(graph) == [frozenset({"a", "b", "c"})]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_module_graph_counts_every_kind_of_import() -> None:
+    graph = module_graph()
+    assert "hpcbatch.core.fairshare" in graph["hpcbatch.core.scheduler"]  # from pkg import mod
+    assert "hpcbatch.core.placement" in graph["hpcbatch.core.reasons"]  # under TYPE_CHECKING
+
+
+def test_no_import_cycles() -> None:
+    """No module imports itself through others (split by responsibility instead)."""
+    cycles = import_cycles(module_graph())
+    assert not cycles, f"import cycles: {_describe(cycles)}"
 
 
 def test_agent_imports_only_stdlib() -> None:
@@ -345,3 +437,24 @@ def test_submit_path_skips_slow_standard_modules() -> None:
         check=True,
     )
     assert out.stdout.strip() == "[]", f"the submit path loads {out.stdout.strip()}"
+
+
+def test_quick_submit_path_loads_only_what_it_sends_with() -> None:
+    """The launcher's `hpcbatch submit` (`cli.quick`, without `site`): not `json` and
+    the `re`, `enum`, `functools` and `collections` it pulls in, nor the option
+    parser (the controller parses); docs/performance.md."""
+    slow = ("site", "json", "re", "enum", "functools", "collections", "typing", "socket",
+            "hpcbatch.core.directives", "hpcbatch.client", "hpcbatch.cli.main")  # fmt: skip
+    probe = _PROBE.replace("import json, sys", "import sys").replace(
+        "print(json.dumps(sorted(", "print(repr(sorted("
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", probe.format(heavy=slow), "hpcbatch.cli.quick"],
+        cwd=REPO_ROOT,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]", f"the quick submit path loads {out.stdout.strip()}"

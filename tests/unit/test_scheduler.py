@@ -12,7 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hpcbatch.core.records import Placement
-from hpcbatch.core.scheduler import HostView, JobView, Plan, QueueView, infeasible, schedule
+from hpcbatch.core.scheduler import (
+    STEP,
+    HostView,
+    JobView,
+    Plan,
+    QueueView,
+    infeasible,
+    schedule,
+    schedule_in_steps,
+)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -131,7 +140,7 @@ def test_single_node_packing_is_best_fit() -> None:
         [JobView(id=1, queue="q", cpus=1)],
     )
     assert hosts_of(plan, 1) == ["partly"]
-    assert starts(plan)[1] == (Placement("partly", 1, 0, ()),)
+    assert starts(plan)[1] == (Placement("partly", 1, 0, (), cores=(0,)),)
 
 
 def test_best_fit_keeps_an_idle_host_for_a_whole_host_job() -> None:
@@ -360,7 +369,7 @@ def test_fabric_gang_job_stays_in_one_island() -> None:
     plan = schedule(
         islands(),
         [queue("q", ["a1", "x", "a2", "b1", "b2", "b3"])],
-        [JobView(id=1, queue="q", nodes=2, fabric="efa")],
+        [JobView(id=1, queue="q", nodes=2, fabric="any")],
     )
     assert sorted(hosts_of(plan, 1)) == ["b1", "b2"]
 
@@ -369,7 +378,7 @@ def test_fabric_gang_job_reason_names_island_and_shortfall() -> None:
     plan = schedule(
         islands(),
         [queue("q", ["a1", "a2", "b1", "b2", "b3", "x"])],
-        [JobView(id=1, queue="q", nodes=3, fabric="efa")],
+        [JobView(id=1, queue="q", nodes=3, fabric="any")],
     )
     assert plan.starts == []
     reason = plan.reasons[1]
@@ -384,7 +393,7 @@ def test_fabric_gang_job_takes_the_smallest_island_that_fits() -> None:
     plan = schedule(
         hosts,
         [queue("q", [h.name for h in hosts])],
-        [JobView(id=1, queue="q", nodes=2, fabric="efa"), JobView(id=2, queue="q", nodes=3)],
+        [JobView(id=1, queue="q", nodes=2, fabric="any"), JobView(id=2, queue="q", nodes=3)],
     )
     assert sorted(hosts_of(plan, 1)) == ["b0", "b1"]
     assert sorted(hosts_of(plan, 2)) == ["a0", "a1", "a2"]
@@ -394,7 +403,7 @@ def test_hosts_without_a_fabric_never_take_fabric_gang_jobs() -> None:
     plan = schedule(
         [host("x"), host("y")],
         [queue("q", ["x", "y"])],
-        [JobView(id=1, queue="q", nodes=2, fabric="efa")],
+        [JobView(id=1, queue="q", nodes=2, fabric="any")],
     )
     assert plan.starts == []
     assert "lacks 2" in plan.reasons[1]
@@ -440,7 +449,7 @@ def test_infeasible_refuses_too_many_nodes() -> None:
 
 def test_infeasible_refuses_gang_larger_than_any_island() -> None:
     why = infeasible(
-        JobView(id=0, queue="q", nodes=3, fabric="efa"),
+        JobView(id=0, queue="q", nodes=3, fabric="any"),
         [host("a1", fabric="ia"), host("a2", fabric="ia"), host("b1", fabric="ib"), host("x")],
     )
     assert why is not None
@@ -459,7 +468,7 @@ def test_infeasible_with_no_hosts() -> None:
         JobView(id=0, queue="q", gpus=2),
         JobView(id=0, queue="q", exclusive=True),
         JobView(id=0, queue="q", nodes=3),
-        JobView(id=0, queue="q", nodes=2, fabric="efa"),
+        JobView(id=0, queue="q", nodes=2, fabric="any"),
     ],
 )
 def test_infeasible_accepts_feasible_requests(job: JobView) -> None:
@@ -520,7 +529,7 @@ def shapes(draw: st.DrawFn) -> Shape:
         draw(st.sampled_from([0, 0, 0, 0, 1, 2, 4])),
         draw(st.sampled_from([1, 1, 1, 2, 2, 3])),
         draw(st.integers(0, 5)) == 5,
-        draw(st.sampled_from([None, "efa"])),
+        draw(st.sampled_from([None, "any", "ia"])),
     )
 
 
@@ -700,7 +709,11 @@ def _fits(job: JobView, free: dict[str, HostView], queue_hosts: Sequence[str]) -
         return bool(ok)
     if not job.fabric:
         return len(ok) >= job.nodes
-    by_island = Counter(h.fabric for h in ok if h.fabric is not None)
+    by_island = Counter(
+        h.fabric
+        for h in ok
+        if h.fabric is not None and job.fabric in ("any", h.fabric, h.fabric.split("-")[0])
+    )
     return any(n >= job.nodes for n in by_island.values())
 
 
@@ -764,7 +777,7 @@ def test_scheduling_properties(cluster: Cluster) -> None:
 
 
 def test_exclusive_single_node_with_fabric_needs_an_island_host() -> None:
-    job = JobView(1, "q", exclusive=True, fabric="efa")
+    job = JobView(1, "q", exclusive=True, fabric="any")
     plain = HostView("a", 8, 1000, fabric=None)
     assert "island" in (infeasible(job, [plain]) or "")  # refused, not left waiting forever
     island = HostView("b", 8, 1000, fabric="ib-a")
@@ -778,3 +791,15 @@ def test_a_host_listed_twice_is_placed_once() -> None:
         [HostView("a", 8, 1000)], [QueueView("q", 1, ("a", "a"))], [JobView(1, "q", nodes=2)]
     )
     assert plan.starts == [] and 1 in plan.reasons
+
+
+def test_in_steps_yields_between_jobs_and_ends_with_the_same_plan() -> None:
+    hosts = [host(f"n{i}", cpus=4) for i in range(20)]
+    queues = [queue("batch", [h.name for h in hosts])]
+    jobs = [JobView(id=i, queue="batch", cpus=1 + i % 3) for i in range(1, 1001)]
+    steps = list(schedule_in_steps(hosts, queues, jobs, now=0.0))
+    assert steps[:-1] == [None] * (len(jobs) // STEP)  # a step after every STEP jobs
+    plan = steps[-1]
+    assert isinstance(plan, Plan)
+    whole = schedule(hosts, queues, jobs, now=0.0)
+    assert plan.starts == whole.starts and plan.reasons == whole.reasons

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hpcbatch.transport.agent.procs import BadRequest
+from hpcbatch.transport.agent.protocol import BadRequest
 from hpcbatch.transport.sim.agent import SimAgent, SimHostState, job_duration, job_exit_code
 
 
@@ -52,7 +52,8 @@ async def test_launch_exit_ack_and_hello_after_reconnect() -> None:
     reply = wire.send(id=1, op="launch", attempt="7.1.0", script="sleep 0.05\nexit 2")
     assert reply["id"] == 1 and reply["ok"] and reply["pid"] > 0 and reply["started"] > 0
     again = wire.send(id=2, op="launch", attempt="7.1.0", script="true")
-    assert again == {"id": 2, "ok": False, "error": "attempt 7.1.0 already exists"}
+    error = {"id": 2, "ok": False, "error": "attempt 7.1.0 already exists", "code": "exists"}
+    assert again == error
     await asyncio.sleep(0.15)
     (exit_ev,) = wire.events("exit")
     assert exit_ev["attempt"] == "7.1.0" and exit_ev["code"] == 2 and exit_ev["signal"] is None
@@ -78,11 +79,14 @@ async def test_kill_timeout_fence_and_errors() -> None:
     assert ends["1.1.0"]["reason"] == "cancelled" and ends["1.1.0"]["signal"] == 15
     assert ends["2.1.0"]["timed_out"] is True
     assert ends["3.1.0"]["reason"] == "fenced"
-    assert "bad attempt id" in wire.send(id=6, op="kill", attempt="../x")["error"]
-    assert "unknown op" in wire.send(id=7, op="frobnicate")["error"]
+    bad = wire.send(id=6, op="kill", attempt="../x")
+    assert "bad attempt id" in bad["error"] and bad["code"] == "bad_request"
+    unknown = wire.send(id=7, op="frobnicate")
+    assert "unknown op" in unknown["error"] and unknown["code"] == "unknown_op"
     assert "no rsh relay" in wire.send(id=8, op="rspawn")["error"]
     wire.send(id=-1, op="rkill")  # posted: no reply, an error event
     assert wire.lines[-1]["ev"] == "error" and "id" not in wire.lines[-1]
+    assert wire.lines[-1]["code"] == "bad_request"
     assert wire.send(id=9, op="exec", argv=["false"])["code"] == 1
     assert wire.send(id=10, op="shutdown") == {"id": 10, "ok": True}
     assert wire.closed
@@ -98,3 +102,14 @@ async def test_heartbeats_and_silence() -> None:
     await asyncio.sleep(0.1)
     assert len(wire.events("heartbeat")) == beats
     wire.agent.stop()
+
+
+async def test_an_older_controller_epoch_is_refused_as_by_the_real_agent() -> None:
+    host = SimHostState("h1")
+    old, new = Wire(host), Wire(host)
+    assert old.send(id=0, op="hello", epoch=3)["ok"]
+    assert new.send(id=0, op="hello", epoch=4)["ok"] and host.epoch == 4
+    refused = old.send(id=1, op="launch", attempt="1.1.0", script="true", epoch=3)
+    assert (refused["ok"], refused["code"]) == (False, "stale_epoch")
+    assert "1.1.0" not in host.attempts
+    assert new.send(id=1, op="launch", attempt="1.1.0", script="true", epoch=4)["ok"]

@@ -48,9 +48,10 @@ def test_final_states() -> None:
 
 
 @pytest.mark.parametrize("state", sorted(FINAL_STATES))
-def test_final_states_have_no_exits(state: JobState) -> None:
-    assert TRANSITIONS[state] == frozenset()
-    for new in JobState:
+def test_final_states_only_go_back_to_the_queue(state: JobState) -> None:
+    # `hpcbatch requeue` of a finished job (PENDING: requeue --hold); nothing else.
+    assert TRANSITIONS[state] == {JobState.RUNNABLE, JobState.PENDING}
+    for new in set(JobState) - TRANSITIONS[state]:
         with pytest.raises(IllegalTransition):
             check_transition(state, new)
 
@@ -79,8 +80,9 @@ def test_no_self_transitions() -> None:
 def test_nothing_goes_back_to_submitted_or_pending() -> None:
     for state in JobState:
         assert JobState.SUBMITTED not in TRANSITIONS[state]
-        if state is not JobState.SUBMITTED:
-            assert JobState.PENDING not in TRANSITIONS[state]
+        # -> PENDING: a hold (`hpcbatch hold`, from RUNNABLE) or a requeue with a hold
+        # (`requeue --hold`, from a started or finished job); never PENDING to itself.
+        assert JobState.PENDING not in TRANSITIONS[JobState.PENDING]
 
 
 def test_retry_and_requeue_go_back_to_runnable() -> None:
@@ -102,9 +104,9 @@ def test_check_transition_follows_the_table(old: JobState, new: JobState) -> Non
 @pytest.mark.parametrize(
     ("old", "new"),
     [
-        (JobState.RUNNABLE, JobState.PENDING),
+        (JobState.RUNNING, JobState.SUBMITTED),
         (JobState.SUCCEEDED, JobState.FAILED),
-        (JobState.FAILED, JobState.RUNNABLE),
+        (JobState.FAILED, JobState.RUNNING),
         (JobState.SUBMITTED, JobState.RUNNING),
         (JobState.PENDING, JobState.STARTING),
         (JobState.RUNNABLE, JobState.SUCCEEDED),

@@ -15,14 +15,27 @@ from importlib import resources
 
 MODULES = (
     "__init__.py",
+    "cgroups.py",
     "containers.py",
     "ctrops.py",
+    "devbpf.py",
+    "epoch.py",
+    "gpus.py",
     "procs.py",
     "hpcbatch_agent.py",
+    "jobctl.py",
+    "loop.py",
+    "podman_state.py",
+    "protocol.py",
+    "purge.py",
     "relay.py",
     "rsh.py",
+    "runas.py",
     "srun.py",
+    "srun_mpi.py",
     "tools.py",
+    "userpaths.py",
+    "zygote.py",
 )
 """The agent package's files that travel to hosts."""
 

@@ -38,6 +38,7 @@ GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_ONLY = frozenset({"PATH", "HOME", "SHELL", "PWD", "OLDPWD", "SHLVL", "_", "TERM",
                        "MAIL", "LOGNAME", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY"})  # fmt: skip
 OCI = ("podman", "docker")
+SHELLS = frozenset({"sh", "bash", "dash", "ash", "ksh", "zsh"})
 APPTAINER = ("apptainer", "singularity")
 
 
@@ -62,7 +63,9 @@ def build(spec: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
     (`SRC:DST[:ro]`), gpus (allocated indices).
     ctx (from the host): name, cwd, attempt_dir, inner, env (the job's own
     variables), uid, limits (name -> (soft, hard)), fast_links (device paths),
-    nvidia (GPU device paths), scan (bwrap only: lists an image directory).
+    nvidia (GPU device paths), scan (bwrap only: lists an image directory),
+    umask (the job's; podman's --umask, a shell's `umask` for docker) and
+    shebang (the script's `#!` line, which names a shell for docker's umask).
 
     Returns argv, env (variables to set or override in the client's
     environment), cleanup (argv lists run after a kill or timeout, or always for
@@ -112,6 +115,22 @@ def _gpu_env(spec: dict[str, Any]) -> str:
     return ",".join(str(i) for i in range(len(spec.get("gpus") or [])))
 
 
+def _resource_flags(runtime: str, ctx: dict[str, Any]) -> list[str]:
+    """The job's memory and CPU limits as the runtime's flags, where the container
+    leaves the job's cgroup: docker (its daemon's) and podman as root (its own). Rootless
+    podman's container stays in the job's cgroup, which holds it already."""
+    limits = ctx.get("job_limits") or {}
+    if not (runtime == "docker" or ctx.get("uid") == 0):
+        return []
+    flags: list[str] = []
+    if limits.get("memory_bytes"):
+        mem = int(limits["memory_bytes"])
+        flags += [f"--memory={mem}", f"--memory-swap={mem}"]
+    if limits.get("cpus"):
+        flags.append(f"--cpus={float(limits['cpus']):g}")
+    return flags
+
+
 def _oci(spec: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
     runtime, exe, name = spec["runtime"], spec["exe"], ctx["name"]
     argv = [exe, "run"]
@@ -120,6 +139,8 @@ def _oci(spec: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
     if runtime == "podman":
         argv += ["--rm", "--log-driver=none"]
     argv += ["--name", name, "--pull=never", "--network=host"]
+    if ctx.get("stdin"):  # `hpcbatch run`'s input: the client passes it to the container
+        argv.append("--interactive")
     notes: list[str] = []
     if ctx.get("mqueue", True):
         argv.append("--ipc=host")
@@ -138,6 +159,15 @@ def _oci(spec: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
     if runtime == "docker" and ctx.get("uid"):
         # The daemon runs as root: files the job writes must belong to its user.
         argv += ["--user", f"{ctx['uid']}:{ctx.get('gid', ctx['uid'])}"]
+    if runtime == "docker" and ctx.get("groups") is not None:
+        # For a job run as its submitter (a root client): the user's groups, and nothing
+        # that could make the container's process more than the user.
+        argv += [a for g in ctx["groups"] if g != ctx.get("gid") for a in ("--group-add", str(g))]
+        argv += ["--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+    if runtime == "podman" and ctx.get("keep_id"):
+        argv.append("--userns=keep-id")  # rootless: the job is the user inside too
+    if runtime == "podman" and ctx.get("umask") is not None:
+        argv.append(f"--umask={ctx['umask']:04o}")  # podman's own default is 0022
     # A root runtime applies its own defaults (podman as root: 1048576 open files), which
     # the host may not allow: give the agent's own limits, as a job without a container
     # has. Rootless podman inherits them already (and may not set nproc at all).
@@ -146,6 +176,7 @@ def _oci(spec: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
         if res in limits:
             soft, hard = limits[res]
             argv += ["--ulimit", f"{res}={_limit(soft)}:{_limit(hard)}"]
+    argv += _resource_flags(runtime, ctx)
     links = list(ctx.get("fast_links") or [])
     if links:
         for dev in links:
@@ -164,16 +195,70 @@ def _oci(spec: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
     env["PATH"] = _guest_path(ctx)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = _gpu_env(spec)
+    env_file = None
+    if ctx.get("env_file"):
+        # A root docker client for a user's job: the job's variables (the user's to choose:
+        # LD_PRELOAD, DOCKER_HOST...) must not reach that client's environment, so they go
+        # in a root-owned file the client reads (no multi-line values in that format).
+        env_file, left_out = env_file_text(env)
+        argv += ["--env-file", ctx["env_file"]]
+        env = {}
+        if left_out:
+            notes.append(f"not passed (multi-line values): {' '.join(left_out)}")
     for key in sorted(env):
         argv += ["--env", key]  # the value comes from the client's environment
-    argv += [spec["image"], *ctx["inner"]]
+    inner = ctx["inner"]
+    if runtime == "docker" and ctx.get("umask") is not None:
+        inner = _with_umask(ctx, notes)
+    argv += [spec["image"], *inner]
     cleanup = (
         [[exe, "rm", "--force", "--time", "0", name]]
         if runtime == "podman"
         else [[exe, "rm", "--force", name]]
     )
     return {"argv": argv, "env": env, "cleanup": cleanup, "always_cleanup": runtime == "docker",
-            "notes": notes}  # fmt: skip
+            "notes": notes, "env_file": env_file}  # fmt: skip
+
+
+def _with_umask(ctx: dict[str, Any], notes: list[str]) -> list[str]:
+    """docker has no `--umask`: the job's command run by a shell that sets the job's
+    umask first and execs it, a shell the command needs in the image anyway (`umask_shell`).
+    Without one the image's umask stays, and the job's log says so."""
+    shell = umask_shell(ctx["inner"], ctx.get("shebang"))
+    if shell is None:
+        notes.append(
+            "docker has no --umask and the job's command is not run by a shell: the "
+            "container keeps the image's umask"
+        )
+        return list(ctx["inner"])
+    return [*shell, "-c", f'umask {ctx["umask"]:04o} && exec "$@"', "sh", *ctx["inner"]]
+
+
+def umask_shell(inner: list[str], shebang: str | None) -> list[str] | None:
+    """A shell the command `inner` needs in its image in any case: its own first word when
+    that is a shell (a script without `#!` runs as `/bin/sh script`, a relayed command as
+    `/bin/sh -c`), else the script's `#!` shell (`#!/bin/bash`, `#!/usr/bin/env bash`);
+    None when no shell is known to be there (`#!/usr/bin/python3`)."""
+    if inner and os.path.basename(inner[0]) in SHELLS:
+        return [inner[0]]
+    words = shebang[2:].split() if shebang and shebang.startswith("#!") else []
+    if words and os.path.basename(words[0]) in SHELLS:
+        return [words[0]]
+    if len(words) == 2 and os.path.basename(words[0]) == "env" and words[1] in SHELLS:
+        return words
+    return None
+
+
+def env_file_text(env: dict[str, str]) -> tuple[str, list[str]]:
+    """`--env-file` lines for `env`; the names left out (values on several lines)."""
+    lines, left_out = [], []
+    for key in sorted(env):
+        value = env[key]
+        if "\n" in value or "\r" in value or not key.strip() or key != key.strip():
+            left_out.append(key)
+        else:
+            lines.append(f"{key}={value}\n")
+    return "".join(lines), left_out
 
 
 def _memlock(runtime: str, ctx: dict[str, Any], notes: list[str]) -> str:
@@ -371,7 +456,10 @@ def host_context(
     inner: list[str],
     env: dict[str, str],
     agent_paths: tuple[str, ...] = (),
+    user: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """What `build` needs from this host; `user`: the job's account where it runs as its
+    submitter (runas.lookup), else the agent's own."""
     limits = {
         "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
         "nproc": resource.getrlimit(resource.RLIMIT_NPROC),
@@ -384,15 +472,15 @@ def host_context(
     return {
         "name": container_name(root, attempt),
         "bin": os.path.join(root, "bin"),
-        "home": os.path.expanduser("~"),
-        "user": os.environ.get("USER", ""),
+        "home": user["home"] if user else os.path.expanduser("~"),
+        "user": user["name"] if user else os.environ.get("USER", ""),
         "agent_paths": [p for p in agent_paths if os.path.exists(p)],
         "cwd": cwd,
         "attempt_dir": adir,
         "inner": inner,
         "env": env,
-        "uid": os.getuid(),
-        "gid": os.getgid(),
+        "uid": user["uid"] if user else os.getuid(),
+        "gid": user["gid"] if user else os.getgid(),
         "limits": limits,
         "fast_links": devices("/dev/infiniband"),
         "fast_link_names": sorted(ib_names),

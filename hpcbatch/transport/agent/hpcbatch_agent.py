@@ -23,221 +23,141 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import os
 import secrets
-import selectors
 import shutil
 import signal
+import socket
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from hpcbatch.transport.agent.ctrops import ImagePull, container_command, kill_pull
+from hpcbatch.transport.agent import cgroups
+from hpcbatch.transport.agent.ctrops import ImagePulls, container_command, remove_container
+from hpcbatch.transport.agent.epoch import EpochFence
+from hpcbatch.transport.agent.gpus import GpuSampler
+from hpcbatch.transport.agent.jobctl import JobControlOps
+from hpcbatch.transport.agent.loop import EventLoop
 from hpcbatch.transport.agent.procs import (
     ATTEMPT_RE,
     DEFAULT_GRACE_S,
     LOST,
     OUTPUT_CAP,
-    BadRequest,
     alive,
     host_facts,
-    on_nothing,
-    read_all,
     read_json,
-    run_cleanup,
-    shepherd,
     signal_group,
     utf8_cut,
     want,
     want_attempt,
+    want_cpus,
     want_env,
     want_strings,
     write_json,
 )
+from hpcbatch.transport.agent.protocol import (
+    AttemptStateName,
+    BadRequest,
+    Empty,
+    ExitEvent,
+    ExitRecord,
+    FenceReply,
+    HeartbeatEvent,
+    HelloReply,
+    KillReply,
+    LaunchReply,
+    ReadReply,
+    ReportedAttempt,
+)
+from hpcbatch.transport.agent.purge import collected_ops
 from hpcbatch.transport.agent.relay import RelayHub
+from hpcbatch.transport.agent.runas import (
+    WORK,
+    become,
+    host_env,
+    lookup,
+    make_work_dir,
+    prepare,
+    user_env,
+    want_umask,
+)
 from hpcbatch.transport.agent.tools import FILE_RE, ExecRun, code_location, want_files, write_shims
+from hpcbatch.transport.agent.userpaths import (
+    check_launch_paths,
+    in_child,
+    open_output,
+    read_output,
+)
+from hpcbatch.transport.agent.zygote import Spares
 
 # --------------------------------------------------------------------------- the agent
 
 
-class Watch:
-    """A process whose end we wait for: by pidfd, else by polling (`fd` is None)."""
+class Agent(EventLoop):
+    """The attempts of one host: launched, watched, reported, killed, acknowledged."""
 
-    def __init__(self, pid: int, start: int | None, child: bool, on_end: Callable[[], None]):
-        self.pid, self.start, self.child, self.on_end = pid, start, child, on_end
-        self.fd: int | None = None
-
-    def ended(self) -> bool:
-        """Polling check. For our children: exited (not yet reaped: WNOWAIT)."""
-        if not self.child:
-            return not alive(self.pid, self.start)
-        try:
-            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        except ChildProcessError:
-            return True
-
-
-class Agent:
     def __init__(self, root: str, heartbeat: float, use_pidfd: bool = True) -> None:
+        super().__init__(use_pidfd)
         self.root = os.path.abspath(root)
         self.attempts = os.path.join(self.root, "attempts")
         os.makedirs(self.attempts, exist_ok=True)
+        os.chmod(self.attempts, 0o711)  # jobs run as their user pass through, never list
         self.heartbeat = heartbeat
-        self.use_pidfd = use_pidfd and hasattr(os, "pidfd_open")
         with open(code_location()[0], "rb") as f:
             self.version = hashlib.sha256(f.read()).hexdigest()[:16]
         self.bin = os.path.join(self.root, "bin")
-        self.sel = selectors.DefaultSelector()
+        self.cgroups = cgroups.probe(self.root)  # what limits this host can hold jobs to
+        self.spares = Spares(self, self.cgroups)  # groups (and shepherds) made ahead
         self.running: dict[str, dict[str, Any]] = {}  # attempt -> its pid record
+        self.sampled: dict[str, dict[str, Any] | None] = {}  # attempt -> its cgroup
         self.reported: set[str] = set()
-        self.polled: list[Watch] = []
-        self.timers: list[tuple[float, Callable[[], None]]] = []
-        self.inbuf = b""
-        self.stopping = False
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w)
-        signal.signal(signal.SIGCHLD, on_nothing)
-        self.sel.register(wake_r, selectors.EVENT_READ, lambda: os.read(wake_r, 4096))
-        self.sel.register(0, selectors.EVENT_READ, self.on_stdin)
-        self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
+        self.gpus = GpuSampler(self.sel)  # nvidia-smi, where there is one
+        self.ops.update({
             "hello": self.op_hello, "launch": self.op_launch, "kill": self.op_kill,
-            "ack": self.op_ack, "read": self.op_read, "fence": self.op_fence,
+            "read": self.op_read, "fence": self.op_fence,
             "exec": self.op_exec, "shutdown": self.op_shutdown, "image": self.op_image,
-        }  # fmt: skip
-        self.pulls: dict[str, ImagePull] = {}  # attempt -> its image pull (op `image`)
-        self.relay = RelayHub(self)
-        self.ops.update(self.relay.ops())
+        })  # fmt: skip
+        self.images = ImagePulls(self)  # the `image` op's pulls, by attempt
+        self.relay, self.jobctl = RelayHub(self), JobControlOps(self)  # jobctl: retime, stdin
+        self.ops.update({**self.relay.ops(), **self.jobctl.ops()})
+        self.ops.update(collected_ops(self.attempts, self.running, self.state))  # ack, purge
+        EpochFence(self.root).install(self.ops)  # a newer controller's hosts refuse an older
         write_shims(self.bin)
         self.scan()
-
-    # ----------------------------------------------------------------- loop and I/O
 
     def run(self) -> int:
         if self.heartbeat > 0:
             self.after(self.heartbeat, self.send_heartbeat)
-        while not self.stopping:
-            now = time.monotonic()
-            waits = [t - now for t, _ in self.timers] + ([1.0] if self.polled else [])
-            for key, _ in self.sel.select(max(0.0, min(waits)) if waits else None):
-                current = self.sel.get_map().get(key.fd)
-                if current is not None and current.data is key.data:  # not closed meanwhile
-                    self.guard(key.data)
-                if self.stopping:
-                    break
-            for when, fn in sorted(self.timers, key=lambda t: t[0]):
-                if when <= time.monotonic():
-                    self.timers.remove((when, fn))
-                    self.guard(fn)
-            for w in list(self.polled):
-                if w.ended():
-                    self.fire(w)
+        self.loop()
         self.relay.close()
         return 0
 
-    def guard(self, fn: Callable[[], Any]) -> None:
-        """Run a callback; an unexpected error is reported, never fatal."""
-        try:
-            fn()
-        except (BrokenPipeError, ConnectionResetError):
-            self.stopping = True
-        except Exception as exc:
-            try:
-                self.send({"ev": "error", "error": f"internal error: {type(exc).__name__}: {exc}"})
-            except OSError:
-                self.stopping = True
-
-    def after(self, delay: float, fn: Callable[[], None]) -> None:
-        self.timers.append((time.monotonic() + delay, fn))
-
-    def send(self, obj: dict[str, Any]) -> None:
-        data = (json.dumps(obj) + "\n").encode()
-        while data:
-            data = data[os.write(1, data) :]
-
     def send_heartbeat(self) -> None:
-        self.send({"ev": "heartbeat", "t": time.time(), "running": len(self.running)})
+        event: HeartbeatEvent = {"ev": "heartbeat", "t": time.time(), "running": len(self.running)}
+        usage = self.sample_usage()
+        for attempt, gpu in self.gpus.live().items():  # the last query's answer
+            usage.setdefault(attempt, {}).update(gpu)
+        self.gpus.poll()  # their GPUs too (the answer comes back later, through `sel`)
+        if usage:
+            event["usage"] = usage
+        self.send(event)
         self.after(self.heartbeat, self.send_heartbeat)
 
-    def on_stdin(self) -> None:
-        chunk = os.read(0, 65536)
-        if not chunk:
-            self.stopping = True  # the controller hung up: jobs keep running
-            return
-        self.inbuf += chunk
-        *lines, self.inbuf = self.inbuf.split(b"\n")
-        for line in lines:
-            if line.strip():
-                self.handle(line)
-                if self.stopping:
-                    return
-        if len(self.inbuf) > 64 * 1024 * 1024:
-            self.inbuf = b""
-            self.send({"ev": "error", "error": "request line longer than 64 MiB: dropped"})
+    def sample_usage(self) -> dict[str, dict[str, float]]:
+        """Each running attempt's CPU seconds and memory, from its cgroup (live usage)."""
+        out: dict[str, dict[str, float]] = {}
+        for attempt in self.running:
+            if attempt not in self.sampled:  # found after a restart: its meta says
+                meta = read_json(self.path(attempt, "meta.json"))
+                cg = meta.get("cgroup") if isinstance(meta, dict) else None
+                self.sampled[attempt] = cg if isinstance(cg, dict) and cg.get("dirs") else None
+            cg = self.sampled[attempt]
+            seen = cgroups.sample(cg) if cg else None
+            if seen is not None:
+                out[attempt] = seen
+        return out
 
-    def handle(self, line: bytes) -> None:
-        try:
-            req = json.loads(line)
-        except ValueError as exc:
-            self.send({"ev": "error", "error": f"malformed request line ({exc}): {line[:200]!r}"})
-            return
-        rid = req.get("id") if isinstance(req, dict) else None
-        if not isinstance(rid, int) or isinstance(rid, bool):
-            self.send({"ev": "error", "error": f"request without an integer id: {line[:200]!r}"})
-            return
-        handler = self.ops.get(req.get("op"))
-        try:
-            if handler is None:
-                raise BadRequest(f"unknown op {req.get('op')!r}; known: {', '.join(self.ops)}")
-            result = handler(req)
-        except BadRequest as exc:
-            self.reply_error(rid, req, str(exc))
-        except Exception as exc:
-            self.reply_error(
-                rid, req, f"internal error in {req.get('op')}: {type(exc).__name__}: {exc}"
-            )
-        else:
-            # None: the handler replies later. A negative id: the sender wants no reply
-            # (relay traffic, posted without waiting).
-            if result is not None and rid >= 0:
-                self.send({"id": rid, "ok": True, **result})
-
-    def reply_error(self, rid: int, req: dict[str, Any], error: str) -> None:
-        if rid >= 0:
-            self.send({"id": rid, "ok": False, "error": error})
-        else:
-            self.send({"ev": "error", "error": f"{req.get('op')}: {error}"})
-
-    # ----------------------------------------------------------------- watching processes
-
-    def watch(self, pid: int, start: int | None, child: bool, on_end: Callable[[], None]) -> None:
-        w = Watch(pid, start, child, on_end)
-        if self.use_pidfd:
-            try:
-                w.fd = os.pidfd_open(pid)
-            except ProcessLookupError:
-                self.after(0, on_end)
-                return
-            except OSError:
-                self.use_pidfd = False  # old kernel: SIGCHLD and liveness polling instead
-            else:
-                if child or alive(pid, start):  # (re)checked after opening: no pid reuse
-                    self.sel.register(w.fd, selectors.EVENT_READ, lambda: self.fire(w))
-                else:
-                    os.close(w.fd)
-                    self.after(0, on_end)
-                return
-        self.polled.append(w)
-
-    def fire(self, w: Watch) -> None:
-        if w.fd is not None:
-            self.sel.unregister(w.fd)
-            os.close(w.fd)
-        if w in self.polled:
-            self.polled.remove(w)
-        w.on_end()
+    # ----------------------------------------------------------------- attempts and their ends
 
     def track(self, attempt: str, rec: dict[str, Any], child: bool) -> None:
         """Watch a running attempt's shepherd; or its job if the shepherd is gone."""
@@ -255,31 +175,43 @@ class Agent:
         if child:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(rec["shepherd"], 0)
-        result = read_json(self.path(attempt, "exit"))
-        if isinstance(result, dict):
+        result = self.exit_record(attempt)
+        if result is not None:
             self.finish(attempt, result)
         elif alive(rec.get("job"), rec.get("job_start")):
             self.track(attempt, rec, child=False)
         else:
             self.finish(attempt, self.lost_record(attempt))
 
-    def finish(self, attempt: str, result: dict[str, Any]) -> None:
+    def finish(self, attempt: str, result: ExitRecord) -> None:
         self.running.pop(attempt, None)
+        cg = self.sampled.pop(attempt, None)
         self.relay.kill_attempt(attempt)
+        self.jobctl.close_stdin(attempt)
         if attempt not in self.reported:
             self.reported.add(attempt)
-            self.send({"ev": "exit", "attempt": attempt, **result})
+            result["usage"] = {**(result.get("usage") or {}), **self.gpus.take(attempt)}
+            event: ExitEvent = {"ev": "exit", "attempt": attempt, **result}
+            self.send(event)
+        # After the event, off its path: the group (its shepherd read the usage and left
+        # the removal to us; again later while relayed processes are not reaped), and
+        # the spare the launch took made again.
+        if cg:
+            self.drop_cgroup(cg, 25)
+        self.spares.fill()
 
-    def lost_record(self, attempt: str) -> dict[str, Any]:
+    def lost_record(self, attempt: str) -> ExitRecord:
         rec = read_json(self.path(attempt, "pid"))
         kill = read_json(self.path(attempt, "kill"))
         reason = LOST
         if isinstance(kill, dict) and kill.get("reason"):
             reason = f"{LOST} (killed: {kill['reason']})"
         started = rec.get("started") if isinstance(rec, dict) else None
+        meta = read_json(self.path(attempt, "meta.json"))
+        used = cgroups.leftover_usage(meta.get("cgroup") if isinstance(meta, dict) else None)
         return {"code": None, "signal": None, "reason": reason, "timed_out": False,
                 "killed": isinstance(kill, dict), "started": started,
-                "ended": time.time()}  # fmt: skip
+                "ended": time.time(), "usage": used, "oom": False}  # fmt: skip
 
     # ----------------------------------------------------------------- attempts on disk
 
@@ -297,7 +229,10 @@ class Agent:
     def scan(self) -> None:
         """Find running attempts this agent does not watch yet (started by an earlier agent)."""
         for attempt in self.listed():
-            if attempt in self.running or os.path.exists(self.path(attempt, "exit")):
+            if attempt in self.running:
+                continue
+            if os.path.exists(self.path(attempt, "exit")):
+                self.drop_ended_cgroup(attempt)
                 continue
             rec = read_json(self.path(attempt, "pid"))
             if isinstance(rec, dict) and (
@@ -306,9 +241,22 @@ class Agent:
             ):
                 self.track(attempt, rec, child=False)
 
-    def state(self, attempt: str) -> tuple[str, dict[str, Any] | None]:
+    def drop_ended_cgroup(self, attempt: str) -> None:
+        """An ended attempt's group that its agent ended before removing (a shepherd
+        leaves the removal to the agent that launched it)."""
+        meta = read_json(self.path(attempt, "meta.json"))
+        cg = meta.get("cgroup") if isinstance(meta, dict) else None
+        if isinstance(cg, dict) and cg.get("dirs"):
+            cgroups.remove(cg)
+
+    def exit_record(self, attempt: str) -> ExitRecord | None:
+        """The shepherd's `exit` file, once it is written."""
         result = read_json(self.path(attempt, "exit"))
-        if isinstance(result, dict):
+        return cast("ExitRecord", result) if isinstance(result, dict) else None
+
+    def state(self, attempt: str) -> tuple[AttemptStateName, ExitRecord | None]:
+        result = self.exit_record(attempt)
+        if result is not None:
             return "exited", result
         if attempt in self.running:
             return "running", None
@@ -318,34 +266,60 @@ class Agent:
 
     # ----------------------------------------------------------------- ops
 
-    def op_hello(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_hello(self, req: dict[str, Any]) -> HelloReply:
         self.scan()
-        attempts = []
+        attempts: list[ReportedAttempt] = []
         for attempt in self.listed():
             state, result = self.state(attempt)
             rec = read_json(self.path(attempt, "pid"))
             pid = rec.get("job") if isinstance(rec, dict) else None
             attempts.append({"attempt": attempt, "state": state, "pid": pid, "exit": result})
-        return {"agent_version": self.version, "pid": os.getpid(), "facts": host_facts(),
+        facts = {**host_facts(), "cgroups": self.cgroups.facts()}
+        return {"agent_version": self.version, "pid": os.getpid(), "facts": facts,
                 "attempts": attempts}  # fmt: skip
 
-    def op_launch(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_launch(self, req: dict[str, Any]) -> LaunchReply:
         attempt = want_attempt(req.get("attempt"))
         script = want(req, "script", str)
         if script is None:
             raise BadRequest("field 'script' is required")
         adir = self.path(attempt)
         if os.path.lexists(adir):
-            raise BadRequest(f"attempt {attempt} already exists")
-        cwd = os.path.expanduser(want(req, "cwd", str) or "~")
-        if not os.path.isdir(cwd):
-            raise BadRequest(f"working directory {cwd} does not exist (or is not a directory)")
-        job_env = self.job_env(req, attempt, adir)
+            raise BadRequest(f"attempt {attempt} already exists", "exists")
+        user, umask = self.job_user(req), want_umask(req)
+        udir = os.path.join(adir, WORK) if user else adir  # the job's own files
+        outputs = {stream: want(req, stream, str) for stream in ("stdout", "stderr")}
+        home = user["home"] if user else "~"
+        cwd = want(req, "cwd", str) or home
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        if not want(req, "append", bool, False):  # a retry's attempt adds to the files
+            flags |= os.O_TRUNC
+        fds: list[int] = []
+        if user:  # checked, made and opened by the user's own process: one child
+            self.make_attempt_dir(attempt, adir, user)
+            try:
+                checked, fds = prepare(
+                    user, udir, script, want_files(req), cwd, outputs, flags, umask
+                )
+            except BaseException:
+                shutil.rmtree(adir, ignore_errors=True)
+                raise
+        else:
+            checked = in_child(lambda: check_launch_paths(cwd, outputs), "the job's paths")
+        job_env = self.job_env(req, attempt, udir)
+        if user:
+            job_env.update(user_env(user))
+        affinity = want_cpus(req)  # pinned cores: the job's CPU list
+        job_env.update(cgroups.cpu_env(affinity))
         spec: dict[str, Any] = {
-            "cwd": os.path.abspath(cwd),
-            "env": {**os.environ, **job_env},
+            "user": user,
+            "udir": udir,
+            "cwd": checked["cwd"],
+            "env": {**host_env(user), **job_env},
+            "umask": umask,
             "timeout_s": want(req, "timeout_s", float),
             "grace_s": want(req, "kill_grace_s", float, DEFAULT_GRACE_S),
+            "affinity": affinity,
         }
         if spec["timeout_s"] is not None and spec["timeout_s"] <= 0:
             raise BadRequest(f"timeout_s must be positive (or null), got {spec['timeout_s']}")
@@ -354,19 +328,37 @@ class Agent:
             raise BadRequest(f"warn_signal {spec['warn_signal']} is not a signal number")
         spec["warn_before_s"] = want(req, "warn_before_s", float, 60.0)
         spec["warn_batch_only"] = want(req, "warn_batch_only", bool, False)
-        paths = {s: self.output_path(req, s, spec["cwd"], adir) for s in ("stdout", "stderr")}
+        paths = {s: checked[s] or os.path.join(udir, s) for s in ("stdout", "stderr")}
         args = want_strings(req, "args")
         want_files(req)  # checked before anything is written
         spec["job_env"] = job_env
+        spec["fds"], spec["flags"] = fds, flags
         try:
-            os.mkdir(adir, 0o700)
-        except FileExistsError:
-            raise BadRequest(f"attempt {attempt} already exists") from None
-        try:
+            if not user:
+                self.make_attempt_dir(attempt, adir, None)
             return self.start(attempt, adir, req, script, args, spec, paths)
         except BaseException:
+            for fd in set(fds):
+                os.close(fd)
             shutil.rmtree(adir, ignore_errors=True)
             raise
+
+    def make_attempt_dir(self, attempt: str, adir: str, user: dict[str, Any] | None) -> None:
+        """The attempt's directory (root's, 0711, with the user's work/ in it, when the
+        job runs as its user; else the agent's, 0700)."""
+        try:
+            os.mkdir(adir, 0o711 if user else 0o700)  # the user passes through to work/
+        except FileExistsError:
+            raise BadRequest(f"attempt {attempt} already exists", "exists") from None
+        if user:
+            make_work_dir(user, os.path.join(adir, WORK))
+
+    def job_user(self, req: dict[str, Any]) -> dict[str, Any] | None:
+        """The account the job runs as (run_as = "submitter"), or None: the agent's."""
+        name = want(req, "user", str)
+        if name is None:
+            return None
+        return lookup(name, socket.gethostname())
 
     def job_env(self, req: dict[str, Any], attempt: str, adir: str) -> dict[str, str]:
         """The request's environment plus what the agent adds: where the attempt lives,
@@ -385,80 +377,85 @@ class Agent:
         )
         return env
 
-    def output_path(self, req: dict[str, Any], stream: str, cwd: str, adir: str) -> str:
-        value = want(req, stream, str)
-        if value is None:
-            return os.path.join(adir, stream)
-        path = os.path.join(cwd, os.path.expanduser(value))
-        if not os.path.isdir(os.path.dirname(path)):
-            raise BadRequest(f"{stream} directory {os.path.dirname(path)} does not exist")
-        if os.path.isdir(path):
-            raise BadRequest(f"{stream} path {path} is a directory")
-        return os.path.abspath(path)
-
     def start(
         self, attempt: str, adir: str, req: dict[str, Any], script: str, args: list[str],
         spec: dict[str, Any], paths: dict[str, str],
-    ) -> dict[str, Any]:  # fmt: skip
-        script_path = os.path.join(adir, "script")
-        fd = os.open(script_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
-        with os.fdopen(fd, "wb") as f:
-            f.write(script.encode())
+    ) -> LaunchReply:  # fmt: skip
+        user, udir = spec["user"], spec.pop("udir")
+        script_path = os.path.join(udir, "script")
         shebang = script.startswith("#!")
         spec["argv"] = [script_path, *args] if shebang else ["/bin/sh", script_path, *args]
-        notes = container_command(self, attempt, adir, req, spec) if req.get("container") else ""
-        for name, text in want_files(req).items():
-            with open(os.path.join(adir, name), "w") as f:
-                f.write(text)
+        if user is None:
+            fd = os.open(script_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+            with os.fdopen(fd, "wb") as f:
+                f.write(script.encode())
+        notes = container_command(self, attempt, udir, req, spec) if req.get("container") else ""
+        if user is None:
+            for name, text in want_files(req).items():
+                with open(os.path.join(adir, name), "w") as f:
+                    f.write(text)
         write_json(os.path.join(adir, "env.json"), spec.pop("job_env"), mode=0o600)
         meta = {k: v for k, v in req.items() if k not in ("id", "op", "script")}
-        meta.update(cwd_resolved=spec["cwd"], stdout_path=paths["stdout"])
-        meta.update(stderr_path=paths["stderr"], argv=spec["argv"], cleanup=spec.get("cleanup"))
-        write_json(os.path.join(adir, "meta.json"), meta)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        if not want(req, "append", bool, False):  # a retry's attempt adds to the files
-            flags |= os.O_TRUNC
-        fds: list[int] = []
+        meta.update(cwd_resolved=spec["cwd"], stdout_path=paths["stdout"], run_as=user)
+        meta.update(stderr_path=paths["stderr"], argv=spec["argv"], cleanup=spec.get("cleanup"),
+                    cleanup_user=spec.get("cleanup_user"))  # fmt: skip
+        fds: list[int] = spec.pop("fds")  # the user's, opened by the user's process
+        flags = spec.pop("flags")
         try:
-            for stream in ("stdout", "stderr"):
+            for stream in ("stdout", "stderr") if user is None else ():
                 same = stream == "stderr" and (
                     os.path.realpath(paths["stderr"]) == os.path.realpath(paths["stdout"])
                 )
                 try:
-                    fds.append(fds[0] if same else os.open(paths[stream], flags, 0o644))
+                    fd = fds[0] if same else open_output(paths[stream], flags, spec["umask"])
+                    fds.append(fd)
                 except OSError as exc:
-                    raise BadRequest(f"cannot open {stream} file: {exc}") from None
+                    raise BadRequest(f"cannot open {stream} file: {exc}", "bad_path") from None
             if notes:
                 os.write(fds[1], notes.encode(errors="replace"))
-            rec = self.fork_shepherd(adir, spec, fds[0], fds[1])
+            spec["cgroup"] = self.job_cgroup(attempt, req)
+            if spec["cgroup"]:  # for an agent that finds the job without its shepherd
+                meta["cgroup"] = spec["cgroup"]
+            write_json(os.path.join(adir, "meta.json"), meta, mode=0o600)
+            spec["agent"] = os.getpid()  # who removes the group at the end (procs.oversee)
+            spec["stdin"] = self.jobctl.open_stdin(attempt, adir) if req.get("stdin") else None
+            try:
+                rec = self.spares.start(adir, spec, fds[0], fds[1])
+            except BaseException:
+                cgroups.remove(spec["cgroup"])
+                self.jobctl.close_stdin(attempt)
+                raise
         finally:
             for fd in set(fds):
                 os.close(fd)
+        self.sampled[attempt] = spec["cgroup"]
+        self.gpus.track(attempt, req.get("limits"))
         self.track(attempt, rec, child=True)
         return {"pid": rec["job"], "started": rec["started"]}
 
-    def fork_shepherd(self, adir: str, spec: dict[str, Any], out: int, err: int) -> dict[str, Any]:
-        report_r, report_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            shepherd(adir, spec, out, err, report_w)
-        os.close(report_w)
-        line = read_all(report_r)  # the shepherd reports once the job has started
+    def job_cgroup(self, attempt: str, req: dict[str, Any]) -> dict[str, Any] | None:
+        """The attempt's cgroup with the request's `limits`, where this host enforces them."""
+        limits = want(req, "limits", dict)
+        if not limits:
+            return None
         try:
-            rec = json.loads(line)
-        except ValueError:
-            os.waitpid(pid, 0)
-            raise RuntimeError("the shepherd failed before starting the job") from None
-        return dict(rec)
+            return cgroups.create(self.cgroups, attempt, limits, self.spares.take())
+        except (OSError, ValueError) as exc:
+            raise BadRequest(f"cannot set the job's limits: {exc}") from None
 
-    def op_kill(self, req: dict[str, Any]) -> dict[str, Any]:
+    def drop_cgroup(self, cg: dict[str, Any], left: int) -> None:
+        """Remove an ended attempt's cgroup; try again later while it is still busy."""
+        if not cgroups.remove(cg) and left > 1:
+            self.after(0.2, lambda: self.drop_cgroup(cg, left - 1))
+
+    def op_kill(self, req: dict[str, Any]) -> KillReply:
         attempt = want_attempt(req.get("attempt"))
         reason = want(req, "reason", str, "killed")
         grace = want(req, "grace_s", float, DEFAULT_GRACE_S)
         found = attempt in self.running
         if found:
             self.kill(attempt, reason, grace)
-        kill_pull(self, attempt)
+        self.images.cancel(attempt)
         return {"found": found}
 
     def kill(self, attempt: str, reason: str, grace: float) -> None:
@@ -481,18 +478,9 @@ class Agent:
         signal_group(job, signal.SIGKILL)
         meta = read_json(self.path(attempt, "meta.json"))
         if isinstance(meta, dict) and meta.get("cleanup"):  # a container: remove it too
-            run_cleanup(meta["cleanup"], dict(os.environ))
+            remove_container(meta)
 
-    def op_ack(self, req: dict[str, Any]) -> dict[str, Any]:
-        acked = []
-        for attempt in map(want_attempt, want(req, "attempts", list, [])):
-            if os.path.isdir(self.path(attempt)) and self.state(attempt)[0] != "running":
-                with open(self.path(attempt, "collected"), "w") as f:
-                    f.write(f"{time.time()}\n")
-                acked.append(attempt)
-        return {"acked": acked}
-
-    def op_read(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_read(self, req: dict[str, Any]) -> ReadReply:
         attempt = want_attempt(req.get("attempt"))
         stream = want(req, "stream", str, "stdout")
         if stream not in ("stdout", "stderr"):
@@ -501,15 +489,14 @@ class Agent:
         limit = max(1, min(want(req, "limit", int, OUTPUT_CAP), 16 * 1024 * 1024))
         meta = read_json(self.path(attempt, "meta.json"))
         if not isinstance(meta, dict):
-            raise BadRequest(f"no attempt {attempt}")
+            raise BadRequest(f"no attempt {attempt}", "no_attempt")
         exited = self.state(attempt)[0] != "running"  # before reading: no output after it
-        try:
-            with open(meta[f"{stream}_path"], "rb") as f:
-                f.seek(max(0, offset))
-                data = f.read(limit)
-                size = os.fstat(f.fileno()).st_size
-        except FileNotFoundError:
-            data, size = b"", 0
+        path, user = meta[f"{stream}_path"], meta.get("run_as")
+        got = in_child(
+            lambda: read_output(path, offset, limit), f"reading {stream}",
+            become=(lambda: become(user)) if user else None,
+        )  # fmt: skip
+        data, size = got["data"].encode("latin-1"), got["size"]
         done = exited and offset + len(data) >= size
         cut = 0 if done else utf8_cut(data)
         if cut < len(data):
@@ -517,7 +504,7 @@ class Agent:
         text = data.decode("utf-8", errors="replace")
         return {"data": text, "offset": offset + len(data), "done": done}
 
-    def op_fence(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_fence(self, req: dict[str, Any]) -> FenceReply:
         keep = set(want_strings(req, "keep"))
         grace = want(req, "grace_s", float, DEFAULT_GRACE_S)
         killed = [a for a in sorted(self.running) if a not in keep]
@@ -534,10 +521,10 @@ class Agent:
         return None  # ExecRun replies when the command ends
 
     def op_image(self, req: dict[str, Any]) -> None:
-        ImagePull.start(self, req)
+        self.images.start(req)
         return None  # ImagePull replies when the image is there, or is not
 
-    def op_shutdown(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_shutdown(self, req: dict[str, Any]) -> Empty:
         self.stopping = True
         return {}
 

@@ -22,7 +22,11 @@ import subprocess
 import time
 from typing import Any, NoReturn
 
+from hpcbatch.transport.agent import cgroups
 from hpcbatch.transport.agent.containers import probe_runtimes
+from hpcbatch.transport.agent.podman_state import run_repairing
+from hpcbatch.transport.agent.protocol import BadRequest
+from hpcbatch.transport.agent.runas import become
 
 ATTEMPT_RE = re.compile(r"[A-Za-z0-9_.-]+")
 OUTPUT_CAP = 64 * 1024
@@ -30,10 +34,6 @@ DEFAULT_GRACE_S = 10.0
 LOST = "lost: shepherd died without an exit status"
 RUNTIMES = ("podman", "docker", "apptainer", "singularity", "ch-run", "bwrap")
 NVIDIA_SMI_ARGS = ("--query-gpu=index,name,memory.total,uuid", "--format=csv,noheader")
-
-
-class BadRequest(Exception):
-    """A request the agent refuses: the message goes back as `error`."""
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -91,6 +91,30 @@ def signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+GROUP_GONE_S = 2.0
+"""How long the shepherd waits for the job's killed processes to be gone before it writes
+the exit: a KILLed process is still listed while the kernel tears it down (slower under
+load, and a container's processes die after their runtime)."""
+
+
+def wait_group_gone(pgid: int, limit_s: float) -> bool:
+    """Wait until no process is left in the group `pgid` (at most `limit_s`); whether it
+    is empty. Costs nothing when the group is already gone (the usual case)."""
+    deadline = time.monotonic() + limit_s
+    delay = 0.002
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # a member changed user: still there
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def close_fds(keep: set[int]) -> None:
     """Close every descriptor above 2 not in `keep`."""
     try:
@@ -145,6 +169,14 @@ def want(req: dict[str, Any], name: str, kind: type, default: Any = None) -> Any
     return value
 
 
+def want_cpus(req: dict[str, Any]) -> list[int]:
+    """The host CPUs of the launch's pinned cores (`limits.cores`), or []."""
+    try:
+        return cgroups.host_cpus((want(req, "limits", dict) or {}).get("cores"))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 def want_attempt(value: Any) -> str:
     if not isinstance(value, str) or not ATTEMPT_RE.fullmatch(value) or value in (".", ".."):
         raise BadRequest(f"bad attempt id {value!r}: use characters [A-Za-z0-9_.-]")
@@ -171,10 +203,15 @@ def want_env(req: dict[str, Any]) -> dict[str, str]:
 
 class _Flags:
     term = False
+    retime = False
 
 
 def _on_term(signum: int, frame: Any) -> None:
     _Flags.term = True
+
+
+def _on_retime(signum: int, frame: Any) -> None:
+    _Flags.retime = True  # `retime`: the attempt's `limit` file holds its new time limit
 
 
 def on_nothing(signum: int, frame: Any) -> None:
@@ -184,22 +221,30 @@ def on_nothing(signum: int, frame: Any) -> None:
 def shepherd(adir: str, spec: dict[str, Any], out_fd: int, err_fd: int, report: int) -> NoReturn:
     """The shepherd process: start the job, wait for it, write `exit`. Never returns."""
     try:
-        signal.set_wakeup_fd(-1)
-        os.setsid()
-        for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        close_fds({out_fd, err_fd, report})
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w)
-        signal.signal(signal.SIGTERM, _on_term)
-        signal.signal(signal.SIGCHLD, on_nothing)
-        supervise(adir, spec, out_fd, err_fd, report, wake_r)
+        wake = detach({out_fd, err_fd, report})
+        supervise(adir, spec, out_fd, err_fd, report, wake)
     finally:
         os._exit(0)
+
+
+def detach(keep: set[int]) -> int:
+    """A new shepherd leaves the agent: its own session, no inherited descriptors but
+    `keep`, signals that wake it through the returned descriptor."""
+    signal.set_wakeup_fd(-1)
+    os.setsid()
+    for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    close_fds(keep)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGUSR1, _on_retime)
+    signal.signal(signal.SIGCHLD, on_nothing)
+    return wake_r
 
 
 def start_job(spec: dict[str, Any], out_fd: int, err_fd: int, exec_w: int) -> NoReturn:
@@ -210,11 +255,17 @@ def start_job(spec: dict[str, Any], out_fd: int, err_fd: int, exec_w: int) -> No
         for sig in (signal.SIGPIPE, signal.SIGHUP, signal.SIGINT, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(os.open(spec.get("stdin") or os.devnull, os.O_RDONLY), 0)  # stdin: a FIFO
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
         close_fds({exec_w})
-        os.chdir(spec["cwd"])
+        cgroups.enter(spec.get("cgroup"), spec.get("affinity"))  # before exec: all it starts
+        if spec.get("user") and not spec.get("keep_root"):
+            become(spec["user"])  # run_as = "submitter": the job is the user's, from here on
+        # The submitter's umask (077 by default); a docker client kept as root to reach its
+        # daemon (containers.py: the container itself runs as the user) starts from "/".
+        os.umask(spec.get("umask", 0o077))
+        os.chdir("/" if spec.get("keep_root") else spec["cwd"])
         argv = spec["argv"]
         os.execve(argv[0], argv, spec["env"])
     except BaseException as exc:
@@ -233,9 +284,18 @@ def supervise(
     job = os.fork()
     if job == 0:
         start_job(spec, out_fd, err_fd, exec_w)
+    os.close(exec_w)
+    oversee(adir, spec, out_fd, err_fd, report, wake, job, exec_r, started)
+
+
+def oversee(
+    adir: str, spec: dict[str, Any], out_fd: int, err_fd: int, report: int, wake: int,
+    job: int, exec_r: int, started: float,
+) -> None:  # fmt: skip
+    """The shepherd once its job process is forked (here, or ahead: zygote.py): report
+    the start, wait for the end, write `exit`."""
     with contextlib.suppress(OSError):  # the child may have done it first
         os.setpgid(job, job)
-    os.close(exec_w)
     os.close(out_fd)
     if err_fd != out_fd:
         os.close(err_fd)
@@ -247,49 +307,109 @@ def supervise(
     with contextlib.suppress(OSError):  # if the agent is gone, the job runs on regardless
         os.write(report, (json.dumps(rec) + "\n").encode())
     os.close(report)
-    status, reason, timed_out = wait_job(adir, job, spec, wake)
+    status, reason, timed_out, rusage = wait_job(adir, job, spec, wake)
     signal_group(job, signal.SIGKILL)  # leftover background processes of the job
-    if spec.get("cleanup") and (reason or timed_out or spec.get("always_cleanup")):
-        run_cleanup(spec["cleanup"], spec["env"])  # a container outlives its client
+    wait_group_gone(job, GROUP_GONE_S)
     code, sig = exit_fields(status)
+    if spec.get("cleanup") and (reason or timed_out or sig or spec.get("always_cleanup")):
+        # a container outlives its client: killed by us, or by a signal from elsewhere
+        # (the OOM killer, an administrator), podman's `--rm` never ran
+        run_cleanup(spec["cleanup"], spec["env"], spec.get("cleanup_user"))
+    # The agent that launched it removes the group once it has sent the exit event
+    # (off the exit's path); a shepherd whose agent is gone removes it itself.
+    used = job_usage(spec.get("cgroup"), rusage, started, sig, os.getppid() != spec.get("agent"))
     if exec_error:
         reason = f"exec failed: {exec_error}"
     killed = os.path.exists(os.path.join(adir, "kill"))  # a kill request (cancel, fence)
+    oom = bool(used.pop("oom", False)) and not killed
     result = {"code": code, "signal": sig, "reason": reason, "timed_out": timed_out,
-              "killed": killed, "started": started, "ended": time.time()}  # fmt: skip
+              "killed": killed, "started": started, "ended": time.time(),
+              "usage": used, "oom": oom}  # fmt: skip
     write_json(os.path.join(adir, "exit"), result)
 
 
-def run_cleanup(commands: list[list[str]], env: dict[str, str]) -> None:
+def reap(proc: subprocess.Popen[bytes]) -> tuple[int, dict[str, float] | None]:
+    """An ended child's return code (as Popen's) and what it used: its CPU time and
+    largest resident size, its waited-for descendants included (wait4)."""
+    try:
+        _pid, status, ru = os.wait4(proc.pid, 0)
+    except ChildProcessError:  # reaped already
+        return proc.wait(), None
+    proc.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    used = {"cpu_user_s": ru.ru_utime, "cpu_sys_s": ru.ru_stime,
+            "mem_peak_bytes": float(ru.ru_maxrss * 1024)}  # fmt: skip
+    return proc.returncode, used
+
+
+def job_usage(
+    cg: dict[str, Any] | None, rusage: Any, started: float, sig: int | None, remove: bool = True
+) -> dict[str, Any]:
+    """What the job used: from its cgroup where it has one (then the cgroup is removed,
+    if `remove`), else from the kernel's accounting of the waited-for process tree (wait4)."""
+    used: dict[str, Any] = {"elapsed_s": round(time.time() - started, 3)}
+    if rusage is not None:
+        used.update(cpu_user_s=rusage.ru_utime, cpu_sys_s=rusage.ru_stime, source="rusage")
+        used["mem_peak_bytes"] = rusage.ru_maxrss * 1024  # the largest single process
+    if cg:
+        seen = cgroups.usage(cg)
+        used["oom"] = cgroups.oom_killed(seen, sig)
+        used["mem_limit_bytes"] = cg.get("memory_bytes")
+        for key in ("cpu_user_s", "cpu_sys_s", "mem_peak_bytes"):
+            if seen.get(key) is not None:
+                used[key] = seen[key]
+        used["source"] = "cgroup"
+        if remove:
+            cgroups.remove(cg)
+    return used
+
+
+def run_cleanup(
+    commands: list[list[str]], env: dict[str, str], user: dict[str, Any] | None = None
+) -> None:
     """Run each command (e.g. `podman rm --force NAME`), ignoring failures: best effort
-    that must not keep the exit status from being written."""
+    that must not keep the exit status from being written. As `user` where the container
+    is theirs (rootless podman of a job run as its submitter)."""
+    run: dict[str, Any] = {"env": env, "preexec_fn": (lambda: become(user)) if user else None}
     for argv in commands:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
+            if os.path.basename(argv[0]) == "podman":  # its state repaired where broken
+                run_repairing(argv, run, 60)
+                continue
             subprocess.run(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, env=env, timeout=60,
+                stderr=subprocess.DEVNULL, timeout=60, **run,
             )  # fmt: skip
 
 
-def wait_job(adir: str, job: int, spec: dict[str, Any], wake: int) -> tuple[int, str | None, bool]:
+def wait_job(
+    adir: str, job: int, spec: dict[str, Any], wake: int
+) -> tuple[int, str | None, bool, Any]:
     """Wait for the job; on timeout or SIGTERM (a `kill`): TERM its group, KILL after grace."""
     timeout = spec["timeout_s"]
-    deadline = time.monotonic() + timeout if timeout is not None else None
+    begun = time.monotonic()
+    deadline = begun + timeout if timeout is not None else None
     # `--signal`: a warning signal that long before the limit (to the group, or
     # with batch_only to the script alone), as Slurm does.
     warn_sig: int = spec.get("warn_signal") or 0
     warn_at: float | None = None
     if deadline is not None and warn_sig:
         warn_at = max(time.monotonic(), deadline - float(spec.get("warn_before_s") or 0))
+    warned = False
     kill_at: float | None = None
     reason: str | None = None
     timed_out = False
     while True:
-        pid, status = os.waitpid(job, os.WNOHANG)
+        pid, status, rusage = os.wait4(job, os.WNOHANG)
         if pid:
-            return status, reason, timed_out
+            return status, reason, timed_out, rusage
         now = time.monotonic()
         grace: float | None = None
+        if _Flags.retime and not timed_out:  # `hpcbatch update --time` of a running job
+            _Flags.retime = False
+            timeout = _new_limit(adir, timeout)
+            deadline = begun + timeout if timeout is not None else None
+            if warn_sig and not warned and deadline is not None:
+                warn_at = max(now, deadline - float(spec.get("warn_before_s") or 0))
         if _Flags.term:
             _Flags.term = False
             req = read_json(os.path.join(adir, "kill"))
@@ -298,7 +418,7 @@ def wait_job(adir: str, job: int, spec: dict[str, Any], wake: int) -> tuple[int,
             grace = req.get("grace_s")
             grace = float(grace) if isinstance(grace, (int, float)) else spec["grace_s"]
         if warn_at is not None and now >= warn_at:
-            warn_at = None
+            warn_at, warned = None, True
             if spec.get("warn_batch_only"):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(job, warn_sig)
@@ -316,6 +436,15 @@ def wait_job(adir: str, job: int, spec: dict[str, Any], wake: int) -> tuple[int,
             signal_group(job, signal.SIGKILL)
         waits = [t - now for t in (deadline, kill_at, warn_at) if t is not None and t > now]
         selectors_wait(wake, min(waits) if waits else None)
+
+
+def _new_limit(adir: str, old: float | None) -> float | None:
+    """The time limit in the attempt's `limit` file (written by the agent's `retime`)."""
+    req = read_json(os.path.join(adir, "limit"))
+    if not isinstance(req, dict) or "timeout_s" not in req:
+        return old
+    value = req["timeout_s"]
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
 def selectors_wait(fd: int, timeout: float | None) -> None:

@@ -12,18 +12,28 @@ Accepts ssh's and rsh's argument forms: options (`-x`, `-n`, `-o X`, `-p N`,
 are joined with spaces and run by `/bin/sh -c` on the target, as ssh does.
 Exit status: the command's, 128+N if it died of signal N, 255 when it could
 not be run. Killing this process kills the remote command.
+
+What the remote command used (its CPU time and largest resident size on its
+node, from the target agent's wait4) comes back with its exit status; srun
+names a directory in HPCBATCH_STEP_USAGE where each hpcbatch-rsh of its step
+leaves that, and adds it up into the step's usage (`step_usage`).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import selectors
+import shutil
 import socket
 import sys
 
 from hpcbatch.transport.agent.relay import sock_address
+
+STEP_USAGE = "HPCBATCH_STEP_USAGE"  # srun's directory for its remote tasks' usage
+USAGE_KEYS = ("cpu_user_s", "cpu_sys_s", "mem_peak_bytes")
 
 NO_ARG = set("1246AaCfGgKkMNnqsTtVvXxYyd")
 WITH_ARG = set("BbcDEeFIiJLlmOopQRSWw")
@@ -135,7 +145,37 @@ def _write(fd: int, data: bytes) -> None:
         data = data[os.write(fd if fd in (1, 2) else 1, data) :]
 
 
+def note_usage(used: object) -> None:
+    """Leave what the remote command used where the step that started it adds it up."""
+    where = os.environ.get(STEP_USAGE)
+    if not where or not isinstance(used, dict):
+        return
+    with contextlib.suppress(OSError), open(os.path.join(where, f"{os.getpid()}.json"), "w") as f:
+        json.dump({k: used.get(k) for k in USAGE_KEYS}, f)
+
+
+def step_usage(where: str) -> dict[str, float]:
+    """What a step's remote commands used, from the notes left in `where` (then removed):
+    CPU times added up, the largest resident size. A note that is not numbers is left out."""
+    total = {"cpu_user_s": 0.0, "cpu_sys_s": 0.0, "mem_peak_bytes": 0.0}
+    with contextlib.suppress(OSError):
+        for name in os.listdir(where):
+            try:
+                with open(os.path.join(where, name)) as f:
+                    note = json.load(f)
+                cpu = [float(note["cpu_user_s"]), float(note["cpu_sys_s"])]
+                peak = float(note["mem_peak_bytes"])
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+            total["cpu_user_s"] += cpu[0]
+            total["cpu_sys_s"] += cpu[1]
+            total["mem_peak_bytes"] = max(total["mem_peak_bytes"], peak)
+    shutil.rmtree(where, ignore_errors=True)
+    return total
+
+
 def _status(host: str, msg: dict[str, object]) -> int:
+    note_usage(msg.get("usage"))
     if msg.get("error"):
         sys.stderr.write(f"hpcbatch-rsh: {host}: {msg['error']}\n")
     code, sig = msg.get("exit"), msg.get("signal")

@@ -1,10 +1,10 @@
 """Smaller parts of the host agent: the `exec` op's runs, launch files, the shims.
 
-Split from hpcbatch_agent.py to keep it readable. `ExecRun` runs one short
-command for the `exec` op without blocking the agent; `want_files` checks a
-launch's `files`; `write_shims` writes `hpcbatch-rsh` and `srun` into the
-agent's bin directory, as wrappers that import them from the agent's own code
-(the zipapp on hosts), so the shims are always the agent's version.
+`ExecRun` runs one short command for the `exec` op without blocking the
+agent; `want_files` checks a launch's `files`; `write_shims` writes
+`hpcbatch-rsh` and `srun` into the agent's bin directory, as wrappers that
+import them from the agent's own code (the zipapp on hosts), so the shims are
+always the agent's version.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from hpcbatch.transport.agent.procs import OUTPUT_CAP, BadRequest, signal_group, want
+from hpcbatch.transport.agent.procs import OUTPUT_CAP, signal_group, want
+from hpcbatch.transport.agent.protocol import BadRequest, ExecReply
 
 if TYPE_CHECKING:
-    from hpcbatch.transport.agent.hpcbatch_agent import Agent
+    from hpcbatch.transport.agent.loop import AgentHost
 
 FILE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 RESERVED = frozenset({"script", "env.json", "meta.json", "stdout", "stderr", "pid", "kill",
-                      "exit", "collected", "relayed"})  # fmt: skip
+                      "exit", "collected", "relayed", "work"})  # fmt: skip
 SHIM_TEMPLATE = """#!{python}
 # hpcbatch {name}: written by the hpcbatch agent (rewritten on every agent start)
 import sys
@@ -78,7 +79,7 @@ class ExecRun:
     """One `exec` request. Output goes to temporary files, so nothing here can block."""
 
     def __init__(
-        self, agent: Agent, rid: int, argv: list[str], env: dict[str, str], timeout: float
+        self, agent: AgentHost, rid: int, argv: list[str], env: dict[str, str], timeout: float
     ):
         self.agent, self.rid, self.done, self.timed_out = agent, rid, False, False
         self.files = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]  # noqa: SIM115
@@ -106,11 +107,11 @@ class ExecRun:
             f.seek(0)
             out.append(f.read(OUTPUT_CAP).decode(errors="replace"))
         self.close()
-        self.agent.send({
-            "id": self.rid, "ok": True, "code": rc if rc >= 0 else None,
-            "signal": -rc if rc < 0 else None, "timed_out": self.timed_out,
-            "stdout": out[0], "stderr": out[1],
-        })  # fmt: skip
+        reply: ExecReply = {
+            "code": rc if rc >= 0 else None, "signal": -rc if rc < 0 else None,
+            "timed_out": self.timed_out, "stdout": out[0], "stderr": out[1],
+        }  # fmt: skip
+        self.agent.send({"id": self.rid, "ok": True, **reply})
 
     def close(self) -> None:
         for f in self.files:

@@ -4,7 +4,8 @@ Why it exists: to measure the controller against thousands of hosts on one
 machine (benchmarks/scale.py), the hosts must be cheap, yet the controller
 must not be able to tell them from real ones. So this speaks exactly the JSON
 lines of `hpcbatch.transport.agent.hpcbatch_agent` (docs/architecture.md,
-"Host agent protocol"), validating requests with the same helpers, and the
+"Host agent protocol"): the same dispatch (`protocol.serve_line`), the same
+typed replies, requests validated with the same helpers, and the
 state a real agent keeps on disk (attempts, exit records, `collected`) lives
 in a `SimHostState` that outlives the SSH connection, so reconnects and
 reconciliation behave as with a real host. What it does not do: run anything.
@@ -25,19 +26,38 @@ import json
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from hpcbatch.transport.agent.epoch import FENCED_OPS, checked
 from hpcbatch.transport.agent.procs import (
     DEFAULT_GRACE_S,
-    BadRequest,
     want,
     want_attempt,
     want_env,
     want_strings,
 )
+from hpcbatch.transport.agent.protocol import (
+    AckReply,
+    BadRequest,
+    Empty,
+    ExecReply,
+    ExitEvent,
+    ExitRecord,
+    FenceReply,
+    HelloReply,
+    KillReply,
+    LaunchReply,
+    ReadReply,
+    ReportedAttempt,
+    RetimeReply,
+    serve_line,
+)
 from hpcbatch.transport.agent.tools import want_files
+
+if TYPE_CHECKING:
+    from hpcbatch.transport.agent.protocol import Handler
 
 SLEEP_RE = re.compile(r"(?:^|[;&|\s])sleep\s+([0-9]+(?:\.[0-9]*)?)\b", re.MULTILINE)
 EXIT_RE = re.compile(r"(?:^|[;&|\s])exit\s+([0-9]+)\b", re.MULTILINE)
@@ -68,8 +88,10 @@ class SimAttempt:
     attempt: str
     pid: int
     started: float
-    exit: dict[str, Any] | None = None
+    exit: ExitRecord | None = None
     timer: asyncio.TimerHandle | None = None
+    duration: float = 0.0  # how long its script takes
+    code: int | None = 0  # and what it exits with
 
 
 @dataclass(slots=True)
@@ -88,6 +110,7 @@ class SimHostState:
     launches: int = 0
     exits: int = 0
     connects: int = 0
+    epoch: int = 0  # the highest controller epoch seen (the real agent's <root>/epoch)
 
     def facts(self) -> dict[str, Any]:
         smi = "".join(
@@ -125,7 +148,8 @@ class SimHostState:
                   "started": a.started, "ended": time.time()}  # fmt: skip
         self.exits += 1
         if self.session is not None:
-            self.session.send({"ev": "exit", "attempt": a.attempt, **a.exit})
+            event: ExitEvent = {"ev": "exit", "attempt": a.attempt, **a.exit}
+            self.session.send(event)
 
 
 class SimAgent:
@@ -157,11 +181,24 @@ class SimAgent:
         host.session = self
         if heartbeat_s > 0:
             self._beat = self._loop.call_later(heartbeat_s, self._heartbeat)
-        self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+        self.ops: dict[str, Handler] = {
             "hello": self.op_hello, "launch": self.op_launch, "kill": self.op_kill,
             "ack": self.op_ack, "read": self.op_read, "fence": self.op_fence,
-            "exec": self.op_exec, "shutdown": self.op_shutdown,
+            "exec": self.op_exec, "shutdown": self.op_shutdown, "retime": self.op_retime,
         }  # fmt: skip
+        self.ops.update(dict.fromkeys(RELAY_OPS, self.op_relay))
+        for op in FENCED_OPS:  # as the real agent: an older controller's epoch is refused
+            if op in self.ops:
+                self.ops[op] = self._fenced(op, self.ops[op])
+
+    def _fenced(self, op: str, handler: Handler) -> Handler:
+        def run(req: dict[str, Any]) -> Mapping[str, Any] | None:
+            epoch = checked(op, req.get("epoch"), self.host.epoch)
+            if epoch is not None:
+                self.host.epoch = epoch
+            return handler(req)
+
+        return run
 
     def stop(self) -> None:
         """The channel is gone: no more heartbeats; attempts go on (they are the host's)."""
@@ -173,7 +210,7 @@ class SimAgent:
 
     # ----------------------------------------------------------------- I/O
 
-    def send(self, obj: dict[str, Any]) -> None:
+    def send(self, obj: Mapping[str, Any]) -> None:
         if not self.host.silent:
             self._write((json.dumps(obj) + "\n").encode())
             self.host.last_sent = time.time()
@@ -190,43 +227,14 @@ class SimAgent:
                 self.handle(line)
 
     def handle(self, line: bytes) -> None:
-        try:
-            req = json.loads(line)
-        except ValueError as exc:
-            self.send({"ev": "error", "error": f"malformed request line ({exc}): {line[:200]!r}"})
-            return
-        rid = req.get("id") if isinstance(req, dict) else None
-        if not isinstance(rid, int) or isinstance(rid, bool):
-            self.send({"ev": "error", "error": f"request without an integer id: {line[:200]!r}"})
-            return
-        op = req.get("op")
-        handler = self.ops.get(op)
-        try:
-            if handler is None:
-                if op in RELAY_OPS:
-                    raise BadRequest(f"{op}: the simulated host has no rsh relay")
-                raise BadRequest(f"unknown op {op!r}; known: {', '.join(self.ops)}")
-            result = handler(req)
-        except BadRequest as exc:
-            error = str(exc)
-        except Exception as exc:
-            error = f"internal error in {op}: {type(exc).__name__}: {exc}"
-        else:
-            if rid >= 0:
-                self.send({"id": rid, "ok": True, **result})
-            if op == "shutdown":
-                self.stop()
-                self._close()
-            return
-        if rid >= 0:
-            self.send({"id": rid, "ok": False, "error": error})
-        else:
-            self.send({"ev": "error", "error": f"{op}: {error}"})
+        if serve_line(line, self.ops, self.send) == "shutdown":
+            self.stop()
+            self._close()
 
     # ----------------------------------------------------------------- ops
 
-    def op_hello(self, req: dict[str, Any]) -> dict[str, Any]:
-        attempts = [
+    def op_hello(self, req: dict[str, Any]) -> HelloReply:
+        attempts: list[ReportedAttempt] = [
             {
                 "attempt": a.attempt,
                 "state": "running" if a.exit is None else "exited",
@@ -238,14 +246,14 @@ class SimAgent:
         return {"agent_version": self.version, "pid": self.pid, "facts": self.host.facts(),
                 "attempts": attempts}  # fmt: skip
 
-    def op_launch(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_launch(self, req: dict[str, Any]) -> LaunchReply:
         host = self.host
         attempt = want_attempt(req.get("attempt"))
         script = want(req, "script", str)
         if script is None:
             raise BadRequest("field 'script' is required")
         if attempt in host.attempts:
-            raise BadRequest(f"attempt {attempt} already exists")
+            raise BadRequest(f"attempt {attempt} already exists", "exists")
         env = want_env(req)
         want_strings(req, "args")
         want_files(req)
@@ -258,20 +266,39 @@ class SimAgent:
         want(req, "kill_grace_s", float, DEFAULT_GRACE_S)
         duration = job_duration(script, env)
         code = job_exit_code(script)
-        a = SimAttempt(attempt, host.next_pid, time.time())
+        a = SimAttempt(attempt, host.next_pid, time.time(), duration=duration, code=code)
         host.next_pid += 1
         host.attempts[attempt] = a
         host.launches += 1
-        if timeout is not None and timeout < duration:
-            reason = f"timed out after {timeout:g} s"
-            a.timer = self._loop.call_later(
-                timeout, host.finish, a, None, int(signal.SIGTERM), reason, True
-            )
-        else:
-            a.timer = self._loop.call_later(duration, host.finish, a, code, None, None)
+        self._arm(a, timeout)
         return {"pid": a.pid, "started": a.started}
 
-    def op_kill(self, req: dict[str, Any]) -> dict[str, Any]:
+    def _arm(self, a: SimAttempt, timeout: float | None) -> None:
+        """The attempt's end: its script's duration, or its time limit if sooner."""
+        host = self.host
+        if a.timer is not None:
+            a.timer.cancel()
+        left = a.started - time.time()
+        if timeout is not None and timeout < a.duration:
+            reason = f"timed out after {timeout:g} s"
+            a.timer = self._loop.call_later(
+                max(0.0, left + timeout), host.finish, a, None, int(signal.SIGTERM), reason, True
+            )
+        else:
+            a.timer = self._loop.call_later(
+                max(0.0, left + a.duration), host.finish, a, a.code, None, None
+            )
+
+    def op_retime(self, req: dict[str, Any]) -> RetimeReply:
+        attempt = want_attempt(req.get("attempt"))
+        timeout = want(req, "timeout_s", float)
+        a = self.host.attempts.get(attempt)
+        if a is None or a.exit is not None:
+            return {"found": False}
+        self._arm(a, timeout)
+        return {"found": True}
+
+    def op_kill(self, req: dict[str, Any]) -> KillReply:
         attempt = want_attempt(req.get("attempt"))
         reason = want(req, "reason", str, "killed")
         want(req, "grace_s", float, DEFAULT_GRACE_S)
@@ -281,7 +308,7 @@ class SimAgent:
             self._loop.call_soon(self.host.finish, a, None, int(signal.SIGTERM), reason)
         return {"found": found}
 
-    def op_ack(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_ack(self, req: dict[str, Any]) -> AckReply:
         acked = []
         for attempt in map(want_attempt, want(req, "attempts", list, [])):
             a = self.host.attempts.get(attempt)
@@ -290,7 +317,7 @@ class SimAgent:
                 acked.append(attempt)
         return {"acked": acked}
 
-    def op_read(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_read(self, req: dict[str, Any]) -> ReadReply:
         attempt = want_attempt(req.get("attempt"))
         stream = want(req, "stream", str, "stdout")
         if stream not in ("stdout", "stderr"):
@@ -298,10 +325,10 @@ class SimAgent:
         offset = want(req, "offset", int, 0)
         a = self.host.attempts.get(attempt)
         if a is None:
-            raise BadRequest(f"no attempt {attempt}")
+            raise BadRequest(f"no attempt {attempt}", "no_attempt")
         return {"data": "", "offset": offset, "done": a.exit is not None}
 
-    def op_fence(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_fence(self, req: dict[str, Any]) -> FenceReply:
         keep = set(want_strings(req, "keep"))
         want(req, "grace_s", float, DEFAULT_GRACE_S)
         running = [a for a in self.host.attempts.values() if a.exit is None]
@@ -311,7 +338,7 @@ class SimAgent:
                 self._loop.call_soon(self.host.finish, a, None, int(signal.SIGTERM), "fenced")
         return {"killed": killed}
 
-    def op_exec(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_exec(self, req: dict[str, Any]) -> ExecReply:
         argv = want_strings(req, "argv")
         if not argv:
             raise BadRequest("field 'argv' must be a non-empty list")
@@ -319,5 +346,8 @@ class SimAgent:
         code = 1 if argv[0].rsplit("/", 1)[-1] == "false" else 0
         return {"code": code, "signal": None, "timed_out": False, "stdout": "", "stderr": ""}
 
-    def op_shutdown(self, req: dict[str, Any]) -> dict[str, Any]:
+    def op_shutdown(self, req: dict[str, Any]) -> Empty:
         return {}
+
+    def op_relay(self, req: dict[str, Any]) -> Empty:
+        raise BadRequest(f"{req.get('op')}: the simulated host has no rsh relay")

@@ -25,6 +25,7 @@ import contextlib
 import json
 import shlex
 import signal
+import socket
 import sys
 import time
 from typing import Any
@@ -39,13 +40,15 @@ UPLOAD_PREFIX = "mkdir -p "
 class SimHost(SimHostState):
     """A host's durable state plus its listener and current SSH connection."""
 
-    __slots__ = ("address", "conn", "paused", "port", "silent_since")
+    __slots__ = ("address", "conn", "held", "listener", "paused", "port", "silent_since")
 
     def __init__(self, name: str, address: str, **kw: Any) -> None:
         super().__init__(name, **kw)
         self.address = address
         self.port = 0
+        self.listener: socket.socket | None = None
         self.conn: asyncssh.SSHServerConnection | None = None
+        self.held: list[socket.socket] = []  # accepted while black-holed: no handshake yet
         self.paused: list[asyncssh.SSHServerConnection] = []
         self.silent_since: float | None = None
 
@@ -120,21 +123,32 @@ class SimServer(asyncssh.SSHServer):
     def __init__(self, hosts: SimHosts) -> None:
         self.hosts = hosts
         self.host: SimHost | None = None
+        self.conn: asyncssh.SSHServerConnection | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
         sockname = conn.get_extra_info("sockname")
         self.host = self.hosts.by_addr.get((sockname[0], sockname[1]))
-        if self.host is not None:
-            self.host.conn = conn
-            if self.host.silent:  # a black-holed host: the client's handshake times out
-                _pause(conn)
-                self.host.paused.append(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
         pass
 
     def begin_auth(self, username: str) -> bool:
         return True
+
+    def auth_completed(self) -> None:
+        """The connection becomes the host's current one, and goes silent with it.
+
+        A connection accepted while the host was silent never gets here (it is held
+        before the handshake, see `SimHosts._accept`); one that was mid-handshake when
+        the host went silent is paused now, with its socket long read from."""
+        host = self.host
+        if host is None or self.conn is None:
+            return
+        host.conn = self.conn
+        if host.silent:
+            _pause(self.conn)
+            host.paused.append(self.conn)
 
     def public_key_auth_supported(self) -> bool:
         return True
@@ -149,9 +163,14 @@ class SimServer(asyncssh.SSHServer):
 
 
 def _pause(conn: asyncssh.SSHServerConnection) -> None:
-    """Stop reading the connection's socket: keepalives go unanswered, as on a dead host.
+    """Stop reading an established connection's socket: keepalives go unanswered.
 
-    asyncssh has no public way to reach the socket's transport; this is test tooling."""
+    Only ever called on a connection past its authentication, whose transport has long
+    been reading: pausing one before the transport's first read is scheduled is undone
+    by that first read on CPython 3.11.2 (asyncio's `_add_reader` checked only
+    `_closing` until 3.11.3), which is why connections that arrive while a host is
+    silent are held before the handshake instead. asyncssh has no public way to reach
+    the socket's transport; this is test tooling."""
     transport = getattr(conn, "_transport", None)
     if transport is not None:
         transport.pause_reading()
@@ -184,20 +203,62 @@ class SimHosts:
             x11_forwarding=False,
             login_timeout=60.0,
         )
-        self.listeners: list[asyncssh.SSHAcceptor] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        """Listen on each host's address; connections are accepted here, not by asyncssh,
+        so that a black-holed host can hold a new one before its SSH handshake."""
+        self._loop = loop = asyncio.get_running_loop()
         for host in self.hosts.values():
-            acceptor = await asyncssh.listen(
-                host.address, 0, options=self.options, backlog=128, reuse_address=True
-            )
-            host.port = acceptor.get_port()
+            lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            lsock.bind((host.address, 0))
+            lsock.listen(128)
+            lsock.setblocking(False)
+            host.listener = lsock
+            host.port = lsock.getsockname()[1]
             self.by_addr[(host.address, host.port)] = host
-            self.listeners.append(acceptor)
+            loop.add_reader(lsock.fileno(), self._accept, host)
+
+    def _accept(self, host: SimHost) -> None:
+        assert host.listener is not None
+        while True:
+            try:
+                sock, _ = host.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # e.g. out of descriptors: the client retries
+            if host.silent:
+                host.held.append(sock)  # a dead host: the client's handshake times out
+            else:
+                self._serve(sock)
+
+    def _serve(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        task = asyncio.ensure_future(self._run(sock))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, sock: socket.socket) -> None:
+        try:
+            await asyncssh.run_server(sock, options=self.options)
+        except (OSError, asyncssh.Error):  # TimeoutError is an OSError
+            sock.close()  # the client gave up (or never spoke SSH): nothing to keep
 
     def close(self) -> None:
-        for acceptor in self.listeners:
-            acceptor.close()
+        for host in self.hosts.values():
+            if host.listener is not None:
+                if self._loop is not None:
+                    self._loop.remove_reader(host.listener.fileno())
+                host.listener.close()
+                host.listener = None
+            for sock in host.held:
+                sock.close()
+            host.held.clear()
+        for task in self._tasks:
+            task.cancel()
 
     def blackhole(self, names: list[str]) -> dict[str, tuple[float, float]]:
         """The hosts go silent: no agent output, no reading (so no keepalive replies).
@@ -222,6 +283,9 @@ class SimHosts:
             for conn in host.paused:
                 _resume(conn)
             host.paused.clear()
+            held, host.held = host.held, []
+            for sock in held:  # the handshake starts now; a client that gave up reads EOF
+                self._serve(sock)
 
     def stats(self) -> dict[str, Any]:
         hosts = self.hosts.values()

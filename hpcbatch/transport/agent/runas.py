@@ -1,0 +1,224 @@
+"""Jobs run as their submitter: the user switch and the user's own files.
+
+Why it exists: on a host with `run_as = "submitter"` (docs/security.md) every
+process of a job runs under the submitting user's account, and the job's
+files are the user's, made by the user's process. The agent (logged in as
+root: the trust boundary is documented in docs/security.md) keeps what must
+not be forged in the attempt directory, which stays root's (mode 0711: the
+user may pass through it, not list it):
+
+    attempts/<attempt>/        root 0711  pid exit kill meta.json env.json collected
+    attempts/<attempt>/work/   user 0700  script stdout stderr hostfiles (HPCBATCH_ATTEMPT_DIR)
+
+Root makes the empty `work/` and gives it to the user; `prepare` makes the
+job's files in it in a child that has become the user (umask 077), and
+hands the opened output files back to the agent over a socket (SCM_RIGHTS),
+so that no file of the user's is opened by root on the user's behalf.
+`become` is the switch itself (supplementary groups, gid, uid), in the job's
+process before it execs and in relayed commands; the groups are those `lookup`
+found, which keeps each user's entry for LOOKUP_VALID_S, so that a launch does
+no NSS lookup (docs/security.md, "What running as the submitter costs").
+
+Standard library only (Python 3.8+): uploaded with the rest of the agent.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import pwd
+import socket
+import time
+from typing import Any
+
+from hpcbatch.transport.agent.protocol import BadRequest
+from hpcbatch.transport.agent.userpaths import DEADLINE_S, check_launch_paths, open_output, reap
+
+WORK = "work"
+"""The user's directory inside a root-owned attempt directory."""
+
+DEFAULT_UMASK = 0o077
+"""The job's umask when the submitter's is not known (a request without `umask`)."""
+
+# Variables of the agent's own (root's) login session that would point a job of
+# another user at root's runtime directory, session bus or mail.
+ROOT_SESSION = frozenset({"XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "MAIL", "XDG_SESSION_ID",
+                          "XDG_SESSION_TYPE", "XDG_SESSION_CLASS"})  # fmt: skip
+
+
+def want_umask(req: dict[str, Any]) -> int:
+    """The request's `umask` (the submitter's, captured by the CLI as Slurm's SLURM_UMASK),
+    DEFAULT_UMASK when absent."""
+    value = req.get("umask")
+    if value is None:
+        return DEFAULT_UMASK
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
+        raise BadRequest(f"field 'umask' must be an integer from 0 to 0o777, got {value!r}")
+    return value
+
+
+LOOKUP_VALID_S = 30.0
+"""How long a user's passwd entry and groups, looked up once, serve later launches:
+a launch then pays no NSS lookup (files, SSSD, LDAP: none to several ms each; Slurm
+caches groups for 600 s). A change to the user's groups reaches jobs started after
+this. A missing user is never cached (one made now is found at the next launch)."""
+
+_looked_up: dict[str, tuple[float, dict[str, Any]]] = {}
+
+
+def lookup(user: str, host: str) -> dict[str, Any]:
+    """The user's passwd entry and supplementary groups on this host, as the switch
+    needs them; `no_user` if none. The agent must be root to switch users."""
+    now = time.monotonic()
+    hit = _looked_up.get(user)
+    if hit is not None and now < hit[0]:
+        return dict(hit[1])
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise BadRequest(f"user {user!r} does not exist on host {host}", "no_user") from None
+    if os.geteuid() != 0:
+        login = pwd.getpwuid(os.geteuid()).pw_name
+        raise BadRequest(
+            f"the agent on {host} runs as {login}, not root, and cannot run jobs as {user}: "
+            'run_as = "submitter" needs the agent to log in as root (docs/security.md)'
+        )
+    if pw.pw_uid == 0:
+        raise BadRequest(f"refusing to run a job as root ({user}) on host {host}")
+    entry = {"name": pw.pw_name, "uid": pw.pw_uid, "gid": pw.pw_gid, "home": pw.pw_dir,
+             "shell": pw.pw_shell or "/bin/sh",
+             "groups": os.getgrouplist(pw.pw_name, pw.pw_gid)}  # fmt: skip
+    _looked_up[user] = (now + LOOKUP_VALID_S, entry)
+    return dict(entry)
+
+
+def become(user: dict[str, Any]) -> None:
+    """Switch this process to the user for good: groups, then gid, then uid. The groups
+    are those `lookup` found (no NSS lookup in the job's process); an entry without
+    them (a record written by an older agent) has them looked up here."""
+    groups = user.get("groups")
+    if isinstance(groups, list) and all(isinstance(g, int) for g in groups):
+        os.setgroups(groups)
+    else:
+        os.initgroups(user["name"], user["gid"])
+    os.setgid(user["gid"])
+    os.setuid(user["uid"])
+    if os.getuid() != user["uid"] or os.geteuid() != user["uid"]:  # never run as root
+        raise OSError(f"could not become {user['name']}")
+
+
+def user_env(user: dict[str, Any]) -> dict[str, str]:
+    """HOME, USER, LOGNAME (and SHELL) from the host's passwd, as a login would set them;
+    XDG_RUNTIME_DIR where the user has one (a systemd login of theirs: rootless podman
+    keeps its state there; without it, podman uses its own directory under /tmp)."""
+    env = {"HOME": user["home"], "USER": user["name"], "LOGNAME": user["name"],
+           "SHELL": user["shell"]}  # fmt: skip
+    run = f"/run/user/{user['uid']}"
+    try:
+        if os.stat(run).st_uid == user["uid"]:
+            env["XDG_RUNTIME_DIR"] = run
+    except OSError:
+        pass
+    return env
+
+
+def host_env(user: dict[str, Any] | None) -> dict[str, str]:
+    """The agent's environment as the base of a job's: without root's session variables
+    when the job is another user's."""
+    if user is None:
+        return dict(os.environ)
+    return {k: v for k, v in os.environ.items() if k not in ROOT_SESSION}
+
+
+def make_work_dir(user: dict[str, Any], udir: str) -> None:
+    """The user's empty directory in the root-owned attempt directory (root makes it:
+    the user cannot write there; an empty directory of root's own is no race)."""
+    os.mkdir(udir, 0o700)
+    os.chown(udir, user["uid"], user["gid"])
+
+
+def prepare(
+    user: dict[str, Any], udir: str, script: str, files: dict[str, str],
+    cwd: str, outputs: dict[str, str | None], flags: int, umask: int = DEFAULT_UMASK,
+) -> tuple[dict[str, Any], list[int]]:  # fmt: skip
+    """As the user, in one child with a deadline: check the working directory and
+    outputs (`check_launch_paths`), write the script and files into `udir` (umask 077),
+    open the outputs (created under the job's `umask`). Returns the checked paths and
+    the stdout and stderr descriptors (the same file twice: one descriptor for both).
+    The child is collected once its message is here, without waiting for it to be
+    gone (userpaths.reap)."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        parent.close()
+        try:
+            checked, fds = _make_as_user(user, udir, script, files, cwd, outputs, flags, umask)
+            payload = b"ok:" + json.dumps(checked).encode()
+            rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))
+            child.sendmsg([payload], [rights])
+        except BadRequest as exc:
+            child.sendall(f"{exc.code}:{exc}".encode(errors="replace"))
+        except BaseException as exc:
+            child.sendall(f"bad_path:{type(exc).__name__}: {exc}".encode(errors="replace"))
+        os._exit(0)
+    child.close()
+    try:
+        return _receive(parent, pid, user["name"], 2)
+    finally:
+        parent.close()
+
+
+def _make_as_user(
+    user: dict[str, Any], udir: str, script: str, files: dict[str, str],
+    cwd: str, streams: dict[str, str | None], flags: int, umask: int,
+) -> tuple[dict[str, Any], list[int]]:  # fmt: skip
+    become(user)
+    os.umask(0o077)
+    checked = check_launch_paths(cwd, streams)
+    outputs = [checked[s] or os.path.join(udir, s) for s in ("stdout", "stderr")]
+    fd = os.open(os.path.join(udir, "script"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+    with os.fdopen(fd, "wb") as f:
+        f.write(script.encode())
+    for name, text in files.items():
+        fd = os.open(os.path.join(udir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    opened: dict[str, int] = {}
+    fds = []
+    for path in outputs:
+        real = os.path.realpath(path)
+        if real not in opened:
+            try:
+                opened[real] = open_output(path, flags, umask)
+            except OSError as exc:
+                raise BadRequest(f"cannot open output file: {exc}", "bad_path") from None
+        fds.append(opened[real])
+    return checked, fds
+
+
+def _receive(
+    sock: socket.socket, pid: int, name: str, count: int
+) -> tuple[dict[str, Any], list[int]]:
+    sock.settimeout(DEADLINE_S)
+    try:
+        msg, ancdata, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(count * 4))
+    except TimeoutError:
+        os.kill(pid, 9)
+        msg, ancdata = b"timeout:", []
+    reap(pid)
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got = array.array("i")
+            got.frombytes(data[: len(data) - (len(data) % got.itemsize)])
+            fds.extend(got)
+    if msg.startswith(b"ok:") and len(fds) == count:
+        return json.loads(msg[3:]), fds
+    for fd in fds:
+        os.close(fd)
+    code, _, text = msg.decode(errors="replace").partition(":")
+    if code == "timeout":
+        raise BadRequest(f"preparing the job's files as {name} took over {DEADLINE_S:g} s",
+                         "bad_path")  # fmt: skip
+    raise BadRequest(text or f"preparing the job's files as {name} failed", code or "bad_path")  # type: ignore[arg-type]

@@ -1,0 +1,268 @@
+"""Spare cgroups with a shepherd and job process already waiting in them.
+
+Why it exists: moving a process into a cgroup (a write to `cgroup.procs`) takes
+the kernel's cgroup_threadgroup_rwsem for writing, and the first such write
+after a quiet spell waits for an RCU grace period: 8-10 ms on the machine the
+limits benchmark runs on, most of what limits added to a launch (the rest of
+the cgroup work is well under a millisecond). Mounting the hierarchies with
+`favordynmods` removes the wait, but that is the operator's choice, not ours.
+
+So the agent makes launches' cgroups ahead (spares: cgroups.prepare), each
+with a shepherd that forks the job process at once; the job process moves
+itself into the spare, paying the wait while nothing waits on it, and then
+blocks. The agent keeps up to four, made at its start and then, once one is
+left, again in a batch (one slow join for the batch) after an exit event is
+sent (or a while after a launch took one, when no exit comes): not inside
+the window of a short job, and a launch takes the oldest, whose job process
+has long since joined. A launch renames the spare to the attempt's
+name, writes its limits (the process inside is held to them from then on),
+and hands the shepherd the launch (the spec as JSON, the output and report
+descriptors over the socket, SCM_RIGHTS); the shepherd hands the job process
+its part and oversees it exactly as a shepherd forked at launch would
+(procs.oversee). A spare the agent drops (its socket closed: a failed launch,
+the agent's end, even by SIGKILL) ends its two processes without running
+anything and removes its groups.
+
+Standard library only (uploaded to hosts).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import os
+import socket
+import struct
+import time
+from typing import Any, NoReturn
+
+from hpcbatch.transport.agent import cgroups
+from hpcbatch.transport.agent.loop import AgentHost
+from hpcbatch.transport.agent.procs import detach, oversee, read_all, shepherd, start_job
+
+_HEADER = struct.Struct("!Q")
+
+
+class Waiting:
+    """A made-ahead shepherd (our child) and the socket that hands it a launch."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+
+KEEP = 4  # spares kept: a launch takes the oldest, whose job process joined long ago
+LOW = 1  # made again in a batch once this few are left: one slow cgroup join per batch
+REFILL_S = 0.2  # with no exit to refill after (a burst of long jobs), refill this much later
+
+
+class Spare:
+    """One spare: its groups, and the shepherd waiting in them (None where the fork failed)."""
+
+    def __init__(self, dirs: dict[str, str], waiting: Waiting | None) -> None:
+        self.dirs = dirs
+        self.waiting = waiting
+
+
+class Spares:
+    """The agent's spare cgroups (and, where it can, the shepherd waiting in each)."""
+
+    def __init__(self, host: AgentHost, layout: cgroups.Layout) -> None:
+        self.host = host
+        self.layout = layout
+        self.ready: list[Spare] = []  # oldest first
+        self.taken: Waiting | None = None  # in the group of the launch under way
+        self.n = 0
+        cgroups.clear_spares(layout)
+        if layout.enforced:
+            host.after(0, self.fill)
+
+    def fill(self) -> None:
+        """Spares up to KEEP once LOW or fewer are left, made off any launch's path: at
+        the start, after an exit event is sent, or REFILL_S after a launch took one.
+        In a batch: the first cgroup join after a quiet spell waits for the RCU grace
+        period, and while it waits every fork and exit on the host waits too (the
+        kernel's cgroup_threadgroup_rwsem); the joins that follow it do not."""
+        if len(self.ready) > LOW:
+            return
+        while len(self.ready) < KEEP and self.layout.enforced:
+            self.n += 1
+            try:
+                # named by agent too: an ended agent's spares remove themselves
+                dirs = cgroups.prepare(self.layout, f"{cgroups.SPARE}{os.getpid()}-{self.n}")
+            except OSError:
+                return
+            waiting = None
+            with contextlib.suppress(OSError):
+                waiting = make_waiting(dirs)
+            self.ready.append(Spare(dirs, waiting))
+
+    def take(self) -> dict[str, str] | None:
+        """The oldest spare's groups for a launch with limits (cgroups.create renames
+        them), or None when there is none yet (the launch makes its groups itself)."""
+        self.drop(self.taken)
+        self.taken = None
+        if not self.layout.enforced:
+            return None
+        self.host.after(REFILL_S, self.fill)
+        if not self.ready:
+            return None
+        spare = self.ready.pop(0)
+        self.taken = spare.waiting
+        return spare.dirs
+
+    def drop(self, w: Waiting | None) -> None:
+        """Let a waiting shepherd go (it ends, running nothing); reap it when it does."""
+        if w is not None:
+            w.sock.close()
+            self.host.watch(w.pid, None, True, lambda: _reap(w.pid))
+
+    def start(self, adir: str, spec: dict[str, Any], out: int, err: int) -> dict[str, Any]:
+        """Start the launch's shepherd, the waiting one if its group became the job's:
+        its record once the job started (procs.oversee's report)."""
+        report_r, report_w = os.pipe()
+        w, self.taken = self.taken, None
+        pid = None
+        if w is not None and spec.get("cgroup"):
+            try:
+                hand(w, {"adir": adir, "spec": spec}, [out, err, report_w])
+                pid = w.pid
+            except OSError:  # it is gone (killed): start one the usual way
+                self.drop(w)
+        else:
+            self.drop(w)
+        if pid is None:
+            pid = os.fork()
+            if pid == 0:
+                shepherd(adir, spec, out, err, report_w)
+        os.close(report_w)
+        line = read_all(report_r)  # the shepherd reports once the job has started
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            os.waitpid(pid, 0)
+            raise RuntimeError("the shepherd failed before starting the job") from None
+        return dict(rec)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def make_waiting(dirs: dict[str, str]) -> Waiting:
+    # The groups' cgroup.procs, opened now: a launch may rename the groups before the
+    # job process joins them, and an open file follows its group.
+    procs = [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY) for d in dirs.values()]
+    ours, theirs = socket.socketpair()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _waiting_shepherd(theirs, procs, list(dirs.values()))
+    finally:
+        theirs.close()
+        for fd in procs:
+            os.close(fd)
+    return Waiting(pid, ours)
+
+
+def hand(w: Waiting, obj: Any, fds: list[int]) -> None:
+    """Send `obj` and descriptors `fds` to a waiting process; raises OSError if it is gone."""
+    try:
+        send(w.sock, obj, fds)
+    finally:
+        w.sock.close()
+
+
+def send(sock: socket.socket, obj: Any, fds: list[int]) -> None:
+    data = json.dumps(obj).encode()
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+    sock.sendmsg([_HEADER.pack(len(data))], rights)
+    sock.sendall(data)
+
+
+def receive(sock: socket.socket) -> tuple[Any, list[int]] | None:
+    """What `send` sent, or None at end of file (the sender let us go)."""
+    msg, ancillary, _flags, _addr = sock.recvmsg(_HEADER.size, socket.CMSG_SPACE(16 * 4))
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got = array.array("i")
+            got.frombytes(payload[: len(payload) - len(payload) % got.itemsize])
+            fds += list(got)
+    while msg and len(msg) < _HEADER.size:
+        more = sock.recv(_HEADER.size - len(msg))
+        if not more:
+            break
+        msg += more
+    if len(msg) < _HEADER.size:
+        for fd in fds:
+            os.close(fd)
+        return None
+    (size,) = _HEADER.unpack(msg)
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(min(size - len(data), 1 << 20))
+        if not chunk:
+            return None
+        data += chunk
+    return json.loads(data), fds
+
+
+def _waiting_shepherd(sock: socket.socket, procs: list[int], dirs: list[str]) -> NoReturn:
+    """The made-ahead shepherd: fork the job process into the spare, wait for a launch.
+    Let go (the agent dropped it, or ended, killed even), it removes the spare's groups
+    once its job process is gone: a killed agent leaves no empty group behind."""
+    try:
+        wake = detach({sock.fileno(), *procs})
+        exec_r, exec_w = os.pipe()  # close-on-exec: EOF without data means exec succeeded
+        go, go_job = socket.socketpair()
+        job = os.fork()
+        if job == 0:
+            go.close()
+            sock.close()
+            os.close(exec_r)
+            _waiting_job(go_job, procs, exec_w)
+        go_job.close()
+        for fd in procs:
+            os.close(fd)
+        os.close(exec_w)
+        got = receive(sock)
+        sock.close()
+        if got is None:  # let go: the job process ends when it reads the end of `go`
+            go.close()
+            os.waitpid(job, 0)
+            for path in dirs:  # gone already where a launch took it (renamed)
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+            os._exit(0)
+        launch, (out_fd, err_fd, report) = got
+        started = time.time()
+        with contextlib.suppress(OSError):  # a job process that died says why on exec_r
+            send(go, launch["spec"], [out_fd, err_fd])
+        go.close()
+        oversee(launch["adir"], launch["spec"], out_fd, err_fd, report, wake, job, exec_r, started)
+    finally:
+        os._exit(0)
+
+
+def _waiting_job(go: socket.socket, procs: list[int], exec_w: int) -> NoReturn:
+    """The made-ahead job process: into the spare's groups now, exec on the launch."""
+    try:
+        try:
+            for fd in procs:  # each group's cgroup.procs
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+        except OSError as exc:
+            os.write(exec_w, f"cannot join the job's cgroup: {exc}".encode(errors="replace"))
+            os._exit(127)
+        got = receive(go)
+        go.close()
+        if got is None:
+            os._exit(0)
+        spec, (out_fd, err_fd) = got
+        start_job({**spec, "cgroup": None}, out_fd, err_fd, exec_w)  # already inside
+    finally:
+        os._exit(127)

@@ -1,0 +1,177 @@
+"""The spare cgroup's waiting shepherd (transport/agent/zygote.py), on real cgroups.
+
+A launch with limits takes the spare the agent made ahead: its job process is
+already in the group (the kernel's slow first migration paid before the launch),
+and the waiting shepherd runs the launch as a shepherd forked for it would.
+Skipped, saying why, where this machine gives no cgroup to write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpcbatch.transport.agent import cgroups
+from hpcbatch.transport.agent.zygote import KEEP, LOW, Spares
+from tests.integration.test_agent_process import (
+    TIMEOUT,
+    WAIT_FOR_RELEASE,
+    AgentFactory,
+    eventually,
+    start_agent,  # noqa: F401 (the fixture)
+)
+
+
+class Host:
+    """What Spares uses of the agent: timers (run by hand here) and process watches."""
+
+    def __init__(self) -> None:
+        self.timers: list[Callable[[], None]] = []
+        self.watched: list[int] = []
+
+    def after(self, delay: float, fn: Callable[[], None]) -> None:
+        self.timers.append(fn)
+
+    def watch(self, pid: int, start: int | None, child: bool, on_end: Callable[[], None]) -> None:
+        self.watched.append(pid)
+        os.waitpid(pid, 0)  # a let-go shepherd ends at once
+
+
+def _spec(tmp: Path, cg: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "user": None, "cwd": str(tmp), "env": {"PATH": "/usr/bin:/bin"}, "timeout_s": 30.0,
+        "grace_s": 1.0, "affinity": [], "warn_signal": None, "argv": ["/bin/sh", "-c",
+        "grep -E ':memory:|^0::' /proc/self/cgroup | head -1"], "cgroup": cg,
+    }  # fmt: skip
+
+
+def _exit_of(adir: Path) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while not (adir / "exit").exists():
+        assert time.monotonic() < deadline, "no exit record"
+        time.sleep(0.02)
+    return dict(json.loads((adir / "exit").read_text()))
+
+
+def test_a_launch_with_limits_runs_in_the_waiting_shepherd(tmp_path: Path) -> None:
+    layout = cgroups.probe(str(tmp_path / "root"))
+    if not layout.enforced:
+        pytest.skip(f"no cgroup to write here: {layout.why}")
+    host = Host()
+    spares = Spares(host, layout)  # type: ignore[arg-type]
+    assert len(host.timers) == 1  # the spares are made once the agent's loop runs
+    host.timers.pop()()
+    assert len(spares.ready) == KEEP
+    waiting = spares.ready[0].waiting
+    assert waiting is not None
+    cg = cgroups.create(layout, "z.1.0", {"memory_bytes": 64 << 20, "cpus": 1}, spares.take())
+    assert cg is not None
+    # The job process is in the attempt's group before the launch is even handed over.
+    deadline = time.monotonic() + 10
+    procs = Path(cg["dirs"]["memory" if layout.version == 1 else "unified"], "cgroup.procs")
+    while not procs.read_text().split():
+        assert time.monotonic() < deadline, "the waiting job process never joined"
+        time.sleep(0.01)
+    adir = tmp_path / "a"
+    adir.mkdir()
+    out = os.open(adir / "stdout", os.O_WRONLY | os.O_CREAT, 0o600)
+    rec = spares.start(str(adir), _spec(tmp_path, cg), out, out)
+    os.close(out)
+    assert rec["shepherd"] == waiting.pid  # the made-ahead one ran it
+    result = _exit_of(adir)
+    assert result["code"] == 0 and result["usage"]["source"] == "cgroup", result
+    assert (adir / "stdout").read_text().strip().endswith("/z.1.0")
+    os.waitpid(waiting.pid, 0)
+    # Spares are made again after an exit event (the agent calls fill), or a while
+    # after a take, in a batch once only LOW are left; a spare let go ends without
+    # running anything.
+    assert len(spares.ready) == KEEP - 1 and len(host.timers) == 1
+    host.timers.pop()()
+    assert len(spares.ready) == KEEP - 1  # not yet
+    let_go = []
+    while len(spares.ready) > LOW:
+        let_go.append(spares.ready[0])
+        spares.take()
+    spares.drop(spares.taken)
+    spares.fill()
+    assert len(spares.ready) == KEEP
+    for spare in spares.ready:
+        spares.drop(spare.waiting)
+    for spare in let_go + spares.ready:  # each removed its groups before it ended
+        assert spare.waiting is not None and spare.waiting.pid in host.watched
+        assert not any(os.path.exists(path) for path in spare.dirs.values())
+
+
+LIMITS = {"memory_bytes": 64 << 20, "cpus": 1}
+
+
+def _groups(root: Path, spares: bool = False) -> set[str]:
+    """The attempt groups (or the spares) under this agent's memory subtree."""
+    layout = cgroups.probe(str(root))
+    base = Path(layout.bases["memory" if layout.version == 1 else "unified"])
+    return {
+        p.name for p in base.iterdir() if p.is_dir() and p.name.startswith(cgroups.SPARE) == spares
+    }
+
+
+async def test_the_agent_removes_a_group_after_the_exit_event(
+    start_agent: AgentFactory,  # noqa: F811 (the fixture, imported)
+    tmp_path: Path,
+) -> None:
+    """Back-to-back launches with limits take spares; each shepherd reads the usage and
+    leaves the group to its agent, which removes it once the exit is sent. A shepherd
+    whose agent is gone removes its group itself."""
+    layout = cgroups.probe(str(tmp_path / "root"))
+    if not layout.enforced:
+        pytest.skip(f"no cgroup to write here: {layout.why}")
+    agent = await start_agent()
+    await agent.ok("hello")
+    for i in range(4):
+        await agent.launch(f"g.{i}.n", "echo hi", limits=LIMITS)
+        ev = await agent.exit_event(f"g.{i}.n")
+        assert ev["code"] == 0 and ev["usage"]["source"] == "cgroup", ev
+        assert ev["usage"]["mem_limit_bytes"] == LIMITS["memory_bytes"]
+    await eventually(lambda: not _groups(tmp_path / "root"))
+
+    release = tmp_path / "release"
+    await agent.launch("g.9.n", WAIT_FOR_RELEASE, args=[str(release)], limits=LIMITS)
+    assert _groups(tmp_path / "root") == {"g.9.n"}
+    await agent.ok("shutdown")
+    assert await asyncio.wait_for(agent.proc.wait(), TIMEOUT) == 0
+    release.touch()
+    await eventually((tmp_path / "root" / "attempts" / "g.9.n" / "exit").exists)
+    await eventually(lambda: not _groups(tmp_path / "root"))
+    await eventually(lambda: not _groups(tmp_path / "root", spares=True))  # they went too
+    exit_record = json.loads((tmp_path / "root" / "attempts" / "g.9.n" / "exit").read_text())
+    assert (exit_record["code"], exit_record["usage"]["source"]) == (7, "cgroup")
+
+
+async def test_a_group_left_of_an_ended_attempt_is_removed_by_the_next_agent(
+    start_agent: AgentFactory,  # noqa: F811 (the fixture, imported)
+    tmp_path: Path,
+) -> None:
+    """An agent ended between its shepherd's exit (which left it the group) and the
+    removal: the next agent removes the group when it scans the attempts."""
+    root = tmp_path / "root"
+    layout = cgroups.probe(str(root))
+    if not layout.enforced:
+        pytest.skip(f"no cgroup to write here: {layout.why}")
+    agent = await start_agent()
+    await agent.launch("g.8.n", "exit 3", limits=LIMITS)
+    await agent.exit_event("g.8.n")
+    await agent.stop()
+    cg = json.loads((root / "attempts" / "g.8.n" / "meta.json").read_text())["cgroup"]
+    for path in cg["dirs"].values():  # as that agent would have left it
+        os.makedirs(path, exist_ok=True)
+    assert _groups(root) == {"g.8.n"}
+    second = await start_agent()
+    [entry] = (await second.ok("hello"))["attempts"]
+    assert (entry["attempt"], entry["exit"]["code"]) == ("g.8.n", 3)
+    assert not _groups(root)
