@@ -139,6 +139,8 @@ class ClusterView(Vertical):
         return self.query_one("#cluster-table", VTable)
 
     def redraw(self) -> None:
+        if not self.query("#cluster-table"):
+            return  # the app is closing: the children went before the timers stopped
         pal = palette(self.app)
         self.query_one("#cluster-summary", Static).update(summary_text(self.model, pal))
         lines: list[tuple[str | None, Any]] = []

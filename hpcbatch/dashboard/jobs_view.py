@@ -107,9 +107,16 @@ class JobsView(Vertical):
     def table(self) -> VTable:
         return self.query_one("#jobs-table", VTable)
 
+    def _shown(self) -> bool:
+        """Whether the table is on screen: while the app closes, its children go before
+        the timers stop, and a tick meanwhile has nothing to draw."""
+        return bool(self.query("#jobs-table"))
+
     # ------------------------------------------------------------------ drawing
 
     def redraw(self) -> None:
+        if not self._shown():
+            return
         now = self.clock()
         self.rows = job_rows(
             self.model,
@@ -139,6 +146,8 @@ class JobsView(Vertical):
 
     def tick(self) -> None:
         """Redraw the times on screen without rebuilding the rows (10,000 jobs stay cheap)."""
+        if not self._shown():
+            return
         now = self.clock()
         for row in self.rows:
             row.retime(now)
