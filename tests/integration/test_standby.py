@@ -153,11 +153,12 @@ def test_sigstop_the_standby_takes_over_and_the_resumed_one_writes_nothing(
 
 def attempt_metas(sandbox: Sandbox, cluster: str) -> list[tuple[dict[str, Any], float]]:
     """Every attempt the hosts' agents made for this cluster: its launch request (the
-    agent's meta.json, which keeps the request's epoch) and when its directory was made."""
+    agent's meta.json, which keeps the request's epoch) and when it was written: once,
+    at launch (the directory's own time moves whenever a file in it comes or goes)."""
     found = []
     for host in sandbox.hosts:
         for meta in host.work_dir.parent.glob(f"work*/c-{cluster}/*/attempts/*/meta.json"):
-            found.append((json.loads(meta.read_text()), meta.parent.stat().st_mtime))
+            found.append((json.loads(meta.read_text()), meta.stat().st_mtime))
     return found
 
 
