@@ -83,7 +83,7 @@ from hpcbatch.transport.agent.runas import (
 )
 from hpcbatch.transport.agent.tools import FILE_RE, ExecRun, code_location, want_files, write_shims
 from hpcbatch.transport.agent.userpaths import (
-    check_launch_paths,
+    Checker,
     in_child,
     open_output,
     read_output,
@@ -108,6 +108,7 @@ class Agent(EventLoop):
         self.bin = os.path.join(self.root, "bin")
         self.cgroups = cgroups.probe(self.root)  # what limits this host can hold jobs to
         self.spares = Spares(self, self.cgroups)  # groups (and shepherds) made ahead
+        self.checker = Checker()  # the launches' path checks, in a child kept for them
         self.running: dict[str, dict[str, Any]] = {}  # attempt -> its pid record
         self.sampled: dict[str, dict[str, Any] | None] = {}  # attempt -> its cgroup
         self.reported: set[str] = set()
@@ -305,7 +306,7 @@ class Agent(EventLoop):
                 shutil.rmtree(adir, ignore_errors=True)
                 raise
         else:
-            checked = in_child(lambda: check_launch_paths(cwd, outputs), "the job's paths")
+            checked = self.checker.launch_paths(cwd, outputs)
         job_env = self.job_env(req, attempt, udir)
         if user:
             job_env.update(user_env(user))

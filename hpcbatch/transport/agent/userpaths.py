@@ -5,9 +5,14 @@ heartbeats. A user's working directory or output file may sit on a hung
 network mount (every `stat` blocks), or be a FIFO (an `open` blocks until
 someone opens the other end). Done in the agent, either stops the heartbeats
 and the controller cuts the host off with every job on it. So the checks of
-`launch` and the reads of `read` run in a forked child that reports one JSON
-line through a pipe; the agent waits for it at most `deadline_s` and then
-kills it and refuses the request (code `bad_path`), and the host stays up.
+`launch` and the reads of `read` run in a child process that reports one JSON
+line; the agent waits for it at most `deadline_s` and then kills it and
+refuses the request (code `bad_path`), and the host stays up.
+
+The checks of a launch as the agent's own login go to one child kept for them
+(`Checker`), so that a launch pays a round trip on a socket, not a fork of
+the agent (a fork and an exit per launch were about 1.5 ms of CPU a job,
+docs/performance.md); the others fork a child per request (`in_child`).
 
 Where the job runs as its submitter, the child switches to the user first
 (`as_user`), so a path is checked with the user's rights, not the agent's.
@@ -17,10 +22,13 @@ Standard library only: uploaded to hosts with the rest of the agent.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import select
 import signal
+import socket
 import stat
 import time
 from typing import TYPE_CHECKING, Any
@@ -57,14 +65,13 @@ def in_child(
     if pid == 0:  # the child: never returns
         os.close(r)
         code = 0
-        try:
+
+        def work_as() -> Any:
             if become is not None:
                 become()
-            out: dict[str, Any] = {"ok": work()}
-        except BadRequest as exc:
-            out = {"error": str(exc), "code": exc.code}
-        except BaseException as exc:  # reported to the agent, which refuses
-            out = {"error": f"{what}: {type(exc).__name__}: {exc}", "code": "bad_path"}
+            return work()
+
+        out = _answer(work_as, what)
         try:
             os.write(w, json.dumps(out).encode())
         except BaseException:
@@ -80,6 +87,21 @@ def in_child(
         reap(pid)
         raise BadRequest(f"{what} did not answer in {deadline_s:g} s (a hung mount?)", "bad_path")
     reap(pid)
+    return _result(data, what)
+
+
+def _answer(work: Callable[[], Any], what: str) -> dict[str, Any]:
+    """In a checking child: `work`'s result, or the error the agent refuses with."""
+    try:
+        return {"ok": work()}
+    except BadRequest as exc:
+        return {"error": str(exc), "code": exc.code}
+    except BaseException as exc:  # reported to the agent, which refuses
+        return {"error": f"{what}: {type(exc).__name__}: {exc}", "code": "bad_path"}
+
+
+def _result(data: bytes, what: str) -> Any:
+    """In the agent: a checking child's answer, or the BadRequest it reported."""
     try:
         out = json.loads(data)
     except ValueError:
@@ -89,7 +111,108 @@ def in_child(
     return out["ok"]
 
 
-def _read_until(fd: int, deadline: float) -> bytes | None:
+class Checker:
+    """One child kept for the checks of a launch's paths as the agent's own login.
+
+    It is forked once (the first launch, and again after one missed its deadline)
+    and answers one JSON line per request on a socket. A request that is not
+    answered by the deadline gets the child killed and the launch refused, as
+    with `in_child`; the next launch starts a new child. The child ends at end
+    of file on its socket or when the agent is gone."""
+
+    def __init__(self) -> None:
+        self._pid: int | None = None
+        self._sock: socket.socket | None = None
+
+    def launch_paths(
+        self, cwd: str, outputs: dict[str, str | None], deadline_s: float = DEADLINE_S
+    ) -> dict[str, Any]:
+        """check_launch_paths(cwd, outputs), in the kept child."""
+        got: dict[str, Any] = self._call([cwd, outputs], "the job's paths", deadline_s)
+        return got
+
+    def _call(self, args: list[Any], what: str, deadline_s: float) -> Any:
+        if _unreaped:
+            reap_pending()  # a child killed for a hang, once it has ended
+        if self._sock is None:
+            self._start()
+        assert self._sock is not None
+        try:
+            self._sock.sendall(json.dumps(args).encode() + b"\n")
+            data = _read_until(self._sock.fileno(), time.monotonic() + deadline_s, b"\n")
+        except OSError:
+            data = None
+        if data is None or not data.endswith(b"\n"):
+            self.close()
+            if data is None:
+                raise BadRequest(
+                    f"{what} did not answer in {deadline_s:g} s (a hung mount?)", "bad_path"
+                )
+            raise BadRequest(f"{what}: the checking process failed", "bad_path")
+        return _result(data, what)
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        ours.set_inheritable(False)
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 1
+            try:
+                ours.close()
+                _serve_checks(theirs)
+                code = 0
+            finally:
+                os._exit(code)
+        theirs.close()
+        self._pid, self._sock = pid, ours
+
+    def close(self) -> None:
+        """Let the child go (killed: it may be stuck on a hung mount); reaped when it ends."""
+        if self._sock is not None:
+            self._sock.close()
+        if self._pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
+            reap(self._pid)
+        self._pid, self._sock = None, None
+
+
+def _serve_checks(sock: socket.socket) -> None:
+    """The kept child: answer launch path checks until the agent lets it go."""
+    parent = os.getppid()
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):  # not the agent's channel to the controller
+        os.dup2(devnull, fd)
+    os.closerange(3, sock.fileno())
+    os.closerange(sock.fileno() + 1, 1 << 16)
+    buf = b""
+    while True:
+        ready, _, _ = select.select([sock], [], [], 5.0)
+        if not ready:
+            if os.getppid() != parent:
+                return  # the agent is gone
+            continue
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            out = _answer(functools.partial(_check_line, line), "the job's paths")
+            sock.sendall(json.dumps(out).encode() + b"\n")
+
+
+def _check_line(line: bytes) -> dict[str, Any]:
+    cwd, outputs = json.loads(line)
+    return check_launch_paths(cwd, outputs)
+
+
+def _read_until(fd: int, deadline: float, end: bytes | None = None) -> bytes | None:
     chunks: list[bytes] = []
     while True:
         left = deadline - time.monotonic()
@@ -102,6 +225,8 @@ def _read_until(fd: int, deadline: float) -> bytes | None:
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+        if end is not None and chunk.endswith(end):
+            return b"".join(chunks)
 
 
 _unreaped: set[int] = set()
@@ -112,6 +237,11 @@ def reap(pid: int) -> None:
     request's path: now if it is gone, else at a later call (with the children still
     pending then). One killed in an uninterruptible wait is collected once it ends."""
     _unreaped.add(pid)
+    reap_pending()
+
+
+def reap_pending() -> None:
+    """Collect the children `reap` left for later that have ended since."""
     for p in list(_unreaped):
         try:
             done = os.waitpid(p, os.WNOHANG)[0]
