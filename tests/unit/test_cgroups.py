@@ -43,9 +43,14 @@ def test_v2_layout_probe_create_enter_usage_remove(tmp_path: Path) -> None:
     assert cg is not None
     leaf = base / "7.1.0"
     assert (leaf / "memory.max").read_text() == str(1 << 30)
-    assert (leaf / "cpu.max").read_text() == "200000 100000"
     first = min(os.sched_getaffinity(0))  # core 0: the first CPU the agent may use
     assert (leaf / "cpuset.cpus").read_text() == str(first)
+    assert not (leaf / "cpu.max").exists()  # pinned: the cpuset holds it, no quota
+    loose = cgroups.create(layout, "8.1.0", {"memory_bytes": 1 << 30, "cpus": 2})
+    assert loose is not None  # not pinned: the quota
+    assert (base / "8.1.0" / "cpu.max").read_text() == "200000 100000"
+    (base / "8.1.0" / "cpu.max").unlink()
+    cgroups.remove(loose)
 
     cgroups.enter(cg)
     assert (leaf / "cgroup.procs").read_text() == str(os.getpid())
@@ -100,6 +105,9 @@ def test_v1_layout_limits_and_usage(tmp_path: Path) -> None:
     assert pinned is not None
     first = min(os.sched_getaffinity(0))
     assert Path(pinned["dirs"]["cpuset"], "cpuset.cpus").read_text() == str(first)
+    assert not Path(pinned["dirs"]["cpu"], "cpu.cfs_quota_us").exists()  # no quota needed
+    # Each of our cpusets leaves the host's scheduling domains alone (no rebuild).
+    assert Path(pinned["dirs"]["cpuset"], "cpuset.sched_load_balance").read_text() == "0"
     spare = cgroups.prepare(layout, "spare-1")
     taken = cgroups.create(layout, "5.1.0", {"memory_bytes": 1 << 20}, spare)
     assert taken is not None and not Path(spare["memory"]).exists()
