@@ -46,6 +46,7 @@ from hpcbatch.transport.agent.procs import (
     alive,
     host_facts,
     read_json,
+    set_name,
     signal_group,
     utf8_cut,
     want,
@@ -536,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds; 0: none")
     parser.add_argument("--no-pidfd", action="store_true", help="(tests) poll as on old kernels")
     opts = parser.parse_args(argv)
+    set_name("hb-agent")
     try:
         return Agent(opts.root, opts.heartbeat, use_pidfd=not opts.no_pidfd).run()
     except KeyboardInterrupt:

@@ -227,9 +227,17 @@ def shepherd(adir: str, spec: dict[str, Any], out_fd: int, err_fd: int, report: 
         os._exit(0)
 
 
+def set_name(name: str) -> None:
+    """Name this process as `ps -o comm`, `top` and `perf` show it (hb-agent, hb-shepherd,
+    hb-job: a job's process until its exec), not one more `python3`. Best effort."""
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as f:
+        f.write(name)
+
+
 def detach(keep: set[int]) -> int:
     """A new shepherd leaves the agent: its own session, no inherited descriptors but
     `keep`, signals that wake it through the returned descriptor."""
+    set_name("hb-shepherd")
     signal.set_wakeup_fd(-1)
     os.setsid()
     for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGINT):
@@ -250,6 +258,7 @@ def detach(keep: set[int]) -> int:
 def start_job(spec: dict[str, Any], out_fd: int, err_fd: int, exec_w: int) -> NoReturn:
     """In the job's child process: set up descriptors and exec the script."""
     try:
+        set_name("hb-job")
         os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGPIPE, signal.SIGHUP, signal.SIGINT, signal.SIGXFSZ):

@@ -39,7 +39,14 @@ from typing import Any, NoReturn
 
 from hpcbatch.transport.agent import cgroups
 from hpcbatch.transport.agent.loop import AgentHost
-from hpcbatch.transport.agent.procs import detach, oversee, read_all, shepherd, start_job
+from hpcbatch.transport.agent.procs import (
+    detach,
+    oversee,
+    read_all,
+    set_name,
+    shepherd,
+    start_job,
+)
 
 _HEADER = struct.Struct("!Q")
 
@@ -251,6 +258,7 @@ def _waiting_shepherd(sock: socket.socket, procs: list[int], dirs: list[str]) ->
 def _waiting_job(go: socket.socket, procs: list[int], exec_w: int) -> NoReturn:
     """The made-ahead job process: into the spare's groups now, exec on the launch."""
     try:
+        set_name("hb-job")
         try:
             for fd in procs:  # each group's cgroup.procs
                 os.write(fd, str(os.getpid()).encode())
