@@ -203,7 +203,7 @@ def _receive(
     sock.settimeout(DEADLINE_S)
     try:
         msg, ancdata, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(count * 4))
-    except TimeoutError:
+    except socket.timeout:  # noqa: UP041 (an OSError of its own on 3.8-3.9 hosts; 3.10+: TimeoutError)
         os.kill(pid, 9)
         msg, ancdata = b"timeout:", []
     reap(pid)
