@@ -445,11 +445,23 @@ def bench_baselines(
 # --------------------------------------------------------------------------- 3. throughput
 
 
+def machine_cpu_s() -> tuple[float, float]:
+    """CPU seconds the whole machine has spent busy (user, nice, system, irq, softirq)
+    and in the kernel alone since boot, from /proc/stat: every process of the run,
+    the short-lived shepherds and jobs and the kernel's work for them included."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, (system + irq + softirq) / tick
+
+
 def bench_throughput(ctl: ControllerProcess, n: int, timeout: float, rep: Report) -> dict[str, Any]:
     submit_lat: list[float] = []
     ids: list[int] = []
     with ctl.client(timeout=timeout + 60) as client:
         w0 = time.time()
+        cpu0 = machine_cpu_s()
         t0 = time.perf_counter()
         for _ in range(n):
             s0 = time.perf_counter()
@@ -460,6 +472,7 @@ def bench_throughput(ctl: ControllerProcess, n: int, timeout: float, rep: Report
         t_submitted = time.perf_counter()
         finals = client.call("wait", job_ids=ids, timeout_s=timeout)
         t_done = time.perf_counter()
+        cpu1 = machine_cpu_s()
     # wait's summaries carry the hosts (the `jobs` op's do not for finished jobs).
     summaries = finals
     states = Counter(str(f["state"]) for f in finals)
@@ -498,6 +511,11 @@ def bench_throughput(ctl: ControllerProcess, n: int, timeout: float, rep: Report
             f"  first start after first submit: {ms(min(started) - w0)} ms;"
             f" peak jobs running at once: {peak}"
         )
+    busy, kernel = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+    rep.line(
+        f"  whole machine's CPU per job (/proc/stat, every process): {ms(busy / n)} ms,"
+        f" of which kernel {ms(kernel / n)} ms"
+    )
     rep.line(f"  final states: {dict(states)}; jobs per host: {dict(sorted(hosts.items()))}")
     if states.get("SUCCEEDED", 0) != n:
         rep.line("  WARNING: not every throughput job SUCCEEDED")
@@ -505,6 +523,8 @@ def bench_throughput(ctl: ControllerProcess, n: int, timeout: float, rep: Report
         "jobs": n,
         "total_s": total,
         "jobs_per_s": n / total,
+        "machine_cpu_s_per_job": busy / n,
+        "machine_kernel_s_per_job": kernel / n,
         "to_last_recorded_end_s": last_end_s,
         "submit_s": submit_s,
         "submit_jobs_per_s": n / submit_s,
