@@ -63,6 +63,12 @@ def test_the_kept_checker_answers_every_launch_and_a_hung_one_is_replaced(tmp_pa
         assert err.value.code == "bad_path" and time.monotonic() - t0 < 5
         assert checker.launch_paths(str(tmp_path), {"stdout": "o", "stderr": None}) == want
         assert checker._pid not in (None, first)
+        second = checker._pid
+        assert second is not None
+        os.kill(second, signal.SIGKILL)  # gone between launches (an admin's kill, OOM)
+        time.sleep(0.1)
+        assert checker.launch_paths(str(tmp_path), {"stdout": "o", "stderr": None}) == want
+        assert checker._pid not in (None, first, second)
         deadline = time.monotonic() + 5
         while os.path.exists(f"/proc/{first}") and time.monotonic() < deadline:
             time.sleep(0.05)  # killed, and reaped by a later check or launch

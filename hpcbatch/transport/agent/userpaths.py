@@ -134,14 +134,22 @@ class Checker:
     def _call(self, args: list[Any], what: str, deadline_s: float) -> Any:
         if _unreaped:
             reap_pending()  # a child killed for a hang, once it has ended
-        if self._sock is None:
-            self._start()
-        assert self._sock is not None
+        request = json.dumps(args).encode() + b"\n"
+        sock = self._sock
         try:
-            self._sock.sendall(json.dumps(args).encode() + b"\n")
-            data = _read_until(self._sock.fileno(), time.monotonic() + deadline_s, b"\n")
+            if sock is None:
+                raise BrokenPipeError
+            sock.sendall(request)
+        except OSError:  # none yet, or it died (killed by someone): a new one
+            self.close()
+            self._start()
+            sock = self._sock
+            assert sock is not None
+            sock.sendall(request)
+        try:
+            data = _read_until(sock.fileno(), time.monotonic() + deadline_s, b"\n")
         except OSError:
-            data = None
+            data = b""
         if data is None or not data.endswith(b"\n"):
             self.close()
             if data is None:
