@@ -139,8 +139,9 @@ class Controller:
         self.deps = DependencyTracker(self.jobs, self.arrays, store)
         self.submitter = Submitter(self.jobs, self.arrays, self.deps, store, self.secrets)
         self.control = JobControl(
-            self.jobs, self.deps, self.submitter.check_request, self.launcher.retime
-        )
+            self.jobs, self.deps, self.submitter.check_request, self.launcher.retime,
+            self.arrays, store,
+        )  # fmt: skip
         self.scheduler = SchedulerLoop(self.jobs)
         self.scheduler.on_resume = self.power.resume
         # Who follows job changes, in this order: dependencies, array counts, fair share.

@@ -78,6 +78,24 @@ class ArrayTracker:
             self._seen.pop(child.id, None)
         else:
             self._seen[child.id] = child.state
+        self._mark(parent_id)
+
+    def reopened(self, child: JobRecord, old: JobState, finished: Counter[JobState] | None) -> None:
+        """A finished child requeued (`requeue 12_3`): its old final state leaves its
+        parent's counts. `finished`: the parent had ended too and is live again; its
+        other children's final states, counted afresh from the store."""
+        parent_id = child.array_parent
+        if parent_id is None or parent_id not in self.parents:
+            return
+        if finished is None:
+            self.counts.setdefault(parent_id, Counter())[old] -= 1
+            self._mark(parent_id)
+            return
+        self.counts[parent_id] = Counter(finished)
+        self._seen.pop(child.id, None)
+        self.child_changed(child)  # where it is now (it may have run and ended meanwhile)
+
+    def _mark(self, parent_id: int) -> None:
         self._dirty.add(parent_id)
         if not self._scheduled:
             self._scheduled = True

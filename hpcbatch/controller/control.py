@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
 
 from hpcbatch.controller.apiargs import ControlArgs, Operation, RequeueArgs, UpdateArgs
+from hpcbatch.controller.arrays import ArrayTracker
 from hpcbatch.controller.callers import ApiError, Caller, format_validation_error
 from hpcbatch.controller.deadlines import DeadlineWatch
 from hpcbatch.controller.deps import DependencyTracker
@@ -45,6 +47,7 @@ from hpcbatch.core.jobcontrol import (
 from hpcbatch.core.records import AttemptRecord, AttemptState, JobRecord
 from hpcbatch.core.states import JobState
 from hpcbatch.models import JobRequest
+from hpcbatch.store.db import Store
 
 WAITING = "Resources: waiting for the scheduler"
 BACKSTOP_S = 15.0  # after a restart: past the limit and the hosts' kill grace
@@ -56,10 +59,14 @@ class JobControl:
     """hold, release, update, requeue: who may, what is decided, and the one write."""
 
     def __init__(
-        self, jobs: JobService, deps: DependencyTracker, check: CheckRequest, retime: Retime
-    ) -> None:
+        self, jobs: JobService, deps: DependencyTracker, check: CheckRequest, retime: Retime,
+        arrays: ArrayTracker, store: Store,
+    ) -> None:  # fmt: skip
         self.jobs = jobs
         self.deps = deps
+        self.arrays = arrays  # a requeued finished child's parent counts it again
+        self.store = store  # reads: an array's finished children
+        self._reopening = asyncio.Lock()  # one array child requeued at a time
         self.check = check  # the submitter's request check: valid, queue known, feasible
         self.retime = retime  # the launcher's: a running attempt's new limit, on its host
         self.deadlines = DeadlineWatch(jobs)  # --deadline: waiting and running jobs
@@ -122,9 +129,10 @@ class JobControl:
             try:
                 found = self._targets(ControlArgs(job_ids=[target]), caller)
             except ApiError as exc:
-                if exc.kind != "not_found" or not text.isdigit():
+                final_id = await self._final_id(text) if exc.kind == "not_found" else None
+                if final_id is None:
                     raise
-                out.append(await self._requeue_final(int(text), caller, bool(args.hold)))
+                out.append(await self._requeue_final(final_id, caller, bool(args.hold)))
                 continue
             for job in found:
                 result = await self._requeue_live(job, caller, bool(args.hold))
@@ -151,17 +159,30 @@ class JobControl:
             ("requeued and held" if hold else "requeued") if ok else "refused: it ended meanwhile"
         )
 
+    async def _final_id(self, text: str) -> int | None:
+        """The id of a job that is not live, named `N` or `ARRAY_INDEX` (a finished
+        array child, looked up in the store); None where the name is neither."""
+        head, _, index = text.partition("_")
+        if not head.isdigit() or (index and not index.isdigit()):
+            return None
+        if not index:
+            return int(head)
+        children = await self.store.jobs.list_jobs(array_parents=[int(head)], limit=1_000_000)
+        return next((c.id for c in children if c.array_index == int(index)), None)
+
     async def _requeue_final(self, job_id: int, caller: Caller, hold: bool) -> dict[str, Any]:
         """A finished job back to its queue: one write (controller.jobs' `control` with
-        `final`); its next start is a new attempt, appending to its output files."""
+        `final`); its next start is a new attempt, appending to its output files. A
+        finished array child's parent counts it again, live again itself if it had
+        ended (as Slurm's requeue of one task of a finished array)."""
+        was: list[JobState] = []
 
         def decide(job: JobRecord) -> Control:
             if job.uid != caller.uid and not caller.admin:
                 raise ApiError("forbidden", f"job {job.display_id}: not your job")
-            if job.is_array_parent or job.array_parent is not None:
-                raise ControlError(
-                    "a finished array or array child is not requeued (submit it again)"
-                )
+            if job.is_array_parent:
+                raise ControlError("a finished array is requeued task by task (ARRAY_INDEX)")
+            was[:] = [job.state]
             if not job.state.is_final:
                 raise ControlError("it changed meanwhile; try again")
             if job.spec.requeue is False:
@@ -171,14 +192,45 @@ class JobControl:
                 return Control(JobState.PENDING, held_reason(held), held)
             return Control(JobState.RUNNABLE, f"Requeue: requeued by {caller.user}", None)
 
-        try:
-            job = await self.jobs.control(job_id, decide, final=True)
-        except ControlError as exc:
-            if self.jobs.live(job_id) is None and str(exc) == "the job is not waiting or running":
-                raise ApiError("not_found", f"job {job_id} not found") from None
-            return {"job_id": job_id, "result": f"refused: {exc}"}
+        async with self._reopening:  # a parent revived by one child at a time
+            try:
+                job = await self.jobs.control(job_id, decide, final=True)
+            except ControlError as exc:
+                gone = str(exc) == "the job is not waiting or running"
+                if self.jobs.live(job_id) is None and gone:
+                    raise ApiError("not_found", f"job {job_id} not found") from None
+                return {"job_id": job_id, "result": f"refused: {exc}"}
+            if job.array_parent is not None:
+                await self._parent_counts_again(job, was[0])
         result = "requeued and held" if hold else "requeued"
         return {"job_id": job.id, "display_id": job.display_id, "result": result}
+
+    async def _parent_counts_again(self, child: JobRecord, old: JobState) -> None:
+        """A requeued finished child's array: its counts without the child's old end;
+        an array that had ended is live again (RUNNABLE or PENDING, as the child)."""
+        parent_id = child.array_parent
+        assert parent_id is not None
+        if parent_id in self.jobs.array_parents:
+            self.arrays.reopened(child, old, None)
+            return
+
+        def revive(parent: JobRecord) -> Control:
+            if not parent.state.is_final:
+                raise ControlError("it is live already")
+            return Control(child.state, f"Requeue: {child.display_id} requeued", None)
+
+        try:
+            await self.jobs.control(parent_id, revive, final=True)
+        except ControlError:
+            if parent_id in self.jobs.array_parents:  # live after all: count the child out
+                self.arrays.reopened(child, old, None)
+            return
+        done = await self.store.jobs.list_jobs(
+            array_parents=[parent_id],
+            states=[str(JobState.SUCCEEDED), str(JobState.FAILED)],
+            limit=1_000_000,
+        )
+        self.arrays.reopened(child, old, Counter(j.state for j in done if j.id != child.id))
 
     async def update(self, args: UpdateArgs, caller: Caller) -> Any:
         changes = dict(args.changes or {})

@@ -299,9 +299,9 @@ class JobService:
             ):  # fmt: skip
                 raise ControlError("the job changed while this was decided; try again")
             job.state, job.reason, job.hold, job.name, job.queue = c.state, c.reason, c.hold, name, queue  # noqa: E501  # fmt: skip
-            if reopen:
+            if reopen:  # an array parent's children are live again: it is live too
                 job.ended = job.exit_code = None
-                self._active[job.id] = job
+                (self._parents if job.is_array_parent else self._active)[job.id] = job
             if c.request is not None:  # an array parent's: its live children share it
                 for j in [job, *(k for k in self._active.values() if k.array_parent == job.id)]:
                     j.request = c.request

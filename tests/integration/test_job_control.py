@@ -284,6 +284,50 @@ async def test_requeue_finished_jobs_and_requeue_hold(
     assert out.returncode != 0 and "job 999999 not found" in out.stderr, out
 
 
+async def test_requeue_a_task_of_a_finished_array_and_of_a_running_one(
+    sandbox: Sandbox, controller_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    """`requeue 12_1` of a finished array's task, as Slurm's: the task runs again as a
+    new attempt, and the array's summary counts it again; an array that had ended is
+    live again until its task ends, then final with the right counts."""
+    c, api = await controller_factory()
+    cli = Cli(c, tmp_path)
+    flaky_task = (
+        "#!/bin/sh\n"
+        'if [ "$SLURM_ARRAY_TASK_ID" = 1 ] && [ "$SLURM_RESTART_COUNT" = 0 ]; then exit 3; fi\n'
+        'echo "task $SLURM_ARRAY_TASK_ID run $SLURM_RESTART_COUNT"\n'
+    )
+    array = await cli.submit(flaky_task, "--array=0-2")
+    (parent,) = await api.wait(array)
+    assert parent["state"] == "FAILED" and "1 FAILED" in parent["reason"], parent
+    out = await cli.run("requeue", f"{array}_1")
+    assert out.returncode == 0 and f"{array}_1: requeued" in out.stdout, out
+    kids = {k["array_index"]: k for k in await api("jobs", array_parent=array, all=True)}
+    (task,) = await api.wait(kids[1]["id"])
+    assert task["state"] == "SUCCEEDED" and task["attempt"] == 2, task
+    (parent,) = await api.wait(array)
+    assert parent["state"] == "SUCCEEDED" and parent["reason"] == "3 SUCCEEDED", parent
+    moves = [(t["old"], t["new"]) for t in (await api("show", job_id=array))["transitions"]]
+    assert ("FAILED", "RUNNABLE") in moves and moves[-1][1] == "SUCCEEDED", moves
+    logs = await cli.run("logs", str(kids[1]["id"]))
+    assert "task 1 run 1" in logs.stdout, logs
+    # A finished task of an array still running: counted out of SUCCEEDED, and in again.
+    slow = await cli.submit(
+        '#!/bin/sh\n[ "$SLURM_ARRAY_TASK_ID" = 1 ] && sleep 30\ntrue\n', "--array=0-1"
+    )
+    kids = {k["array_index"]: k for k in await api("jobs", array_parent=slow, all=True)}
+    await job_where(api, kids[0]["id"], lambda j: j["state"] == "SUCCEEDED")
+    await job_where(api, kids[1]["id"], lambda j: j["state"] == "RUNNING")
+    out = await cli.run("requeue", "--hold", f"{slow}_0")
+    assert out.returncode == 0 and "requeued and held" in out.stdout, out
+    summary = await job_where(api, slow, lambda j: "1 PENDING" in (j["reason"] or ""))
+    assert "SUCCEEDED" not in summary["reason"], summary  # 1 RUNNING, 1 PENDING
+    await api("cancel", job_ids=[str(slow)])
+    # A whole finished array is not requeued at once.
+    out = await cli.run("requeue", str(array))
+    assert out.returncode == 1 and "requeued task by task" in out.stdout, out
+
+
 async def test_update_an_arrays_throttle(
     sandbox: Sandbox, controller_factory: Callable[..., Any], tmp_path: Path
 ) -> None:
