@@ -50,8 +50,16 @@ class ArrayTracker:
         self._dirty: set[int] = set()
 
     def seed(self, parent_id: int, counts: Counter[JobState]) -> None:
-        """Counts of children not held in memory (final ones, after a restart)."""
+        """Counts of children not held in memory (final ones, after a restart); the
+        parent's summary is checked against them at the next flush."""
         self.counts.setdefault(parent_id, Counter()).update(counts)
+        self._dirty.add(parent_id)
+
+    def recount(self, parent_id: int, finished: Counter[JobState]) -> None:
+        """A parent revived for a requeue that did not happen: its children all final."""
+        if parent_id in self.parents:
+            self.counts[parent_id] = Counter(finished)
+            self._mark(parent_id)
 
     def children_added(self, parent_id: int, child_ids: list[int], state: JobState) -> None:
         """Count a new array's children, all in `state`, at once (no per-child calls)."""

@@ -193,44 +193,66 @@ class JobControl:
             return Control(JobState.RUNNABLE, f"Requeue: requeued by {caller.user}", None)
 
         async with self._reopening:  # a parent revived by one child at a time
+            revived = await self._revive_array_of(job_id, caller)
             try:
                 job = await self.jobs.control(job_id, decide, final=True)
-            except ControlError as exc:
+            except (ControlError, ApiError) as exc:
+                if revived is not None:  # back to its end: nothing of it was requeued
+                    await self._count_array(revived, None, None)
+                if isinstance(exc, ApiError):
+                    raise
                 gone = str(exc) == "the job is not waiting or running"
                 if self.jobs.live(job_id) is None and gone:
                     raise ApiError("not_found", f"job {job_id} not found") from None
                 return {"job_id": job_id, "result": f"refused: {exc}"}
-            if job.array_parent is not None:
-                await self._parent_counts_again(job, was[0])
+            if revived is not None:
+                await self._count_array(revived, job, was[0])
+            elif job.array_parent in self.jobs.array_parents:
+                self.arrays.reopened(job, was[0], None)
         result = "requeued and held" if hold else "requeued"
         return {"job_id": job.id, "display_id": job.display_id, "result": result}
 
-    async def _parent_counts_again(self, child: JobRecord, old: JobState) -> None:
-        """A requeued finished child's array: its counts without the child's old end;
-        an array that had ended is live again (RUNNABLE or PENDING, as the child)."""
+    async def _revive_array_of(self, job_id: int, caller: Caller) -> int | None:
+        """Before a finished array task is requeued: its array live again if it had ended
+        (RUNNABLE; its summary follows once counted). First, so that a crash between the
+        two writes leaves a live array that a restart's recount ends again, never a live
+        task under an ended array. The array's id, or None where nothing was revived."""
+        child = await self.store.jobs.get_job(job_id)
+        if child is None or child.array_parent is None or not child.state.is_final:
+            return None
+        if child.spec.requeue is False or (child.uid != caller.uid and not caller.admin):
+            return None  # refused below: the array is not touched
         parent_id = child.array_parent
-        assert parent_id is not None
         if parent_id in self.jobs.array_parents:
-            self.arrays.reopened(child, old, None)
-            return
+            return None
 
         def revive(parent: JobRecord) -> Control:
             if not parent.state.is_final:
                 raise ControlError("it is live already")
-            return Control(child.state, f"Requeue: {child.display_id} requeued", None)
+            return Control(JobState.RUNNABLE, f"Requeue: {child.display_id} requeued", None)
 
         try:
             await self.jobs.control(parent_id, revive, final=True)
         except ControlError:
-            if parent_id in self.jobs.array_parents:  # live after all: count the child out
-                self.arrays.reopened(child, old, None)
-            return
+            return None
+        return parent_id
+
+    async def _count_array(
+        self, parent_id: int, child: JobRecord | None, old: JobState | None
+    ) -> None:
+        """A revived array's counts from the store: its finished tasks, and the requeued
+        one where it is (None: it was not requeued; the array ends again)."""
         done = await self.store.jobs.list_jobs(
             array_parents=[parent_id],
             states=[str(JobState.SUCCEEDED), str(JobState.FAILED)],
             limit=1_000_000,
         )
-        self.arrays.reopened(child, old, Counter(j.state for j in done if j.id != child.id))
+        if child is None:
+            self.arrays.recount(parent_id, Counter(j.state for j in done))
+        else:
+            assert old is not None
+            finished = Counter(j.state for j in done if j.id != child.id)
+            self.arrays.reopened(child, old, finished)
 
     async def update(self, args: UpdateArgs, caller: Caller) -> Any:
         changes = dict(args.changes or {})

@@ -326,6 +326,15 @@ async def test_requeue_a_task_of_a_finished_array_and_of_a_running_one(
     # A whole finished array is not requeued at once.
     out = await cli.run("requeue", str(array))
     assert out.returncode == 1 and "requeued task by task" in out.stdout, out
+    # A task that may not be requeued: refused, and its ended array stays ended.
+    stay = await cli.submit(QUICK, "--array=0-1", "--no-requeue")
+    await api.wait(stay)
+    out = await cli.run("requeue", f"{stay}_0")
+    assert out.returncode == 1 and "refused: submitted with --no-requeue" in out.stdout, out
+    ended = await job_where(api, stay, lambda j: j["state"] == "SUCCEEDED")
+    assert ended["reason"] == "2 SUCCEEDED" and ended["ended"] is not None, ended
+    moves = [(t["old"], t["new"]) for t in (await api("show", job_id=stay))["transitions"]]
+    assert not any(new == "RUNNABLE" for old, new in moves if old == "SUCCEEDED"), moves
 
 
 async def test_update_an_arrays_throttle(
