@@ -220,24 +220,11 @@ def run_soak(sb: Sandbox, plan: SoakPlan, say: Callable[[str], None] = print) ->
         try:
             until(lambda: sum(h["state"] == "UP" for h in ctl.call("hosts")) == 4, 60, "4 UP")
             names = {f"soak-{i}": i for i in range(plan.jobs)}
-            done = threading.Event()
-            failures: list[BaseException] = []
-            submitter = threading.Thread(
-                target=guard(failures, lambda: _submit_all(ctl, plan, ledger, names, report))
+            under_faults(
+                lambda: _submit_all(ctl, plan, ledger, names, report),
+                lambda done: _chaos(sb, ctl, proxy, plan, rng, report, done),
+                lambda: _wait_final(ctl, report, plan),
             )
-            chaos = threading.Thread(
-                target=guard(failures, lambda: _chaos(sb, ctl, proxy, plan, rng, report, done))
-            )
-            submitter.start()
-            chaos.start()
-            submitter.join()
-            try:
-                _wait_final(ctl, report, plan)
-            finally:
-                done.set()
-                chaos.join()
-            if failures:
-                raise failures[0]
             finals = ctl.call("jobs", ids=report.ids)
             for job in finals:
                 report.states[job["state"]] += 1
@@ -260,6 +247,30 @@ def run_soak(sb: Sandbox, plan: SoakPlan, say: Callable[[str], None] = print) ->
     report.leftovers = _leftovers(sb, home)
     say(report.summary())
     return report
+
+
+def under_faults(
+    submit: Callable[[], None],
+    chaos: Callable[[threading.Event], None],
+    wait_final: Callable[[], None],
+) -> None:
+    """The soaks' run: `submit` on one thread while `chaos` injects faults on another
+    until every job is final (`wait_final`), then the faults stop (the event is set);
+    the first exception of either thread is raised here."""
+    done = threading.Event()
+    failures: list[BaseException] = []
+    submitter = threading.Thread(target=guard(failures, submit))
+    faults = threading.Thread(target=guard(failures, lambda: chaos(done)))
+    submitter.start()
+    faults.start()
+    submitter.join()
+    try:
+        wait_final()
+    finally:
+        done.set()
+        faults.join()
+    if failures:
+        raise failures[0]
 
 
 def guard(failures: list[BaseException], fn: Callable[[], None]) -> Callable[[], None]:

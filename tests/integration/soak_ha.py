@@ -45,7 +45,7 @@ from typing import Any
 
 from hpcbatch.client import Client, ClientError
 from hpcbatch.sandbox import Sandbox, temporary_sandbox
-from tests.integration.soak import guard, leftovers, until
+from tests.integration.soak import leftovers, under_faults, until
 from tests.postgres_server import TemporaryPostgres
 
 LOST_LEAD = 75  # the exit status of a controller that lost the lead
@@ -214,24 +214,11 @@ def run_soak_ha(
         ctls.start(standby=True)
         until(lambda: ctls.call("status")["hosts"]["up"] == 4, 60, "4 hosts UP", "soak-ha")
         names = {f"ha-{i}": i for i in range(plan.jobs)}
-        done = threading.Event()
-        failures: list[BaseException] = []
-        submitter = threading.Thread(
-            target=guard(failures, lambda: _submit_all(ctls, plan, ledger, names, report))
+        under_faults(
+            lambda: _submit_all(ctls, plan, ledger, names, report),
+            lambda done: _chaos(sb, pg, database, ctls, rng, report, done),
+            lambda: _wait_final(ctls, report, plan),
         )
-        chaos = threading.Thread(
-            target=guard(failures, lambda: _chaos(sb, pg, database, ctls, rng, report, done))
-        )
-        submitter.start()
-        chaos.start()
-        submitter.join()
-        try:
-            _wait_final(ctls, report, plan)
-        finally:
-            done.set()
-            chaos.join()
-        if failures:
-            raise failures[0]
         for job in ctls.call("jobs", ids=report.ids):
             report.states[job["state"]] += 1
             expected = "FAILED" if names[job["name"]] % 10 == 0 else "SUCCEEDED"
