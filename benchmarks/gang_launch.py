@@ -22,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,36 @@ def print_spread(name: str, values: list[float], width: int = 24) -> None:
     print(
         f"  {name:<{width}} {statistics.median(values):6.3f} [{min(values):.3f}-{max(values):.3f}]"
     )
+
+
+def compare_main(
+    doc: str,
+    run: Callable[[int], Coroutine[Any, Any, dict[str, Any]]],
+    title: str,
+    rows: Sequence[tuple[str, str]],
+    ratio: str,
+    width: int = 24,
+) -> dict[str, Any] | None:
+    """The command line of the benchmarks that compare two ways of doing one thing:
+    `--runs` and `--json`, the sandbox's prerequisites, then `run(runs)`'s result
+    printed (`title` with the runs, each of `rows` (label, key) as median [min-max], and
+    `ratio` with the result's ratio) and saved. The result; None where it cannot run."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    missing = missing_prerequisites()
+    if missing:
+        print("needs: " + ", ".join(missing), file=sys.stderr)
+        return None
+    r = asyncio.run(run(args.runs))
+    print(title.format(runs=args.runs))
+    for name, key in rows:
+        print_spread(name, r[key], width)
+    print("  " + ratio.format(ratio=r["ratio"]))
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=2))
+    return r
 
 
 async def measure(api: Api, nodes: int, runs: int) -> dict[str, Any]:

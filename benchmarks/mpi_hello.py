@@ -15,9 +15,6 @@ Run: `.venv/bin/python benchmarks/mpi_hello.py [--runs 10] [--json PATH]`.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -26,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gang_launch import Api, print_spread, running_controller
+from gang_launch import Api, compare_main, running_controller
 
 from hpcbatch.cli.submit import build_submission
-from hpcbatch.sandbox import Sandbox, missing_prerequisites, temporary_sandbox
+from hpcbatch.sandbox import Sandbox, temporary_sandbox
 
 RAW_TIMEOUT_S = 30
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "mpi"
@@ -98,25 +95,19 @@ async def main_async(runs: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    missing = missing_prerequisites()
-    if missing:
-        print("needs: " + ", ".join(missing), file=sys.stderr)
+    r = compare_main(
+        __doc__,
+        main_async,
+        "MPI hello, 4 ranks on 4 sandbox hosts, {runs} runs each (s, median [min-max])",
+        (("raw mpirun --host (ssh)", "raw_s"), ("hpcbatch submit->done", "hpcbatch_s")),
+        "ratio hpcbatch/raw: {ratio:.2f}",
+        width=26,
+    )
+    if r is None:
         return 1
-    r = asyncio.run(main_async(args.runs))
-    print(f"MPI hello, 4 ranks on 4 sandbox hosts, {args.runs} runs each (s, median [min-max])")
-    rows = (("raw mpirun --host (ssh)", "raw_s"), ("hpcbatch submit->done", "hpcbatch_s"))
-    for name, key in rows:
-        print_spread(name, r[key], 26)
-    print(f"  ratio hpcbatch/raw: {r['ratio']:.2f}")
     if r["raw_hangs"]:
         hangs = r["raw_hangs"]
         print(f"  raw mpirun hung {hangs} times (killed after {RAW_TIMEOUT_S} s, left out)")
-    if args.json:
-        args.json.write_text(json.dumps(r, indent=2))
     return 0
 
 

@@ -17,21 +17,18 @@ Run: `.venv/bin/python benchmarks/run_pty.py [--runs 10] [--json PATH]`.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pexpect
-from gang_launch import print_spread, running_controller
+from gang_launch import compare_main, running_controller
 
-from hpcbatch.sandbox import Sandbox, missing_prerequisites, temporary_sandbox
+from hpcbatch.sandbox import Sandbox, temporary_sandbox
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
@@ -68,23 +65,15 @@ async def main_async(runs: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    missing = missing_prerequisites()
-    if missing:
-        print("needs: " + ", ".join(missing), file=sys.stderr)
-        return 1
-    r = asyncio.run(main_async(args.runs))
-    print(f"interactive round trip of `true` on a pty, 1 sandbox host, {args.runs} runs each")
-    print("(s, median [min-max])")
-    for name, key in (("ssh -tt (ControlMaster)", "ssh_s"), ("hpcbatch run --pty", "hpcbatch_s")):
-        print_spread(name, r[key])
-    print(f"  ratio hpcbatch/ssh: {r['ratio']:.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(r, indent=2))
-    return 0
+    r = compare_main(
+        __doc__,
+        main_async,
+        "interactive round trip of `true` on a pty, 1 sandbox host, {runs} runs each\n"
+        "(s, median [min-max])",
+        (("ssh -tt (ControlMaster)", "ssh_s"), ("hpcbatch run --pty", "hpcbatch_s")),
+        "ratio hpcbatch/ssh: {ratio:.2f}",
+    )
+    return 1 if r is None else 0
 
 
 if __name__ == "__main__":

@@ -18,17 +18,14 @@ Run: `.venv/bin/python benchmarks/srun_mpi.py [--runs 10] [--json PATH]`.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from gang_launch import Api, print_spread, running_controller
+from gang_launch import Api, compare_main, running_controller
 
-from hpcbatch.sandbox import missing_prerequisites, temporary_sandbox
+from hpcbatch.sandbox import temporary_sandbox
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "mpi"
 SCRIPT = """#!/bin/sh
@@ -77,23 +74,15 @@ async def main_async(runs: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    missing = missing_prerequisites()
-    if missing:
-        print("needs: " + ", ".join(missing), file=sys.stderr)
-        return 1
-    r = asyncio.run(main_async(args.runs))
-    print(f"MPI hello, 4 ranks on 2 sandbox hosts inside one job, {args.runs} runs each")
-    print("(s, median [min-max])")
-    for name, key in (("srun python3 hello.py", "srun_s"), ("mpirun -np 4 (raw)", "mpirun_s")):
-        print_spread(name, r[key])
-    print(f"  ratio srun/mpirun: {r['ratio']:.2f} (target <= 1.2)")
-    if args.json:
-        args.json.write_text(json.dumps(r, indent=2))
-    return 0
+    r = compare_main(
+        __doc__,
+        main_async,
+        "MPI hello, 4 ranks on 2 sandbox hosts inside one job, {runs} runs each\n"
+        "(s, median [min-max])",
+        (("srun python3 hello.py", "srun_s"), ("mpirun -np 4 (raw)", "mpirun_s")),
+        "ratio srun/mpirun: {ratio:.2f} (target <= 1.2)",
+    )
+    return 1 if r is None else 0
 
 
 if __name__ == "__main__":
