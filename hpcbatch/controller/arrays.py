@@ -56,7 +56,8 @@ class ArrayTracker:
         self._dirty.add(parent_id)
 
     def recount(self, parent_id: int, finished: Counter[JobState]) -> None:
-        """A parent revived for a requeue that did not happen: its children all final."""
+        """A revived parent's counts afresh: its finished children, from the store (a
+        requeued child is counted by `reopened`; without one, the parent ends again)."""
         if parent_id in self.parents:
             self.counts[parent_id] = Counter(finished)
             self._mark(parent_id)
@@ -99,7 +100,7 @@ class ArrayTracker:
             self.counts.setdefault(parent_id, Counter())[old] -= 1
             self._mark(parent_id)
             return
-        self.counts[parent_id] = Counter(finished)
+        self.recount(parent_id, finished)
         self._seen.pop(child.id, None)
         self.child_changed(child)  # where it is now (it may have run and ended meanwhile)
 
