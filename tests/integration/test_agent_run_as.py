@@ -145,6 +145,45 @@ async def test_bob_cannot_read_alices_job_nor_forge_its_end(agent: tuple[Agent, 
     assert (await ag.exit_event("a.2.0"))["code"] == 0
 
 
+def _children(parent: int, comm: str) -> dict[int, int]:
+    """The processes named `comm` whose parent is `parent`: pid -> real uid."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = dict(
+                line.split(":", 1)
+                for line in Path(f"/proc/{entry}/status").read_text().splitlines()
+            )
+            if fields["Name"].strip() == comm and int(fields["PPid"]) == parent:
+                found[int(entry)] = int(fields["Uid"].split()[0])
+    return found
+
+
+async def test_each_users_files_are_made_by_a_kept_process_of_theirs(
+    agent: tuple[Agent, Path], users: dict[str, int]
+) -> None:
+    """One process per user, the user's own, forked once by the agent's forker (not the
+    agent), makes the files of that user's launches; killed by its user between two
+    launches, it is replaced at the next."""
+    ag, root = agent
+    (forker,) = _children(ag.proc.pid, "hb-forker")
+    for attempt, user in (("h.1.0", "alice"), ("h.2.0", "bob"), ("h.3.0", "alice")):
+        await ag.launch(attempt, "true", user=user)
+        assert (await ag.exit_event(attempt))["code"] == 0
+    helpers = _children(forker, "hb-user")
+    assert sorted(helpers.values()) == sorted([users["alice"], users["bob"]]), helpers
+    alices = next(pid for pid, uid in helpers.items() if uid == users["alice"])
+    assert as_user("alice", f"kill -9 {alices}").returncode == 0  # hers to kill
+    await ag.launch("h.4.0", "id -un", user="alice")
+    assert (await ag.exit_event("h.4.0"))["code"] == 0
+    assert await ag.read_all("h.4.0") == "alice\n"
+    assert owner(root / "attempts" / "h.4.0" / "work" / "stdout") == ("alice", 0o600)
+    again = _children(forker, "hb-user")
+    assert alices not in again and sorted(again.values()) == sorted(helpers.values())
+
+
 async def test_a_missing_user_fails_the_launch_naming_user_and_host(
     agent: tuple[Agent, Path],
 ) -> None:

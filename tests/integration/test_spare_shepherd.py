@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 from hpcbatch.transport.agent import cgroups
-from hpcbatch.transport.agent.zygote import KEEP, LOW, Spares
+from hpcbatch.transport.agent.forker import Forker
+from hpcbatch.transport.agent.procs import alive
+from hpcbatch.transport.agent.zygote import KEEP, LOW, Spares, shepherd_entry, waiting_entry
 from tests.integration.test_agent_process import (
     TIMEOUT,
     WAIT_FOR_RELEASE,
@@ -30,18 +32,27 @@ from tests.integration.test_agent_process import (
 
 
 class Host:
-    """What Spares uses of the agent: timers (run by hand here) and process watches."""
+    """What Spares uses of the agent: timers (run by hand here)."""
 
     def __init__(self) -> None:
         self.timers: list[Callable[[], None]] = []
-        self.watched: list[int] = []
 
     def after(self, delay: float, fn: Callable[[], None]) -> None:
         self.timers.append(fn)
 
-    def watch(self, pid: int, start: int | None, child: bool, on_end: Callable[[], None]) -> None:
-        self.watched.append(pid)
-        os.waitpid(pid, 0)  # a let-go shepherd ends at once
+
+def _forker() -> Forker:
+    forker = Forker({"waiting": waiting_entry, "shepherd": shepherd_entry})
+    forker.start()
+    return forker
+
+
+def _gone(pid: int) -> None:
+    """Wait for a process that is not our child (the forker's: the kernel reaps it)."""
+    deadline = time.monotonic() + 10
+    while alive(pid, None):
+        assert time.monotonic() < deadline, f"process {pid} never ended"
+        time.sleep(0.01)
 
 
 def _spec(tmp: Path, cg: dict[str, Any] | None) -> dict[str, Any]:
@@ -65,7 +76,8 @@ def test_a_launch_with_limits_runs_in_the_waiting_shepherd(tmp_path: Path) -> No
     if not layout.enforced:
         pytest.skip(f"no cgroup to write here: {layout.why}")
     host = Host()
-    spares = Spares(host, layout)  # type: ignore[arg-type]
+    forker = _forker()
+    spares = Spares(host, layout, forker)  # type: ignore[arg-type]
     assert len(host.timers) == 1  # the spares are made once the agent's loop runs
     host.timers.pop()()
     assert len(spares.ready) == KEEP
@@ -88,7 +100,8 @@ def test_a_launch_with_limits_runs_in_the_waiting_shepherd(tmp_path: Path) -> No
     result = _exit_of(adir)
     assert result["code"] == 0 and result["usage"]["source"] == "cgroup", result
     assert (adir / "stdout").read_text().strip().endswith("/z.1.0")
-    os.waitpid(waiting.pid, 0)
+    _gone(waiting.pid)
+    assert not alive(rec["job"], None)  # the job ended too
     # Spares are made again after an exit event (the agent calls fill), or a while
     # after a take, in a batch once only LOW are left; a spare let go ends without
     # running anything.
@@ -105,8 +118,10 @@ def test_a_launch_with_limits_runs_in_the_waiting_shepherd(tmp_path: Path) -> No
     for spare in spares.ready:
         spares.drop(spare.waiting)
     for spare in let_go + spares.ready:  # each removed its groups before it ended
-        assert spare.waiting is not None and spare.waiting.pid in host.watched
+        assert spare.waiting is not None
+        _gone(spare.waiting.pid)
         assert not any(os.path.exists(path) for path in spare.dirs.values())
+    forker.close()
 
 
 LIMITS = {"memory_bytes": 64 << 20, "cpus": 1}

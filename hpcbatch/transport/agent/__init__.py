@@ -20,6 +20,8 @@ MODULES = (
     "ctrops.py",
     "devbpf.py",
     "epoch.py",
+    "fdpass.py",
+    "forker.py",
     "gpus.py",
     "procs.py",
     "hpcbatch_agent.py",

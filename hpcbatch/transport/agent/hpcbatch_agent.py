@@ -3,11 +3,12 @@
 
 Why it exists: the controller reaches hosts only over SSH, yet a job must outlive
 both the SSH connection and this agent. So the agent never waits on jobs itself.
-For each `launch` it forks a *shepherd* that leaves the SSH session (setsid, no
-inherited descriptors), starts the job in its own process group, enforces the
-timeout and `kill` requests, and writes the exit status to disk atomically. The
-agent only watches shepherds (pidfds: no polling) and reports their ends. A new
-agent, after a reconnect, finds everything again on disk:
+Each `launch` gets a *shepherd* (forked by the agent's forker, forker.py) that
+leaves the SSH session (setsid, no inherited descriptors), starts the job in its
+own process group, enforces the timeout and `kill` requests, and writes the exit
+status to disk atomically. The agent only watches shepherds (pidfds: no polling)
+and reports their ends. A new agent, after a reconnect, finds everything again
+on disk:
 
     <root>/attempts/<attempt>/  script env.json meta.json stdout stderr
                                 pid kill exit collected
@@ -21,7 +22,6 @@ writes the `hpcbatch-rsh` and `srun` shims into `<root>/bin`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import os
 import secrets
@@ -35,6 +35,7 @@ from typing import Any, cast
 from hpcbatch.transport.agent import cgroups
 from hpcbatch.transport.agent.ctrops import ImagePulls, container_command, remove_container
 from hpcbatch.transport.agent.epoch import EpochFence
+from hpcbatch.transport.agent.forker import Forker
 from hpcbatch.transport.agent.gpus import GpuSampler
 from hpcbatch.transport.agent.jobctl import JobControlOps
 from hpcbatch.transport.agent.loop import EventLoop
@@ -74,11 +75,12 @@ from hpcbatch.transport.agent.purge import collected_ops
 from hpcbatch.transport.agent.relay import RelayHub
 from hpcbatch.transport.agent.runas import (
     WORK,
+    UserHelpers,
     become,
+    helper_entry,
     host_env,
     lookup,
     make_work_dir,
-    prepare,
     user_env,
     want_umask,
 )
@@ -89,7 +91,7 @@ from hpcbatch.transport.agent.userpaths import (
     open_output,
     read_output,
 )
-from hpcbatch.transport.agent.zygote import Spares
+from hpcbatch.transport.agent.zygote import Spares, shepherd_entry, waiting_entry
 
 # --------------------------------------------------------------------------- the agent
 
@@ -108,7 +110,11 @@ class Agent(EventLoop):
             self.version = hashlib.sha256(f.read()).hexdigest()[:16]
         self.bin = os.path.join(self.root, "bin")
         self.cgroups = cgroups.probe(self.root)  # what limits this host can hold jobs to
-        self.spares = Spares(self, self.cgroups)  # groups (and shepherds) made ahead
+        self.forker = Forker({"waiting": waiting_entry, "shepherd": shepherd_entry,
+                              "user_helper": helper_entry})  # fmt: skip
+        self.forker.start()  # forks the launches' processes, not the agent (forker.py)
+        self.helpers = UserHelpers(self.forker.spawn, self.after)  # as the user: their files
+        self.spares = Spares(self, self.cgroups, self.forker)  # groups (and shepherds) ahead
         self.checker = Checker()  # the launches' path checks, in a child kept for them
         self.running: dict[str, dict[str, Any]] = {}  # attempt -> its pid record
         self.sampled: dict[str, dict[str, Any] | None] = {}  # attempt -> its cgroup
@@ -117,9 +123,10 @@ class Agent(EventLoop):
         self.ops.update({
             "hello": self.op_hello, "launch": self.op_launch, "kill": self.op_kill,
             "read": self.op_read, "fence": self.op_fence,
-            "exec": self.op_exec, "shutdown": self.op_shutdown, "image": self.op_image,
+            "exec": self.op_exec, "shutdown": self.op_shutdown,
         })  # fmt: skip
         self.images = ImagePulls(self)  # the `image` op's pulls, by attempt
+        self.ops["image"] = self.images.start  # replies when the image is there, or is not
         self.relay, self.jobctl = RelayHub(self), JobControlOps(self)  # jobctl: retime, stdin
         self.ops.update({**self.relay.ops(), **self.jobctl.ops()})
         self.ops.update(collected_ops(self.attempts, self.running, self.state))  # ack, purge
@@ -132,6 +139,7 @@ class Agent(EventLoop):
             self.after(self.heartbeat, self.send_heartbeat)
         self.loop()
         self.relay.close()
+        self.helpers.close()
         return 0
 
     def send_heartbeat(self) -> None:
@@ -161,27 +169,26 @@ class Agent(EventLoop):
 
     # ----------------------------------------------------------------- attempts and their ends
 
-    def track(self, attempt: str, rec: dict[str, Any], child: bool) -> None:
-        """Watch a running attempt's shepherd; or its job if the shepherd is gone."""
+    def track(self, attempt: str, rec: dict[str, Any]) -> None:
+        """Watch a running attempt's shepherd (the forker's child, or an earlier agent's;
+        a short job's may be gone already)."""
         self.running[attempt] = rec
-        if child or alive(rec.get("shepherd"), rec.get("shepherd_start")):
-            end = lambda: self.shepherd_ended(attempt, child)  # noqa: E731
-            self.watch(rec["shepherd"], rec.get("shepherd_start"), child, end)
+        if alive(rec.get("shepherd"), rec.get("shepherd_start")):
+            end = lambda: self.shepherd_ended(attempt)  # noqa: E731
+            self.watch(rec["shepherd"], rec.get("shepherd_start"), False, end)
         else:
-            rec["adopted"] = True
-            end = lambda: self.finish(attempt, self.lost_record(attempt))  # noqa: E731
-            self.watch(rec["job"], rec.get("job_start"), False, end)
+            self.shepherd_ended(attempt)
 
-    def shepherd_ended(self, attempt: str, child: bool) -> None:
+    def shepherd_ended(self, attempt: str) -> None:
+        """Its `exit` record; or, if the shepherd died, the job adopted (lost at its end)."""
         rec = self.running[attempt]
-        if child:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(rec["shepherd"], 0)
         result = self.exit_record(attempt)
         if result is not None:
             self.finish(attempt, result)
         elif alive(rec.get("job"), rec.get("job_start")):
-            self.track(attempt, rec, child=False)
+            rec["adopted"] = True
+            end = lambda: self.finish(attempt, self.lost_record(attempt))  # noqa: E731
+            self.watch(rec["job"], rec.get("job_start"), False, end)
         else:
             self.finish(attempt, self.lost_record(attempt))
 
@@ -241,7 +248,7 @@ class Agent(EventLoop):
                 alive(rec.get("shepherd"), rec.get("shepherd_start"))
                 or alive(rec.get("job"), rec.get("job_start"))
             ):
-                self.track(attempt, rec, child=False)
+                self.track(attempt, rec)
 
     def drop_ended_cgroup(self, attempt: str) -> None:
         """An ended attempt's group that its agent ended before removing (a shepherd
@@ -300,7 +307,7 @@ class Agent(EventLoop):
         if user:  # checked, made and opened by the user's own process: one child
             self.make_attempt_dir(attempt, adir, user)
             try:
-                checked, fds = prepare(
+                checked, fds = self.helpers.prepare(
                     user, udir, script, want_files(req), cwd, outputs, flags, umask
                 )
             except BaseException:
@@ -419,7 +426,6 @@ class Agent(EventLoop):
             if spec["cgroup"]:  # for an agent that finds the job without its shepherd
                 meta["cgroup"] = spec["cgroup"]
             write_json(os.path.join(adir, "meta.json"), meta, mode=0o600)
-            spec["agent"] = os.getpid()  # who removes the group at the end (procs.oversee)
             spec["stdin"] = self.jobctl.open_stdin(attempt, adir) if req.get("stdin") else None
             try:
                 rec = self.spares.start(adir, spec, fds[0], fds[1])
@@ -432,7 +438,7 @@ class Agent(EventLoop):
                 os.close(fd)
         self.sampled[attempt] = spec["cgroup"]
         self.gpus.track(attempt, req.get("limits"))
-        self.track(attempt, rec, child=True)
+        self.track(attempt, rec)
         return {"pid": rec["job"], "started": rec["started"]}
 
     def job_cgroup(self, attempt: str, req: dict[str, Any]) -> dict[str, Any] | None:
@@ -519,12 +525,7 @@ class Agent(EventLoop):
         if not argv:
             raise BadRequest("field 'argv' must be a non-empty list")
         env = {**os.environ, **want_env(req)}
-        ExecRun(self, req["id"], argv, env, want(req, "timeout_s", float, 30.0))
-        return None  # ExecRun replies when the command ends
-
-    def op_image(self, req: dict[str, Any]) -> None:
-        self.images.start(req)
-        return None  # ImagePull replies when the image is there, or is not
+        ExecRun(self, req["id"], argv, env, want(req, "timeout_s", float, 30.0))  # replies later
 
     def op_shutdown(self, req: dict[str, Any]) -> Empty:
         self.stopping = True

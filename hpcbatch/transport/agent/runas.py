@@ -24,16 +24,24 @@ Standard library only (Python 3.8+): uploaded with the rest of the agent.
 
 from __future__ import annotations
 
-import array
-import json
+import contextlib
 import os
 import pwd
+import select
+import signal
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from hpcbatch.transport.agent.fdpass import receive, send
 from hpcbatch.transport.agent.protocol import BadRequest
-from hpcbatch.transport.agent.userpaths import DEADLINE_S, check_launch_paths, open_output, reap
+from hpcbatch.transport.agent.userpaths import DEADLINE_S, check_launch_paths, open_output
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    Spawn = Callable[[str, Mapping[str, Any], Sequence[int]], int]
+    After = Callable[[float, Callable[[], None]], None]
 
 WORK = "work"
 """The user's directory inside a root-owned attempt directory."""
@@ -138,43 +146,164 @@ def make_work_dir(user: dict[str, Any], udir: str) -> None:
     os.chown(udir, user["uid"], user["gid"])
 
 
-def prepare(
-    user: dict[str, Any], udir: str, script: str, files: dict[str, str],
-    cwd: str, outputs: dict[str, str | None], flags: int, umask: int = DEFAULT_UMASK,
-) -> tuple[dict[str, Any], list[int]]:  # fmt: skip
-    """As the user, in one child with a deadline: check the working directory and
-    outputs (`check_launch_paths`), write the script and files into `udir` (umask 077),
-    open the outputs (created under the job's `umask`). Returns the checked paths and
-    the stdout and stderr descriptors (the same file twice: one descriptor for both).
-    The child is collected once its message is here, without waiting for it to be
-    gone (userpaths.reap)."""
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        parent.close()
+HELPER_IDLE_S = 60.0
+"""How long a user's helper is kept after its last launch (then let go: it exits)."""
+
+
+class _Helper:
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid, self.sock, self.used = pid, sock, time.monotonic()
+
+    def usable(self) -> bool:
+        """Nothing on its socket between requests: there, only its end (it was killed:
+        the user may kill their own helper) would be."""
+        ready, _, _ = select.select([self.sock], [], [], 0)
+        return not ready
+
+
+class UserHelpers:
+    """The launches' user-side work (`prepare`), each user's in a process of theirs kept
+    for it: forked once (by the forker), switched to the user once, it serves that
+    user's launches until HELPER_IDLE_S after the last one. A launch then pays a round
+    trip on a socket, not a fork and an exit (about 3 ms of CPU a job). A helper that
+    misses DEADLINE_S (a hung mount) is killed and that launch refused; one that ended
+    (the user may kill their own) is replaced at the next launch."""
+
+    def __init__(self, spawn: Spawn, after: After) -> None:
+        self.spawn = spawn  # Forker.spawn: the helpers are the forker's children
+        self.after = after  # the agent's timers
+        self.kept: dict[tuple[int, int, tuple[int, ...]], _Helper] = {}
+        after(HELPER_IDLE_S, self.sweep)
+
+    def prepare(
+        self, user: dict[str, Any], udir: str, script: str, files: dict[str, str],
+        cwd: str, outputs: dict[str, str | None], flags: int, umask: int = DEFAULT_UMASK,
+    ) -> tuple[dict[str, Any], list[int]]:  # fmt: skip
+        """As the user, with a deadline: check the working directory and outputs
+        (`check_launch_paths`), write the script and files into `udir` (umask 077), open
+        the outputs (created under the job's `umask`). Returns the checked paths and the
+        stdout and stderr descriptors (the same file twice: one descriptor for both)."""
+        key = (user["uid"], user["gid"], tuple(user.get("groups") or ()))
+        helper = self._helper(key, user)
+        args = {"udir": udir, "script": script, "files": files, "cwd": cwd,
+                "outputs": outputs, "flags": flags, "umask": umask}  # fmt: skip
+        name = user["name"]
         try:
-            checked, fds = _make_as_user(user, udir, script, files, cwd, outputs, flags, umask)
-            payload = b"ok:" + json.dumps(checked).encode()
-            rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))
-            child.sendmsg([payload], [rights])
-        except BadRequest as exc:
-            child.sendall(f"{exc.code}:{exc}".encode(errors="replace"))
-        except BaseException as exc:
-            child.sendall(f"bad_path:{type(exc).__name__}: {exc}".encode(errors="replace"))
-        os._exit(0)
-    child.close()
+            send(helper.sock, args, [])
+            got = receive(helper.sock)
+        except socket.timeout:  # noqa: UP041 (an OSError of its own on 3.8-3.9 hosts; 3.10+: TimeoutError)
+            self._drop(key)
+            raise BadRequest(f"preparing the job's files as {name} took over {DEADLINE_S:g} s",
+                             "bad_path") from None  # fmt: skip
+        except (OSError, ValueError):
+            got = None
+        if got is None:
+            self._drop(key)
+            raise BadRequest(f"preparing the job's files as {name} failed: its process ended",
+                             "bad_path")  # fmt: skip
+        helper.used = time.monotonic()
+        reply, fds = got
+        if isinstance(reply, dict) and reply.get("ok") and len(fds) == 2:
+            return dict(reply["checked"]), fds
+        for fd in fds:
+            os.close(fd)
+        error = reply.get("error") if isinstance(reply, dict) else None
+        code = reply.get("code") if isinstance(reply, dict) else None
+        raise BadRequest(str(error or f"preparing the job's files as {name} failed"),
+                         code if code in ("bad_path", "no_user") else "bad_path")  # fmt: skip
+
+    def _helper(self, key: tuple[int, int, tuple[int, ...]], user: dict[str, Any]) -> _Helper:
+        helper = self.kept.get(key)
+        if helper is not None and not helper.usable():
+            self._drop(key)
+            helper = None
+        if helper is None:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                pid = self.spawn("user_helper", {"user": user}, [theirs.fileno()])
+            except OSError as exc:
+                ours.close()
+                raise BadRequest(f"cannot start a process as {user['name']}: {exc}",
+                                 "bad_path") from None  # fmt: skip
+            finally:
+                theirs.close()
+            ours.settimeout(DEADLINE_S)
+            helper = self.kept[key] = _Helper(pid, ours)
+        return helper
+
+    def _drop(self, key: tuple[int, int, tuple[int, ...]]) -> None:
+        helper = self.kept.pop(key, None)
+        if helper is not None:
+            helper.sock.close()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(helper.pid, signal.SIGKILL)  # the forker's child: the kernel reaps it
+
+    def sweep(self) -> None:
+        """Let go of the helpers idle for HELPER_IDLE_S (each exits at its socket's end);
+        again in a while."""
+        now = time.monotonic()
+        for key, helper in list(self.kept.items()):
+            if now - helper.used > HELPER_IDLE_S:
+                self.kept.pop(key)
+                helper.sock.close()
+        self.after(HELPER_IDLE_S / 4, self.sweep)
+
+    def close(self) -> None:
+        for key in list(self.kept):
+            self._drop(key)
+
+
+def helper_entry(args: dict[str, Any], fds: list[int]) -> None:
+    """The forker's entry for a user's helper: become the user, then answer `prepare`'s
+    requests on the socket handed over until the agent lets go."""
+    sock = socket.socket(fileno=fds[0])
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as f:
+        f.write("hb-user")  # as procs.set_name names the agent's other processes
+    user = args["user"]
+    failed = None
     try:
-        return _receive(parent, pid, user["name"], 2)
-    finally:
-        parent.close()
+        become(user)
+    except OSError as exc:  # answered to each request: never anything done as root
+        failed = f"cannot become {user['name']}: {exc}"
+    os.umask(0o077)
+    while True:
+        got = receive(sock)
+        if got is None:
+            return
+        req, passed = got
+        for fd in passed:
+            os.close(fd)
+        if failed:
+            send(sock, {"ok": False, "error": failed}, [])
+            continue
+        try:
+            checked, opened = _make_as_user(
+                req["udir"], req["script"], req["files"], req["cwd"], req["outputs"],
+                req["flags"], req["umask"],
+            )  # fmt: skip
+        except BadRequest as exc:
+            send(sock, {"ok": False, "code": exc.code, "error": str(exc)}, [])
+            continue
+        except Exception as exc:
+            send(sock, {"ok": False, "error": f"{type(exc).__name__}: {exc}"}, [])
+            continue
+        try:
+            send(sock, {"ok": True, "checked": checked}, opened)
+        finally:
+            for fd in set(opened):
+                os.close(fd)
 
 
 def _make_as_user(
-    user: dict[str, Any], udir: str, script: str, files: dict[str, str],
-    cwd: str, streams: dict[str, str | None], flags: int, umask: int,
-) -> tuple[dict[str, Any], list[int]]:  # fmt: skip
-    become(user)
-    os.umask(0o077)
+    udir: str,
+    script: str,
+    files: dict[str, str],
+    cwd: str,
+    streams: dict[str, str | None],
+    flags: int,
+    umask: int,
+) -> tuple[dict[str, Any], list[int]]:
+    """In the user's helper (the user already, umask 077): one launch's files."""
     checked = check_launch_paths(cwd, streams)
     outputs = [checked[s] or os.path.join(udir, s) for s in ("stdout", "stderr")]
     fd = os.open(os.path.join(udir, "script"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
@@ -192,33 +321,8 @@ def _make_as_user(
             try:
                 opened[real] = open_output(path, flags, umask)
             except OSError as exc:
+                for fd in opened.values():  # the helper lives on: nothing left open
+                    os.close(fd)
                 raise BadRequest(f"cannot open output file: {exc}", "bad_path") from None
         fds.append(opened[real])
     return checked, fds
-
-
-def _receive(
-    sock: socket.socket, pid: int, name: str, count: int
-) -> tuple[dict[str, Any], list[int]]:
-    sock.settimeout(DEADLINE_S)
-    try:
-        msg, ancdata, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(count * 4))
-    except socket.timeout:  # noqa: UP041 (an OSError of its own on 3.8-3.9 hosts; 3.10+: TimeoutError)
-        os.kill(pid, 9)
-        msg, ancdata = b"timeout:", []
-    reap(pid)
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            got = array.array("i")
-            got.frombytes(data[: len(data) - (len(data) % got.itemsize)])
-            fds.extend(got)
-    if msg.startswith(b"ok:") and len(fds) == count:
-        return json.loads(msg[3:]), fds
-    for fd in fds:
-        os.close(fd)
-    code, _, text = msg.decode(errors="replace").partition(":")
-    if code == "timeout":
-        raise BadRequest(f"preparing the job's files as {name} took over {DEADLINE_S:g} s",
-                         "bad_path")  # fmt: skip
-    raise BadRequest(text or f"preparing the job's files as {name} failed", code or "bad_path")  # type: ignore[arg-type]

@@ -28,16 +28,16 @@ Standard library only (uploaded to hosts).
 
 from __future__ import annotations
 
-import array
 import contextlib
 import json
 import os
 import socket
-import struct
 import time
 from typing import Any, NoReturn
 
 from hpcbatch.transport.agent import cgroups
+from hpcbatch.transport.agent.fdpass import receive, send
+from hpcbatch.transport.agent.forker import Forker
 from hpcbatch.transport.agent.loop import AgentHost
 from hpcbatch.transport.agent.procs import (
     detach,
@@ -48,11 +48,9 @@ from hpcbatch.transport.agent.procs import (
     start_job,
 )
 
-_HEADER = struct.Struct("!Q")
-
 
 class Waiting:
-    """A made-ahead shepherd (our child) and the socket that hands it a launch."""
+    """A made-ahead shepherd (the forker's child) and the socket that hands it a launch."""
 
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
@@ -75,9 +73,10 @@ class Spare:
 class Spares:
     """The agent's spare cgroups (and, where it can, the shepherd waiting in each)."""
 
-    def __init__(self, host: AgentHost, layout: cgroups.Layout) -> None:
+    def __init__(self, host: AgentHost, layout: cgroups.Layout, forker: Forker) -> None:
         self.host = host
         self.layout = layout
+        self.forker = forker  # forks the shepherds: not the agent (forker.py says why)
         self.ready: list[Spare] = []  # oldest first
         self.taken: Waiting | None = None  # in the group of the launch under way
         self.n = 0
@@ -102,7 +101,7 @@ class Spares:
                 return
             waiting = None
             with contextlib.suppress(OSError):
-                waiting = make_waiting(dirs)
+                waiting = make_waiting(self.forker, dirs)
             self.ready.append(Spare(dirs, waiting))
 
     def take(self) -> dict[str, str] | None:
@@ -120,10 +119,9 @@ class Spares:
         return spare.dirs
 
     def drop(self, w: Waiting | None) -> None:
-        """Let a waiting shepherd go (it ends, running nothing); reap it when it does."""
+        """Let a waiting shepherd go (it ends, running nothing; the forker reaps it)."""
         if w is not None:
             w.sock.close()
-            self.host.watch(w.pid, None, True, lambda: _reap(w.pid))
 
     def start(self, adir: str, spec: dict[str, Any], out: int, err: int) -> dict[str, Any]:
         """Start the launch's shepherd, the waiting one if its group became the job's:
@@ -131,43 +129,37 @@ class Spares:
         report_r, report_w = os.pipe()
         w, self.taken = self.taken, None
         pid = None
-        if w is not None and spec.get("cgroup"):
-            try:
-                hand(w, {"adir": adir, "spec": spec}, [out, err, report_w])
-                pid = w.pid
-            except OSError:  # it is gone (killed): start one the usual way
+        try:
+            if w is not None and spec.get("cgroup"):
+                try:
+                    hand(w, {"adir": adir, "spec": spec}, [out, err, report_w])
+                    pid = w.pid
+                except OSError:  # it is gone (killed): start one the usual way
+                    self.drop(w)
+            else:
                 self.drop(w)
-        else:
-            self.drop(w)
-        if pid is None:
-            pid = os.fork()
-            if pid == 0:
-                shepherd(adir, spec, out, err, report_w)
-        os.close(report_w)
+            if pid is None:
+                self.forker.spawn("shepherd", {"adir": adir, "spec": spec}, [out, err, report_w])
+        finally:
+            os.close(report_w)
         line = read_all(report_r)  # the shepherd reports once the job has started
         try:
             rec = json.loads(line)
         except ValueError:
-            os.waitpid(pid, 0)
             raise RuntimeError("the shepherd failed before starting the job") from None
         return dict(rec)
 
 
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
-
-
-def make_waiting(dirs: dict[str, str]) -> Waiting:
+def make_waiting(forker: Forker, dirs: dict[str, str]) -> Waiting:
     # The groups' cgroup.procs, opened now: a launch may rename the groups before the
     # job process joins them, and an open file follows its group.
     procs = [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY) for d in dirs.values()]
     ours, theirs = socket.socketpair()
     try:
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            _waiting_shepherd(theirs, procs, list(dirs.values()))
+        pid = forker.spawn("waiting", {"dirs": list(dirs.values())}, [theirs.fileno(), *procs])
+    except OSError:
+        ours.close()
+        raise
     finally:
         theirs.close()
         for fd in procs:
@@ -183,39 +175,18 @@ def hand(w: Waiting, obj: Any, fds: list[int]) -> None:
         w.sock.close()
 
 
-def send(sock: socket.socket, obj: Any, fds: list[int]) -> None:
-    data = json.dumps(obj).encode()
-    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
-    sock.sendmsg([_HEADER.pack(len(data))], rights)
-    sock.sendall(data)
+def waiting_entry(args: dict[str, Any], fds: list[int]) -> None:
+    """The forker's entry for a made-ahead shepherd: its socket, then each group's
+    cgroup.procs."""
+    _waiting_shepherd(socket.socket(fileno=fds[0]), fds[1:], list(args["dirs"]))
 
 
-def receive(sock: socket.socket) -> tuple[Any, list[int]] | None:
-    """What `send` sent, or None at end of file (the sender let us go)."""
-    msg, ancillary, _flags, _addr = sock.recvmsg(_HEADER.size, socket.CMSG_SPACE(16 * 4))
-    fds: list[int] = []
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            got = array.array("i")
-            got.frombytes(payload[: len(payload) - len(payload) % got.itemsize])
-            fds += list(got)
-    while msg and len(msg) < _HEADER.size:
-        more = sock.recv(_HEADER.size - len(msg))
-        if not more:
-            break
-        msg += more
-    if len(msg) < _HEADER.size:
-        for fd in fds:
-            os.close(fd)
-        return None
-    (size,) = _HEADER.unpack(msg)
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(min(size - len(data), 1 << 20))
-        if not chunk:
-            return None
-        data += chunk
-    return json.loads(data), fds
+def shepherd_entry(args: dict[str, Any], fds: list[int]) -> None:
+    """The forker's entry for a shepherd forked at launch: output, errors, report."""
+    out, err, report = fds
+    # Its parent is the forker, which lives as long as the agent: while it is still the
+    # parent, the agent is there to remove the job's group (procs.oversee).
+    shepherd(args["adir"], {**args["spec"], "agent": os.getppid()}, out, err, report)
 
 
 def _waiting_shepherd(sock: socket.socket, procs: list[int], dirs: list[str]) -> NoReturn:
@@ -223,6 +194,7 @@ def _waiting_shepherd(sock: socket.socket, procs: list[int], dirs: list[str]) ->
     Let go (the agent dropped it, or ended, killed even), it removes the spare's groups
     once its job process is gone: a killed agent leaves no empty group behind."""
     try:
+        parent = os.getppid()  # the forker: see shepherd_entry
         wake = detach({sock.fileno(), *procs})
         exec_r, exec_w = os.pipe()  # close-on-exec: EOF without data means exec succeeded
         go, go_job = socket.socketpair()
@@ -250,7 +222,8 @@ def _waiting_shepherd(sock: socket.socket, procs: list[int], dirs: list[str]) ->
         with contextlib.suppress(OSError):  # a job process that died says why on exec_r
             send(go, launch["spec"], [out_fd, err_fd])
         go.close()
-        oversee(launch["adir"], launch["spec"], out_fd, err_fd, report, wake, job, exec_r, started)
+        spec = {**launch["spec"], "agent": parent}
+        oversee(launch["adir"], spec, out_fd, err_fd, report, wake, job, exec_r, started)
     finally:
         os._exit(0)
 
