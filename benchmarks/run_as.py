@@ -9,7 +9,8 @@ submitter). Jobs are submitted by alice, through the real socket, from a
 process that has become alice, in both cases.
 
 1. submit -> SUCCEEDED latency: sequential `true` jobs, median and p90;
-2. end-to-end throughput: 500 `true` jobs submitted back to back, then waited for;
+2. end-to-end throughput: 500 `true` jobs submitted back to back, then waited for,
+   and the whole machine's CPU per job meanwhile (/proc/stat: every process);
 3. the agent alone (`--agent-jobs`, default 200 per run): launch -> exit of `true`
    at two real agents started side by side, one as the sandbox's login (jobs run
    as it) and one as root (each job as alice), launches alternating between them,
@@ -55,7 +56,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dispatch import BenchError, ControllerProcess, machine_info
+from dispatch import BenchError, ControllerProcess, machine_cpu_s, machine_info
 from limits import Agent
 from vs_slurm import run_slurm, slurm_value
 
@@ -94,19 +95,20 @@ def measure(sockets: dict[str, str], latency_jobs: int, jobs: int) -> dict[str, 
                     lat[mode].append(took)
         out: dict[str, Any] = {}
         for mode, client in clients.items():
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), machine_cpu_s()[0]
             ids = [
                 int(client.call("submit", request={"script": SCRIPT, "name": "tp"})["job_id"])
                 for _ in range(jobs)
             ]
             ends = client.call("wait", job_ids=ids, timeout_s=600)
             took = time.perf_counter() - t0
+            cpu = machine_cpu_s()[0] - cpu0  # every process: the controller, agents, jobs
             bad = [e for e in ends if e["state"] != "SUCCEEDED"]
             if bad:
                 raise BenchError(f"{mode}: {len(bad)} of {jobs} jobs did not succeed: {bad[0]}")
             got = sorted(lat[mode])
             out[mode] = {"median": statistics.median(got), "p90": got[int(len(got) * 0.9)],
-                         "throughput_s": took, "jobs": jobs}  # fmt: skip
+                         "throughput_s": took, "jobs": jobs, "cpu_s": cpu}  # fmt: skip
         return out
     finally:
         for client in clients.values():
@@ -264,11 +266,12 @@ def spread(values: list[float]) -> str:
 def print_run(n: int, jobs: int, results: dict[str, dict[str, Any]]) -> tuple[float, float]:
     """One run's table; its ratios (latency, end-to-end time) submitter / login."""
     print(f"run {n}: {'run_as':<10} {'submit->SUCCEEDED median':>25} {'p90':>9} "
-          f"{'end to end (' + str(jobs) + ' jobs)':>26}")  # fmt: skip
+          f"{'end to end (' + str(jobs) + ' jobs)':>26} {'CPU a job':>10}")  # fmt: skip
     for mode, r in results.items():
         rate = r["jobs"] / r["throughput_s"]
         print(f"       {mode:<10} {r['median'] * 1000:>22.1f} ms {r['p90'] * 1000:>6.1f} ms "
-              f"{r['throughput_s']:>9.2f} s = {rate:>6.1f} jobs/s")  # fmt: skip
+              f"{r['throughput_s']:>9.2f} s = {rate:>6.1f} jobs/s "
+              f"{r['cpu_s'] / r['jobs'] * 1000:>7.2f} ms")  # fmt: skip
     lat = results["submitter"]["median"] / results["login"]["median"]
     tp = results["submitter"]["throughput_s"] / results["login"]["throughput_s"]
     print(f"       submitter / login: latency {lat:.2f}x, end-to-end time {tp:.2f}x", flush=True)
