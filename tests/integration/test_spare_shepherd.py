@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import selectors
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,13 +33,23 @@ from tests.integration.test_agent_process import (
 
 
 class Host:
-    """What Spares uses of the agent: timers (run by hand here)."""
+    """What Spares uses of the agent: timers (run by hand here), its selector (pumped by
+    `until`), and the ends its kept shepherds report."""
 
     def __init__(self) -> None:
         self.timers: list[Callable[[], None]] = []
+        self.sel = selectors.DefaultSelector()
+        self.ended: list[str] = []
 
     def after(self, delay: float, fn: Callable[[], None]) -> None:
         self.timers.append(fn)
+
+    def until(self, done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not done():
+            assert time.monotonic() < deadline, "nothing came"
+            for key, _ in self.sel.select(0.1):
+                key.data()
 
 
 def _forker() -> Forker:
@@ -77,7 +88,7 @@ def test_a_launch_with_limits_runs_in_the_waiting_shepherd(tmp_path: Path) -> No
         pytest.skip(f"no cgroup to write here: {layout.why}")
     host = Host()
     forker = _forker()
-    spares = Spares(host, layout, forker)  # type: ignore[arg-type]
+    spares = Spares(host, layout, forker, host.ended.append)  # type: ignore[arg-type]
     assert len(host.timers) == 1  # the spares are made once the agent's loop runs
     host.timers.pop()()
     assert len(spares.ready) == KEEP
@@ -96,15 +107,18 @@ def test_a_launch_with_limits_runs_in_the_waiting_shepherd(tmp_path: Path) -> No
     out = os.open(adir / "stdout", os.O_WRONLY | os.O_CREAT, 0o600)
     rec = spares.start(str(adir), _spec(tmp_path, cg), out, out)
     os.close(out)
-    assert rec["shepherd"] == waiting.pid  # the made-ahead one ran it
+    assert rec["shepherd"] == waiting.pid and rec["kept"]  # the made-ahead one ran it
+    # The kept shepherd says when the attempt ended (its record written first), and
+    # waits, alive, for the next spare's groups.
+    host.until(lambda: host.ended == ["a"])
     result = _exit_of(adir)
     assert result["code"] == 0 and result["usage"]["source"] == "cgroup", result
     assert (adir / "stdout").read_text().strip().endswith("/z.1.0")
-    _gone(waiting.pid)
-    assert not alive(rec["job"], None)  # the job ended too
+    assert not alive(rec["job"], None)  # the job ended
+    assert spares.idle == [waiting] and alive(waiting.pid, None)
     # Spares are made again after an exit event (the agent calls fill), or a while
-    # after a take, in a batch once only LOW are left; a spare let go ends without
-    # running anything.
+    # after a take, in a batch once only LOW are left, the kept shepherd first; a spare
+    # let go ends without running anything.
     assert len(spares.ready) == KEEP - 1 and len(host.timers) == 1
     host.timers.pop()()
     assert len(spares.ready) == KEEP - 1  # not yet
@@ -114,7 +128,27 @@ def test_a_launch_with_limits_runs_in_the_waiting_shepherd(tmp_path: Path) -> No
         spares.take()
     spares.drop(spares.taken)
     spares.fill()
-    assert len(spares.ready) == KEEP
+    assert len(spares.ready) == KEEP and not spares.idle
+    assert waiting in [spare.waiting for spare in spares.ready]  # no fork for that one
+    # The kept shepherd runs its second launch as it ran the first.
+    while spares.ready[0].waiting is not waiting:
+        let_go.append(spares.ready[0])
+        spares.take()
+    cg2 = cgroups.create(layout, "z.2.0", {"memory_bytes": 64 << 20, "cpus": 1}, spares.take())
+    adir2 = tmp_path / "b"
+    adir2.mkdir()
+    out = os.open(adir2 / "stdout", os.O_WRONLY | os.O_CREAT, 0o600)
+    rec2 = spares.start(str(adir2), _spec(tmp_path, cg2), out, out)
+    os.close(out)
+    assert rec2["shepherd"] == waiting.pid and rec2["job"] != rec["job"]
+    host.until(lambda: host.ended == ["a", "b"])
+    assert _exit_of(adir2)["code"] == 0
+    assert (adir2 / "stdout").read_text().strip().endswith("/z.2.0")
+    spares.drop(waiting)  # let go while idle: it ends
+    _gone(waiting.pid)
+    cgroups.remove(cg)
+    cgroups.remove(cg2)
+    spares.fill()
     for spare in spares.ready:
         spares.drop(spare.waiting)
     for spare in let_go + spares.ready:  # each removed its groups before it ended
@@ -190,3 +224,30 @@ async def test_a_group_left_of_an_ended_attempt_is_removed_by_the_next_agent(
     [entry] = (await second.ok("hello"))["attempts"]
     assert (entry["attempt"], entry["exit"]["code"]) == ("g.8.n", 3)
     assert not _groups(root)
+
+
+async def test_an_agent_that_finds_a_kept_shepherds_job_sees_it_end(
+    start_agent: AgentFactory,  # noqa: F811 (the fixture, imported)
+    tmp_path: Path,
+) -> None:
+    """A spare's shepherd is kept by its agent across jobs. A second agent on the same
+    root while the first still runs (a standby controller took over; the old one is
+    stopped, its agent is not) finds the job, and reports its end from the `exit`
+    record, though the shepherd lives on, waiting for its own agent's next spare."""
+    root = tmp_path / "root"
+    layout = cgroups.probe(str(root))
+    if not layout.enforced:
+        pytest.skip(f"no cgroup to write here: {layout.why}")
+    first = await start_agent()
+    await first.ok("hello")
+    release = tmp_path / "release"
+    await first.launch("k.1.0", WAIT_FOR_RELEASE, args=[str(release)], limits=LIMITS)
+    rec = json.loads((root / "attempts" / "k.1.0" / "pid").read_text())
+    second = await start_agent()
+    [entry] = (await second.ok("hello"))["attempts"]
+    assert (entry["attempt"], entry["state"]) == ("k.1.0", "running")
+    release.touch()
+    ev = await second.exit_event("k.1.0")
+    assert ev["code"] == 7 and ev["usage"]["source"] == "cgroup", ev
+    assert (await first.exit_event("k.1.0"))["code"] == 7  # its own agent heard it too
+    assert alive(rec["shepherd"], rec["shepherd_start"])  # kept, for the next spare

@@ -42,10 +42,10 @@ from hpcbatch.transport.agent.loop import EventLoop
 from hpcbatch.transport.agent.procs import (
     ATTEMPT_RE,
     DEFAULT_GRACE_S,
-    LOST,
     OUTPUT_CAP,
     alive,
     host_facts,
+    lost_record,
     read_json,
     set_name,
     signal_group,
@@ -114,7 +114,7 @@ class Agent(EventLoop):
                               "user_helper": helper_entry})  # fmt: skip
         self.forker.start()  # forks the launches' processes, not the agent (forker.py)
         self.helpers = UserHelpers(self.forker.spawn, self.after)  # as the user: their files
-        self.spares = Spares(self, self.cgroups, self.forker)  # groups (and shepherds) ahead
+        self.spares = Spares(self, self.cgroups, self.forker, self.shepherd_ended)  # ahead
         self.checker = Checker()  # the launches' path checks, in a child kept for them
         self.running: dict[str, dict[str, Any]] = {}  # attempt -> its pid record
         self.sampled: dict[str, dict[str, Any] | None] = {}  # attempt -> its cgroup
@@ -169,28 +169,37 @@ class Agent(EventLoop):
 
     # ----------------------------------------------------------------- attempts and their ends
 
-    def track(self, attempt: str, rec: dict[str, Any]) -> None:
-        """Watch a running attempt's shepherd (the forker's child, or an earlier agent's;
-        a short job's may be gone already)."""
+    def track(self, attempt: str, rec: dict[str, Any], found: bool = False) -> None:
+        """Watch a running attempt: a kept shepherd says when it ended (zygote.py); one
+        forked for the launch ends with it; one `found` on disk (an earlier agent's,
+        which that agent may keep for another job) by its job's end, then `exit`."""
         self.running[attempt] = rec
-        if alive(rec.get("shepherd"), rec.get("shepherd_start")):
-            end = lambda: self.shepherd_ended(attempt)  # noqa: E731
-            self.watch(rec["shepherd"], rec.get("shepherd_start"), False, end)
+        if rec.get("kept"):
+            return
+        pid, start = rec.get("shepherd"), rec.get("shepherd_start")
+        if found or not alive(pid, start):  # its job's end, then its record
+            pid, start = rec.get("job"), rec.get("job_start")
+        if pid and alive(pid, start):
+            self.watch(pid, start, False, lambda: self.shepherd_ended(attempt))
         else:
             self.shepherd_ended(attempt)
 
-    def shepherd_ended(self, attempt: str) -> None:
-        """Its `exit` record; or, if the shepherd died, the job adopted (lost at its end)."""
-        rec = self.running[attempt]
-        result = self.exit_record(attempt)
-        if result is not None:
-            self.finish(attempt, result)
+    def shepherd_ended(self, attempt: str, wait: float = 0.02) -> None:
+        """Its `exit` record (looked for again while its shepherd lives: a job's group may
+        take it a while); if the shepherd died, the job adopted (lost at its end)."""
+        rec = self.running.get(attempt)
+        result = self.exit_record(attempt) if rec is not None else None
+        if rec is None or result is not None:
+            if result is not None:
+                self.finish(attempt, result)
+        elif not rec.get("adopted") and alive(rec.get("shepherd"), rec.get("shepherd_start")):
+            self.after(wait, lambda: self.shepherd_ended(attempt, min(2 * wait, 1.0)))
         elif alive(rec.get("job"), rec.get("job_start")):
             rec["adopted"] = True
-            end = lambda: self.finish(attempt, self.lost_record(attempt))  # noqa: E731
+            end = lambda: self.finish(attempt, lost_record(self.path(attempt)))  # noqa: E731
             self.watch(rec["job"], rec.get("job_start"), False, end)
         else:
-            self.finish(attempt, self.lost_record(attempt))
+            self.finish(attempt, lost_record(self.path(attempt)))
 
     def finish(self, attempt: str, result: ExitRecord) -> None:
         self.running.pop(attempt, None)
@@ -208,19 +217,6 @@ class Agent(EventLoop):
         if cg:
             self.drop_cgroup(cg, 25)
         self.spares.fill()
-
-    def lost_record(self, attempt: str) -> ExitRecord:
-        rec = read_json(self.path(attempt, "pid"))
-        kill = read_json(self.path(attempt, "kill"))
-        reason = LOST
-        if isinstance(kill, dict) and kill.get("reason"):
-            reason = f"{LOST} (killed: {kill['reason']})"
-        started = rec.get("started") if isinstance(rec, dict) else None
-        meta = read_json(self.path(attempt, "meta.json"))
-        used = cgroups.leftover_usage(meta.get("cgroup") if isinstance(meta, dict) else None)
-        return {"code": None, "signal": None, "reason": reason, "timed_out": False,
-                "killed": isinstance(kill, dict), "started": started,
-                "ended": time.time(), "usage": used, "oom": False}  # fmt: skip
 
     # ----------------------------------------------------------------- attempts on disk
 
@@ -248,7 +244,7 @@ class Agent(EventLoop):
                 alive(rec.get("shepherd"), rec.get("shepherd_start"))
                 or alive(rec.get("job"), rec.get("job_start"))
             ):
-                self.track(attempt, rec)
+                self.track(attempt, rec, found=True)
 
     def drop_ended_cgroup(self, attempt: str) -> None:
         """An ended attempt's group that its agent ended before removing (a shepherd
@@ -269,7 +265,7 @@ class Agent(EventLoop):
             return "exited", result
         if attempt in self.running:
             return "running", None
-        lost = self.lost_record(attempt)
+        lost = lost_record(self.path(attempt))
         lost["ended"] = None
         return "lost", lost
 

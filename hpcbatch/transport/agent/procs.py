@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 from hpcbatch.transport.agent import cgroups
 from hpcbatch.transport.agent.containers import probe_runtimes
 from hpcbatch.transport.agent.podman_state import run_repairing
-from hpcbatch.transport.agent.protocol import BadRequest
+from hpcbatch.transport.agent.protocol import BadRequest, ExitRecord
 from hpcbatch.transport.agent.runas import become
 
 ATTEMPT_RE = re.compile(r"[A-Za-z0-9_.-]+")
@@ -131,6 +131,17 @@ def close_fds(keep: set[int]) -> None:
         if fd > 2 and fd not in keep:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def lost_record(adir: str) -> ExitRecord:
+    """The end of an attempt whose shepherd died without writing `exit`, from its files."""
+    rec, kill, meta = (read_json(os.path.join(adir, n)) for n in ("pid", "kill", "meta.json"))
+    killed = isinstance(kill, dict)
+    reason = f"{LOST} (killed: {kill['reason']})" if killed and kill.get("reason") else LOST
+    used = cgroups.leftover_usage(meta.get("cgroup") if isinstance(meta, dict) else None)
+    return {"code": None, "signal": None, "reason": reason, "timed_out": False, "killed": killed,
+            "started": rec.get("started") if isinstance(rec, dict) else None,
+            "ended": time.time(), "usage": used, "oom": False}  # fmt: skip
 
 
 def read_all(fd: int) -> bytes:
@@ -309,6 +320,7 @@ def oversee(
 ) -> None:  # fmt: skip
     """The shepherd once its job process is forked (here, or ahead: zygote.py): report
     the start, wait for the end, write `exit`."""
+    _Flags.term = _Flags.retime = False  # a kept shepherd: a signal for its last attempt
     with contextlib.suppress(OSError):  # the child may have done it first
         os.setpgid(job, job)
     os.close(out_fd)

@@ -23,6 +23,17 @@ its part and oversees it exactly as a shepherd forked at launch would
 the agent's end, even by SIGKILL) ends its two processes without running
 anything and removes its groups.
 
+Such a shepherd is kept across jobs: once its attempt's `exit` record is
+written it says so on its socket (the agent learns the end there, not from a
+pidfd), and waits for the next spare's groups, into which it forks the next
+job process. A Python process's fork, first steps and exit cost about 2 ms of
+CPU here (docs/performance.md, "Kept shepherds"); the agent keeps up to IDLE
+of them between jobs and lets the others go. A `kill` still reaches the right
+job: the agent takes a shepherd back only after it finished that attempt, and
+a shepherd clears a signal left from its last attempt when it takes the next.
+One that cannot tell its agent of an end (the agent is gone) ends there, so a
+later agent, which watches it by pidfd, sees it go.
+
 Standard library only (uploaded to hosts).
 """
 
@@ -31,9 +42,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import selectors
 import socket
 import time
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hpcbatch.transport.agent import cgroups
 from hpcbatch.transport.agent.fdpass import receive, send
@@ -48,6 +60,9 @@ from hpcbatch.transport.agent.procs import (
     start_job,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 class Waiting:
     """A made-ahead shepherd (the forker's child) and the socket that hands it a launch."""
@@ -55,9 +70,11 @@ class Waiting:
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
         self.sock = sock
+        self.attempt: str | None = None  # the attempt it oversees, once handed one
 
 
 KEEP = 4  # spares kept: a launch takes the oldest, whose job process joined long ago
+IDLE = 4  # shepherds kept between jobs, for the next spares (more are let go)
 LOW = 1  # made again in a batch once this few are left: one slow cgroup join per batch
 REFILL_S = 0.2  # with no exit to refill after (a burst of long jobs), refill this much later
 
@@ -73,11 +90,16 @@ class Spare:
 class Spares:
     """The agent's spare cgroups (and, where it can, the shepherd waiting in each)."""
 
-    def __init__(self, host: AgentHost, layout: cgroups.Layout, forker: Forker) -> None:
+    def __init__(
+        self, host: AgentHost, layout: cgroups.Layout, forker: Forker,
+        on_end: Callable[[str], None],
+    ) -> None:  # fmt: skip
         self.host = host
         self.layout = layout
         self.forker = forker  # forks the shepherds: not the agent (forker.py says why)
+        self.on_end = on_end  # a kept shepherd's attempt ended (or the shepherd did)
         self.ready: list[Spare] = []  # oldest first
+        self.idle: list[Waiting] = []  # shepherds whose job ended, kept for the next spares
         self.taken: Waiting | None = None  # in the group of the launch under way
         self.n = 0
         cgroups.clear_spares(layout)
@@ -99,10 +121,27 @@ class Spares:
                 dirs = cgroups.prepare(self.layout, f"{cgroups.SPARE}{os.getpid()}-{self.n}")
             except OSError:
                 return
-            waiting = None
-            with contextlib.suppress(OSError):
-                waiting = make_waiting(self.forker, dirs)
+            waiting = self.reuse(dirs)
+            if waiting is None:
+                with contextlib.suppress(OSError):
+                    waiting = make_waiting(self.forker, dirs)
             self.ready.append(Spare(dirs, waiting))
+
+    def reuse(self, dirs: dict[str, str]) -> Waiting | None:
+        """An idle shepherd given the spare's groups (it forks its job process into
+        them), or None when none is left: a fork and an exit saved."""
+        while self.idle:
+            w = self.idle.pop()
+            procs = [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY) for d in dirs.values()]
+            try:
+                send(w.sock, {"dirs": list(dirs.values())}, procs)
+                return w
+            except OSError:  # it is gone (killed)
+                self.drop(w)
+            finally:
+                for fd in procs:
+                    os.close(fd)
+        return None
 
     def take(self) -> dict[str, str] | None:
         """The oldest spare's groups for a launch with limits (cgroups.create renames
@@ -125,29 +164,52 @@ class Spares:
 
     def start(self, adir: str, spec: dict[str, Any], out: int, err: int) -> dict[str, Any]:
         """Start the launch's shepherd, the waiting one if its group became the job's:
-        its record once the job started (procs.oversee's report)."""
+        its record once the job started (procs.oversee's report). A waiting shepherd is
+        kept (`kept` in the record): it says on its socket when the attempt ended, and
+        then waits for the next spare; one forked at launch ends with its job."""
         report_r, report_w = os.pipe()
         w, self.taken = self.taken, None
-        pid = None
+        kept = None
         try:
             if w is not None and spec.get("cgroup"):
                 try:
-                    hand(w, {"adir": adir, "spec": spec}, [out, err, report_w])
-                    pid = w.pid
+                    send(w.sock, {"adir": adir, "spec": spec}, [out, err, report_w])
+                    kept = w
                 except OSError:  # it is gone (killed): start one the usual way
                     self.drop(w)
             else:
                 self.drop(w)
-            if pid is None:
+            if kept is None:
                 self.forker.spawn("shepherd", {"adir": adir, "spec": spec}, [out, err, report_w])
         finally:
             os.close(report_w)
         line = read_all(report_r)  # the shepherd reports once the job has started
         try:
-            rec = json.loads(line)
+            rec = dict(json.loads(line))
         except ValueError:
+            self.drop(kept)
             raise RuntimeError("the shepherd failed before starting the job") from None
-        return dict(rec)
+        if kept is not None:
+            kept.attempt = os.path.basename(adir)
+            self.host.sel.register(kept.sock, selectors.EVENT_READ, lambda: self.heard(kept))
+            rec["kept"] = True
+        return rec
+
+    def heard(self, w: Waiting) -> None:
+        """A kept shepherd's word: its attempt ended (the `exit` record is written), or its
+        socket's end (it died). Kept for the next spare, then the agent told."""
+        self.host.sel.unregister(w.sock)
+        try:
+            got = receive(w.sock)
+        except (OSError, ValueError):
+            got = None
+        attempt, w.attempt = w.attempt, None
+        if got is not None and len(self.idle) < IDLE:
+            self.idle.append(w)  # before the agent's finish, whose fill reuses it
+        else:
+            self.drop(w)
+        if attempt is not None:
+            self.on_end(attempt)
 
 
 def make_waiting(forker: Forker, dirs: dict[str, str]) -> Waiting:
@@ -167,14 +229,6 @@ def make_waiting(forker: Forker, dirs: dict[str, str]) -> Waiting:
     return Waiting(pid, ours)
 
 
-def hand(w: Waiting, obj: Any, fds: list[int]) -> None:
-    """Send `obj` and descriptors `fds` to a waiting process; raises OSError if it is gone."""
-    try:
-        send(w.sock, obj, fds)
-    finally:
-        w.sock.close()
-
-
 def waiting_entry(args: dict[str, Any], fds: list[int]) -> None:
     """The forker's entry for a made-ahead shepherd: its socket, then each group's
     cgroup.procs."""
@@ -190,12 +244,23 @@ def shepherd_entry(args: dict[str, Any], fds: list[int]) -> None:
 
 
 def _waiting_shepherd(sock: socket.socket, procs: list[int], dirs: list[str]) -> NoReturn:
-    """The made-ahead shepherd: fork the job process into the spare, wait for a launch.
+    """The made-ahead shepherd: fork the job process into the spare, wait for a launch,
+    oversee it, say so when it ended; then wait for the next spare's groups, and again.
     Let go (the agent dropped it, or ended, killed even), it removes the spare's groups
-    once its job process is gone: a killed agent leaves no empty group behind."""
+    once its job process is gone: a killed agent leaves no empty group behind. A
+    shepherd that cannot tell its agent of an end (the agent is gone) ends there: the
+    next agent finds the `exit` record and this process gone."""
     try:
-        parent = os.getppid()  # the forker: see shepherd_entry
-        wake = detach({sock.fileno(), *procs})
+        _serve_launches(sock, procs, dirs)
+    finally:
+        os._exit(0)
+
+
+def _serve_launches(sock: socket.socket, procs: list[int], dirs: list[str]) -> None:
+    """The made-ahead shepherd's launches, one after the other, until it is let go."""
+    parent = os.getppid()  # the forker: see shepherd_entry
+    wake = detach({sock.fileno(), *procs})
+    while True:
         exec_r, exec_w = os.pipe()  # close-on-exec: EOF without data means exec succeeded
         go, go_job = socket.socketpair()
         job = os.fork()
@@ -209,14 +274,14 @@ def _waiting_shepherd(sock: socket.socket, procs: list[int], dirs: list[str]) ->
             os.close(fd)
         os.close(exec_w)
         got = receive(sock)
-        sock.close()
         if got is None:  # let go: the job process ends when it reads the end of `go`
             go.close()
+            os.close(exec_r)
             os.waitpid(job, 0)
             for path in dirs:  # gone already where a launch took it (renamed)
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
-            os._exit(0)
+            return
         launch, (out_fd, err_fd, report) = got
         started = time.time()
         with contextlib.suppress(OSError):  # a job process that died says why on exec_r
@@ -224,8 +289,15 @@ def _waiting_shepherd(sock: socket.socket, procs: list[int], dirs: list[str]) ->
         go.close()
         spec = {**launch["spec"], "agent": parent}
         oversee(launch["adir"], spec, out_fd, err_fd, report, wake, job, exec_r, started)
-    finally:
-        os._exit(0)
+        try:
+            send(sock, {"ended": os.path.basename(launch["adir"])}, [])
+            got = receive(sock)  # the next spare's groups and their cgroup.procs
+        except OSError:
+            return
+        if got is None:
+            return
+        nxt, procs = got
+        dirs = list(nxt["dirs"])
 
 
 def _waiting_job(go: socket.socket, procs: list[int], exec_w: int) -> NoReturn:
