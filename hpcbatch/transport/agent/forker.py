@@ -27,7 +27,6 @@ Standard library only (uploaded to hosts), Python 3.8+.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import signal
 import socket
@@ -128,8 +127,6 @@ def _serve(sock: socket.socket, entries: Mapping[str, Entry]) -> None:
     for fd in (0, 1, 2):  # not the agent's channel to the controller
         os.dup2(devnull, fd)
     close_fds({sock.fileno()})
-    gc.collect()
-    gc.freeze()  # a child's collections leave the inherited objects (and their pages) alone
     while True:
         got = receive(sock)
         if got is None:

@@ -188,10 +188,11 @@ class Agent(EventLoop):
         """Its `exit` record (looked for again while its shepherd lives: a job's group may
         take it a while); if the shepherd died, the job adopted (lost at its end)."""
         rec = self.running.get(attempt)
-        result = self.exit_record(attempt) if rec is not None else None
-        if rec is None or result is not None:
-            if result is not None:
-                self.finish(attempt, result)
+        if rec is None:  # finished already
+            return
+        result = self.exit_record(attempt)
+        if result is not None:
+            self.finish(attempt, result)
         elif not rec.get("adopted") and alive(rec.get("shepherd"), rec.get("shepherd_start")):
             self.after(wait, lambda: self.shepherd_ended(attempt, min(2 * wait, 1.0)))
         elif alive(rec.get("job"), rec.get("job_start")):

@@ -132,7 +132,7 @@ class Spares:
         them), or None when none is left: a fork and an exit saved."""
         while self.idle:
             w = self.idle.pop()
-            procs = [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY) for d in dirs.values()]
+            procs = open_procs(dirs)
             try:
                 send(w.sock, {"dirs": list(dirs.values())}, procs)
                 return w
@@ -212,10 +212,14 @@ class Spares:
             self.on_end(attempt)
 
 
+def open_procs(dirs: dict[str, str]) -> list[int]:
+    """The groups' cgroup.procs, opened now for the job process that will join them: a
+    launch may rename the groups before it does, and an open file follows its group."""
+    return [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY) for d in dirs.values()]
+
+
 def make_waiting(forker: Forker, dirs: dict[str, str]) -> Waiting:
-    # The groups' cgroup.procs, opened now: a launch may rename the groups before the
-    # job process joins them, and an open file follows its group.
-    procs = [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY) for d in dirs.values()]
+    procs = open_procs(dirs)
     ours, theirs = socket.socketpair()
     try:
         pid = forker.spawn("waiting", {"dirs": list(dirs.values())}, [theirs.fileno(), *procs])
