@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from hpcbatch.core.usage import LiveUsage
-from hpcbatch.transport.agent import archive, cgroups
+from hpcbatch.transport.agent import cgroups
+from hpcbatch.transport.agent_archive import archive
 
 
 class Agent:

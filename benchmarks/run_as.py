@@ -64,7 +64,7 @@ from hpcbatch.client import Client
 from hpcbatch.sandbox import Sandbox, missing_prerequisites, temporary_sandbox
 from hpcbatch.sandbox.model import SANDBOX_USER
 from hpcbatch.sandbox.users import ensure_users
-from hpcbatch.transport.agent import archive
+from hpcbatch.transport.agent_archive import archive
 
 SCRIPT = "#!/bin/sh\ntrue\n"
 USER = "alice"

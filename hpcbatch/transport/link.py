@@ -26,8 +26,8 @@ from typing import Any, Protocol, cast
 
 import asyncssh
 
-from hpcbatch.transport.agent import archive
 from hpcbatch.transport.agent.protocol import HelloReply
+from hpcbatch.transport.agent_archive import archive
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from hpcbatch.transport.agent import archive
+from hpcbatch.transport.agent_archive import archive
 
 AGENT_ARCHIVE = archive()  # the zipapp the controller uploads
 HOME = os.path.expanduser("~")

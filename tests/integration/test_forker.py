@@ -1,8 +1,9 @@
 """The agent's forker (transport/agent/forker.py), with real processes.
 
-A child spawned through it runs the named entry with the descriptors handed
-over, is not the caller's child (the kernel reaps it), and starts with the
-caller's signal handling. A forker killed between requests is replaced at the
+The forker is a program of its own (not a fork of its caller). A child spawned
+through it runs the named entry with the descriptors handed over, is not the
+caller's child (the kernel reaps it), and starts with Python's usual signal
+handling. A forker killed between requests is replaced at the
 next; one that stops answering fails that request within its deadline and is
 replaced; one whose caller lets go ends.
 """
@@ -20,13 +21,11 @@ import pytest
 from hpcbatch.transport.agent.forker import Forker
 from hpcbatch.transport.agent.procs import alive
 
-
-def _say(args: dict[str, Any], fds: list[int]) -> None:
-    """Write what the child is (pid, parent, two signal dispositions) to the pipe."""
-    sigpipe = signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
-    sigchld = signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
-    line = f"{args['word']} {os.getpid()} {os.getppid()} {sigpipe} {sigchld}\n"
-    os.write(fds[0], line.encode())
+ENTRIES = {
+    "say": "tests.integration.forker_entries:say",
+    "big": "tests.integration.forker_entries:size",
+}
+"""Imported by the forker, from the tree: a module with nothing but the standard library."""
 
 
 def _read_line(fd: int) -> list[str]:
@@ -49,7 +48,7 @@ def _gone(pid: int, within: float = 10.0) -> bool:
 
 @pytest.fixture
 def forker() -> Any:
-    f = Forker({"say": _say})
+    f = Forker(ENTRIES)
     f.start()
     yield f
     f.close()
@@ -70,6 +69,31 @@ def test_a_spawned_child_runs_its_entry_with_the_descriptors_handed_over(forker:
     assert _gone(pid)  # reaped by the kernel: no zombie left for anyone to collect
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # not ours
+
+
+def test_the_forker_is_a_program_of_its_own_without_the_agents_modules(forker: Forker) -> None:
+    r, w = os.pipe()
+    try:
+        forker.spawn("big", {}, [w])
+        os.close(w)
+        modules, agent = _read_line(r)
+    finally:
+        os.close(r)
+    # what a fork of the agent would hold: its loop, relay, containers and the rest
+    assert agent == "False", f"the forker's child holds the agent's modules ({modules} in all)"
+
+
+def test_a_forker_whose_entries_cannot_be_imported_fails_to_start() -> None:
+    f = Forker({"say": "tests.integration.no_such_module:say"})
+    with pytest.raises(OSError, match=r"did not start: ModuleNotFoundError.*no_such_module"):
+        f.start()
+    assert f.pid is None and f.sock is None
+    fd = os.open(os.devnull, os.O_WRONLY)
+    try:  # each request tries again, and fails as a fork would
+        with pytest.raises(OSError, match="did not start"):
+            f.spawn("say", {"word": "x"}, [fd])
+    finally:
+        os.close(fd)
 
 
 def test_an_unknown_entry_is_an_error_not_a_child(forker: Forker) -> None:
@@ -123,10 +147,11 @@ def test_a_stopped_forker_fails_the_request_in_time_and_is_replaced(forker: Fork
 
 
 def test_the_forker_ends_when_its_caller_lets_go() -> None:
-    f = Forker({"say": _say})
+    f = Forker(ENTRIES)
     f.start()
     pid, sock = f.pid, f.sock
     assert pid is not None and sock is not None
     sock.close()  # what the agent's end does to it (the agent exits, or is killed)
-    os.waitpid(pid, 0)  # it exits by itself: this returns
-    f.pid = f.sock = None
+    assert f.proc is not None
+    assert f.proc.wait(timeout=10) == 0  # it exits by itself
+    f.proc = f.pid = f.sock = None

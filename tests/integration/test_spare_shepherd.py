@@ -21,8 +21,9 @@ import pytest
 
 from hpcbatch.transport.agent import cgroups
 from hpcbatch.transport.agent.forker import Forker
+from hpcbatch.transport.agent.hpcbatch_agent import FORKED
 from hpcbatch.transport.agent.procs import alive
-from hpcbatch.transport.agent.zygote import KEEP, LOW, Spares, shepherd_entry, waiting_entry
+from hpcbatch.transport.agent.zygote import KEEP, LOW, Spares
 from tests.integration.test_agent_process import (
     TIMEOUT,
     WAIT_FOR_RELEASE,
@@ -53,7 +54,7 @@ class Host:
 
 
 def _forker() -> Forker:
-    forker = Forker({"waiting": waiting_entry, "shepherd": shepherd_entry})
+    forker = Forker(FORKED)  # the agent's own
     forker.start()
     return forker
 

@@ -350,7 +350,7 @@ def test_agent_archive_holds_every_agent_module() -> None:
     import io
     import zipfile
 
-    from hpcbatch.transport.agent import archive
+    from hpcbatch.transport.agent_archive import archive
 
     names = set(zipfile.ZipFile(io.BytesIO(archive())).namelist())
     for m in MODULES:

@@ -1,65 +1,8 @@
 """The host agent: a stdlib-only program uploaded to each host over SSH.
 
 It is several modules (the agent loop, the shepherd, the relay, the
-hpcbatch-rsh and srun shims), shipped as one zipapp: `archive()` builds it
-deterministically (fixed timestamps and order), so its content hash names the
-uploaded file and a new version is uploaded exactly when the code changes.
-On the host: `python3 agent-<hash>.pyz --root DIR`.
+hpcbatch-rsh and srun shims), shipped as one zipapp built on the controller's
+side (transport/agent_archive.py). This package's own import is empty on
+purpose: every process the agent starts imports it, and what it imported
+(zipfile, importlib.resources) made each of them larger for nothing.
 """
-
-from __future__ import annotations
-
-import io
-import zipfile
-from importlib import resources
-
-MODULES = (
-    "__init__.py",
-    "cgroups.py",
-    "containers.py",
-    "ctrops.py",
-    "devbpf.py",
-    "epoch.py",
-    "fdpass.py",
-    "forker.py",
-    "gpus.py",
-    "procs.py",
-    "hpcbatch_agent.py",
-    "jobctl.py",
-    "loop.py",
-    "podman_state.py",
-    "protocol.py",
-    "purge.py",
-    "relay.py",
-    "rsh.py",
-    "runas.py",
-    "srun.py",
-    "srun_mpi.py",
-    "tools.py",
-    "userpaths.py",
-    "zygote.py",
-)
-"""The agent package's files that travel to hosts."""
-
-_STUBS = {
-    "hpcbatch/__init__.py": '"""hpcbatch, as much of it as the host agent needs."""\n',
-    "hpcbatch/transport/__init__.py": '"""The host-side part of the transport."""\n',
-}
-_MAIN = "import sys\nfrom hpcbatch.transport.agent.hpcbatch_agent import main\nsys.exit(main())\n"
-
-
-def archive() -> bytes:
-    """The agent as a zipapp; the same bytes for the same sources."""
-    package = resources.files(__name__)
-    files = dict(_STUBS)
-    for name in MODULES:
-        files[f"hpcbatch/transport/agent/{name}"] = (package / name).read_text()
-    files["__main__.py"] = _MAIN
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(files):
-            info = zipfile.ZipInfo(path, date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, files[path])
-    return buf.getvalue()

@@ -9,17 +9,23 @@ agent copied its whole working set again after each one: page faults were
 two thirds of the agent's CPU, the agent a third of the machine's, in
 `perf record -a` of 2,000 trivial jobs (docs/performance.md, "The forker").
 
-The forker is forked once from the agent, at its start, and does nothing but
-fork: its own working set is a few pages. Each request names an entry of the
-agent's (a function that never returns, run in the new child) with JSON
-arguments and descriptors passed over the socket (SCM_RIGHTS); the answer is
-the child's pid. The children are not the agent's: the agent watches them by
-pidfd or /proc (never waitpid), and the forker lets the kernel reap them
-(SIGCHLD ignored; each child puts the default back before its entry runs).
-The forker ends when the agent does (end of file on its socket). One that
-died (an administrator's kill, the OOM killer) is replaced at the next
-request; one that does not answer in ANSWER_S is killed, and that request
-fails, as a failed fork would.
+The forker is started once by the agent, at its start, as a program of its
+own (`python3 -I -S`, this module's `main`): not a fork of the agent, so it
+and every process it forks hold only what they import (the shepherd's and the
+user's helper's modules), about half the agent's memory. A fork copies its
+parent's page tables, and a child that then runs Python copies each page it
+writes to and unmaps them all at its exec: those costs follow the size of the
+parent (docs/performance.md, "A forker of its own"). Each request names an
+entry (a function that never returns, run in the new child; the forker
+imports the entries it is given at its start as "module:function") with
+JSON arguments and descriptors passed over the socket (SCM_RIGHTS); the
+answer is the child's pid. The children are not the agent's: the agent
+watches them by pidfd or /proc (never waitpid), and the forker lets the
+kernel reap them (SIGCHLD ignored; each child gets Python's usual signal
+handling back before its entry runs). The forker ends when the agent does
+(end of file on its socket). One that died (an administrator's kill, the
+OOM killer) is replaced at the next request; one that does not answer in
+ANSWER_S is killed, and that request fails, as a failed fork would.
 
 Standard library only (uploaded to hosts), Python 3.8+.
 """
@@ -27,9 +33,12 @@ Standard library only (uploaded to hosts), Python 3.8+.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 from hpcbatch.transport.agent.fdpass import receive, send
@@ -42,30 +51,52 @@ if TYPE_CHECKING:
 
 ANSWER_S = 5.0
 """How long the forker may take to answer a request (it only forks: milliseconds)."""
+START_S = 30.0
+"""How long a new forker may take to say it is ready (a Python start: tens of ms)."""
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+"""What holds the `hpcbatch` package: the agent's zipapp on a host, the tree in tests."""
+BOOT = (
+    "import sys, json; sys.path[:0] = json.loads(sys.argv[1]); import {m}; {m}.main(sys.argv[2:])"
+)
 
 
 class Forker:
-    """The agent's end: `spawn` a child of the forker that runs one of `entries`."""
+    """The agent's end: `spawn` a child of the forker that runs one of `entries`
+    (name -> "module:function", imported by the forker from `ROOT` and `path`)."""
 
-    def __init__(self, entries: Mapping[str, Entry]) -> None:
+    def __init__(self, entries: Mapping[str, str], path: Sequence[str] = ()) -> None:
         self.entries = dict(entries)
+        self.path = [ROOT, *path]
+        self.answer_s = ANSWER_S
+        self.proc: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None  # the forker's: its children's parent
         self.sock: socket.socket | None = None
 
     def start(self) -> None:
-        """Fork the forker now (the agent's start: before its memory grows)."""
+        """Start the forker and wait until it is ready (its imports done). Raises
+        OSError where it could not start."""
         ours, theirs = socket.socketpair()
-        ours.set_inheritable(False)
-        pid = os.fork()
-        if pid == 0:  # the forker: never returns
-            try:
-                ours.close()
-                _serve(theirs, self.entries)
-            finally:
-                os._exit(0)
-        theirs.close()
-        ours.settimeout(ANSWER_S)
-        self.pid, self.sock = pid, ours
+        try:
+            code, path, fd = BOOT.format(m=__name__), json.dumps(self.path), str(theirs.fileno())
+            argv = [sys.executable, "-I", "-S", "-c", code, path, fd, json.dumps(self.entries)]
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),), start_new_session=True,
+            )  # fmt: skip
+        finally:
+            theirs.close()
+        self.pid, self.sock = self.proc.pid, ours
+        ours.settimeout(START_S)
+        try:
+            got = receive(ours)
+        except OSError as exc:
+            self.close()
+            raise OSError(f"the forker did not start: {exc}") from None
+        if got is None or "ready" not in got[0]:
+            self.close()
+            why = str(got[0].get("error")) if got else "it ended"
+            raise OSError(f"the forker did not start: {why}")
+        ours.settimeout(self.answer_s)
 
     def spawn(self, entry: str, args: Mapping[str, Any], fds: Sequence[int] = ()) -> int:
         """A new child of the forker running `entries[entry](args, fds)` (the descriptors
@@ -81,7 +112,7 @@ class Forker:
                 got = receive(sock)
             except socket.timeout:  # noqa: UP041 (an OSError of its own on 3.8-3.9 hosts)
                 self.close()  # stopped or stuck: killed, never resumed; this request fails
-                raise OSError(f"the forker did not answer in {ANSWER_S:g} s") from None
+                raise OSError(f"the forker did not answer in {self.answer_s:g} s") from None
             except OSError:
                 got = None
             if got is None:  # it died (killed by someone) before answering: a new one
@@ -101,30 +132,39 @@ class Forker:
         """Let the forker go (killed: it may be stopped); its children live on."""
         if self.sock is not None:
             self.sock.close()
-        if self.pid is not None:
+        if self.proc is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.pid, 0)
-        self.pid, self.sock = None, None
+                self.proc.kill()
+            self.proc.wait()
+        self.proc, self.pid, self.sock = None, None, None
+
+
+def main(argv: list[str]) -> None:
+    """The forker's program: `FD ENTRIES` (its socket, the entries as JSON)."""
+    sock = socket.socket(fileno=int(argv[0]))
+    entries: dict[str, Entry] = {}
+    try:
+        for name, where in json.loads(argv[1]).items():
+            module, _, function = where.partition(":")
+            entries[name] = getattr(__import__(module, fromlist=[function]), function)
+    except Exception as exc:  # said to the agent, which fails the start with it
+        send(sock, {"error": f"{type(exc).__name__}: {exc}"}, [])
+        return
+    send(sock, {"ready": os.getpid()}, [])
+    _serve(sock, entries)
 
 
 def _serve(sock: socket.socket, entries: Mapping[str, Entry]) -> None:
     """The forker: a child per request, until the agent lets it go."""
     set_name("hb-forker")
-    signal.set_wakeup_fd(-1)
     handed = (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP, signal.SIGINT, signal.SIGPIPE)
-    agents: dict[int, Any] = {sig: signal.getsignal(sig) for sig in handed}  # each child gets
-    agents[signal.SIGCHLD] = signal.SIG_DFL
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_DFL)
+    usual: dict[int, Any] = {sig: signal.getsignal(sig) for sig in handed}  # each child gets
+    usual[signal.SIGCHLD] = signal.SIG_DFL
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps our children
-    with contextlib.suppress(OSError):
-        os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):  # not the agent's channel to the controller
+    for fd in (0, 1, 2):  # nothing of the agent's: its stderr only served the start-up
         os.dup2(devnull, fd)
     close_fds({sock.fileno()})
     while True:
@@ -143,7 +183,7 @@ def _serve(sock: socket.socket, entries: Mapping[str, Entry]) -> None:
                 reply = {"error": f"fork: {exc}"}
             else:
                 if pid == 0:
-                    _child(sock, entry, req.get("args") or {}, fds, agents)
+                    _child(sock, entry, req.get("args") or {}, fds, usual)
                 reply = {"pid": pid}
         for fd in fds:
             os.close(fd)
@@ -154,8 +194,7 @@ def _child(
     sock: socket.socket, entry: Entry, args: dict[str, Any], fds: list[int],
     handlers: Mapping[int, Any],
 ) -> None:  # fmt: skip
-    """A new child: the agent's signal handling back (as if the agent had forked it),
-    then its entry."""
+    """A new child: Python's usual signal handling back, then its entry."""
     code = 127
     try:
         sock.close()

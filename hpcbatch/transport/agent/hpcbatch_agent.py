@@ -22,6 +22,7 @@ writes the `hpcbatch-rsh` and `srun` shims into `<root>/bin`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import secrets
@@ -37,6 +38,7 @@ from hpcbatch.transport.agent.ctrops import ImagePulls, container_command, remov
 from hpcbatch.transport.agent.epoch import EpochFence
 from hpcbatch.transport.agent.forker import Forker
 from hpcbatch.transport.agent.gpus import GpuSampler
+from hpcbatch.transport.agent.hostfacts import host_facts
 from hpcbatch.transport.agent.jobctl import JobControlOps
 from hpcbatch.transport.agent.loop import EventLoop
 from hpcbatch.transport.agent.procs import (
@@ -44,7 +46,6 @@ from hpcbatch.transport.agent.procs import (
     DEFAULT_GRACE_S,
     OUTPUT_CAP,
     alive,
-    host_facts,
     lost_record,
     read_json,
     set_name,
@@ -77,7 +78,6 @@ from hpcbatch.transport.agent.runas import (
     WORK,
     UserHelpers,
     become,
-    helper_entry,
     host_env,
     lookup,
     make_work_dir,
@@ -91,9 +91,13 @@ from hpcbatch.transport.agent.userpaths import (
     open_output,
     read_output,
 )
-from hpcbatch.transport.agent.zygote import Spares, shepherd_entry, waiting_entry
+from hpcbatch.transport.agent.zygote import Spares
 
-# --------------------------------------------------------------------------- the agent
+FORKED = {  # what the forker starts (forker.py): a spare's shepherd, a launch's, a user's helper
+    "waiting": "hpcbatch.transport.agent.zygote:waiting_entry",
+    "shepherd": "hpcbatch.transport.agent.zygote:shepherd_entry",
+    "user_helper": "hpcbatch.transport.agent.runas:helper_entry",
+}
 
 
 class Agent(EventLoop):
@@ -110,9 +114,9 @@ class Agent(EventLoop):
             self.version = hashlib.sha256(f.read()).hexdigest()[:16]
         self.bin = os.path.join(self.root, "bin")
         self.cgroups = cgroups.probe(self.root)  # what limits this host can hold jobs to
-        self.forker = Forker({"waiting": waiting_entry, "shepherd": shepherd_entry,
-                              "user_helper": helper_entry})  # fmt: skip
-        self.forker.start()  # forks the launches' processes, not the agent (forker.py)
+        self.forker = Forker(FORKED)  # forks the launches' processes, not the agent
+        with contextlib.suppress(OSError):  # else at the first launch, which fails with why
+            self.forker.start()
         self.helpers = UserHelpers(self.forker.spawn, self.after)  # as the user: their files
         self.spares = Spares(self, self.cgroups, self.forker, self.shepherd_ended)  # ahead
         self.checker = Checker()  # the launches' path checks, in a child kept for them
