@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import shutil
 import subprocess
@@ -96,8 +97,11 @@ async def until(predicate: Callable[[], Any], timeout: float = 30.0, what: str =
 
 
 def short_home() -> Path:
-    # Unix socket paths must stay under 108 bytes: pytest's tmp_path can be longer.
-    return Path(tempfile.mkdtemp(prefix="hb-"))
+    """A controller's home under /tmp, removed when the test run ends (Unix socket paths
+    must stay under 108 bytes: pytest's tmp_path can be longer)."""
+    home = Path(tempfile.mkdtemp(prefix="hb-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    return home
 
 
 def test_settings(inventory: Path, home: Path, **kw: Any) -> ControllerSettings:

@@ -17,10 +17,12 @@ kills, a 20 s black hole), on its own temporary sandbox.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -202,11 +204,13 @@ def run_soak(sb: Sandbox, plan: SoakPlan, say: Callable[[str], None] = print) ->
     report = SoakReport(plan)
     rng = random.Random(plan.seed)
     work = Path(tempfile.mkdtemp(prefix="hb-soak-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # read until the report is made
     ledger = work / "ledger"
     ledger.mkdir()
     for d in (work, ledger):
         d.chmod(0o777)  # jobs run as the sandbox login, which may not be us
     home = Path(tempfile.mkdtemp(prefix="hb-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
     t0 = time.monotonic()
     host = sb.host(BLACKHOLED)
     with FaultProxy((host.address, host.port)) as proxy:

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from hpcbatch.cli.submit import build_submission
 from hpcbatch.client import ClientError
 from hpcbatch.controller.app import Controller
 from hpcbatch.sandbox import Sandbox
-from tests.integration.conftest import Api, until
+from tests.integration.conftest import Api, short_home, until
 
 pytestmark = pytest.mark.sshd
 
@@ -109,7 +108,7 @@ async def test_refusals_store_nothing(cluster: tuple[Controller, Api]) -> None:
 
 async def test_hostile_strings_reach_the_job_literally(cluster: tuple[Controller, Api]) -> None:
     _c, api = cluster
-    canary = Path(tempfile.mkdtemp(prefix="hb-canary-")) / "pwned"
+    canary = short_home() / "pwned"
     nasty = [
         'it\'s "quoted"',
         f"$(touch {canary})",

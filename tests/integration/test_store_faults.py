@@ -13,7 +13,6 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 
 from hpcbatch.client import Client, ClientError
 from hpcbatch.sandbox import Sandbox
+from tests.integration.conftest import short_home
 from tests.integration.faults import pid_alive
 from tests.integration.soak import ControllerProcess
 
@@ -40,7 +40,7 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def started(sandbox: Sandbox) -> ControllerProcess:
-    ctl = ControllerProcess(sandbox.inventory, Path(tempfile.mkdtemp(prefix="hb-")))
+    ctl = ControllerProcess(sandbox.inventory, short_home())
     ctl.start()
     wait_for(lambda: sum(h["state"] == "UP" for h in ctl.call("hosts")) == 4, 60, "4 hosts UP")
     return ctl
@@ -106,7 +106,7 @@ def _read_only(
 
 
 def test_read_only_store_is_refused_at_start_and_left_alone() -> None:
-    home = Path(tempfile.mkdtemp(prefix="hb-ro-"))
+    home = short_home()
     inventory = home / "inventory.toml"
     inventory.write_text('[[hosts]]\nname = "n1"\naddress = "127.0.0.1"\n')
     create = [sys.executable, "-c", "import asyncio, sys; from pathlib import Path; "
@@ -134,7 +134,7 @@ def test_read_only_store_is_refused_at_start_and_left_alone() -> None:
 
 
 def test_clean_stop_leaves_jobs_running_and_restart_collects_them(sandbox: Sandbox) -> None:
-    ledger = Path(tempfile.mkdtemp(prefix="hb-ledger-"))
+    ledger = short_home()
     ledger.chmod(0o777)
     ctl = started(sandbox)
     script = f"#!/bin/sh\necho $$ >> {ledger}/pids\nsleep 3\necho done\n"
