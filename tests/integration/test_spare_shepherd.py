@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import selectors
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 from hpcbatch.transport.agent import cgroups
 from hpcbatch.transport.agent.forker import Forker
 from hpcbatch.transport.agent.hpcbatch_agent import FORKED
-from hpcbatch.transport.agent.procs import alive
+from hpcbatch.transport.agent.procs import QUICK, alive
 from hpcbatch.transport.agent.zygote import KEEP, LOW, Spares
 from tests.integration.test_agent_process import (
     TIMEOUT,
@@ -252,3 +253,69 @@ async def test_an_agent_that_finds_a_kept_shepherds_job_sees_it_end(
     assert ev["code"] == 7 and ev["usage"]["source"] == "cgroup", ev
     assert (await first.exit_event("k.1.0"))["code"] == 7  # its own agent heard it too
     assert alive(rec["shepherd"], rec["shepherd_start"])  # kept, for the next spare
+
+
+def _status(pid: int, field: str) -> int:
+    """A hex mask of /proc/PID/status (SigIgn, SigBlk)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _children(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
+
+
+def _memory_group(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        if "memory" in ctrls.split(",") or not ctrls:  # v1's memory line comes before v2's
+            return path
+    raise AssertionError(f"no memory group for {pid}")
+
+
+async def test_a_kept_shepherd_starts_the_job_from_its_group_and_leaves_it(
+    start_agent: AgentFactory,  # noqa: F811 (the fixture, imported)
+    tmp_path: Path,
+) -> None:
+    """As root on Python 3.11+, a kept shepherd waits in the spare's groups itself and
+    starts the job there, set up in C (no job process forked ahead); once the start is
+    reported it goes back to its own groups. The job is as start_job made it: its own
+    process group, in the attempt's groups, with no signal blocked, nor ignored where
+    the shepherd ignores it (an exec keeps what is ignored): SIGINT ends it."""
+    root = tmp_path / "root"
+    layout = cgroups.probe(str(root))
+    if not layout.enforced:
+        pytest.skip(f"no cgroup to write here: {layout.why}")
+    if os.geteuid() != 0 or not QUICK:
+        pytest.skip("the job started in C is a root agent's, on Python 3.11+")
+    agent = await start_agent()
+    await agent.ok("hello")
+    shepherds = set()
+    for n in range(1, 6):  # the spares' first shepherds, then kept ones (KEEP: 4)
+        attempt = f"q.{n}.0"
+        await agent.launch(attempt, "exec sleep 30", limits=LIMITS)
+        rec = json.loads((root / "attempts" / attempt / "pid").read_text())
+        job, shepherd = rec["job"], rec["shepherd"]
+        shepherds.add(shepherd)
+        await eventually(lambda: Path(f"/proc/{job}/comm").read_text().strip() == "sleep")  # noqa: B023
+        assert _parent(job) == shepherd
+        assert os.getpgid(job) == job
+        assert _memory_group(job).endswith("/" + attempt)
+        await eventually(lambda: not _memory_group(shepherd).endswith("/" + attempt))  # noqa: B023
+        ignored = sum(1 << (s - 1) for s in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE))
+        assert _status(job, "SigIgn") & ignored == 0 and _status(job, "SigBlk") == 0
+        os.kill(job, signal.SIGINT)
+        ev = await agent.exit_event(attempt)
+        assert ev["signal"] == signal.SIGINT and ev["usage"]["source"] == "cgroup", ev
+    assert len(shepherds) < 5  # a kept one ran a second launch
+    # Waiting in their next spares, they hold no job process forked ahead.
+    await eventually(lambda: all(not _children(p) for p in shepherds if alive(p, None)))

@@ -403,6 +403,31 @@ def enter(cgroup: dict[str, Any] | None, cpus: list[int] | None = None) -> None:
         os.sched_setaffinity(0, cpus)
 
 
+def own_procs(dirs: list[str]) -> list[int]:
+    """This process's own groups' cgroup.procs, opened for writing, in the hierarchies
+    of `dirs` (groups of ours, under `<mount>/hpcbatch/<tag>`): where a shepherd goes
+    back to after a job it started from inside the job's groups. Raises OSError."""
+    with open("/proc/self/cgroup") as f:
+        mine = [line.rstrip("\n").split(":", 2) for line in f]
+    fds: list[int] = []
+    try:
+        for d in dirs:
+            at = d.find(os.sep + DELEGATED + os.sep)
+            mount = d[:at]  # v1: the controller's mount (its name); v2: the hierarchy's
+            name = os.path.basename(mount)
+            path = next((p for _, c, p in mine if name in c.split(",")), None)
+            if path is None and os.path.exists(os.path.join(mount, "cgroup.controllers")):
+                path = next((p for _, c, p in mine if not c), None)
+            if at < 0 or path is None:
+                raise OSError(f"cannot tell this process's own group for {d}")
+            fds.append(os.open(mount + path.rstrip("/") + "/cgroup.procs", os.O_WRONLY))
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
 def usage(cgroup: dict[str, Any]) -> dict[str, Any]:
     """CPU time (s), peak memory (bytes) and whether the OOM killer struck, so far."""
     dirs: dict[str, str] = cgroup["dirs"]

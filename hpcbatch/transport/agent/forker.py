@@ -151,7 +151,10 @@ def main(argv: list[str]) -> None:
         send(sock, {"error": f"{type(exc).__name__}: {exc}"}, [])
         return
     send(sock, {"ready": os.getpid()}, [])
-    _serve(sock, entries)
+    try:
+        _serve(sock, entries)
+    finally:  # at once, as a fork of the agent did: a shepherd whose agent ended tells by
+        os._exit(0)  # its parent's end (procs.oversee), the sooner the better
 
 
 def _serve(sock: socket.socket, entries: Mapping[str, Entry]) -> None:

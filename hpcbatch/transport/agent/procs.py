@@ -16,13 +16,17 @@ import re
 import selectors
 import signal
 import subprocess
+import sys
 import time
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hpcbatch.transport.agent import cgroups
 from hpcbatch.transport.agent.podman_state import run_repairing
 from hpcbatch.transport.agent.protocol import BadRequest, ExitRecord
-from hpcbatch.transport.agent.runas import become
+from hpcbatch.transport.agent.runas import as_user, become
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ATTEMPT_RE = re.compile(r"[A-Za-z0-9_.-]+")
 OUTPUT_CAP = 64 * 1024
@@ -251,8 +255,9 @@ def detach(keep: set[int]) -> int:
     set_name("hb-shepherd")
     signal.set_wakeup_fd(-1)
     os.setsid()
-    for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # Popen's children get the default back
+    for sig in (signal.SIGHUP, signal.SIGINT):  # caught, not ignored: an exec resets them
+        signal.signal(sig, on_nothing)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
@@ -296,6 +301,48 @@ def start_job(spec: dict[str, Any], out_fd: int, err_fd: int, exec_w: int) -> No
     os._exit(127)
 
 
+QUICK = sys.version_info >= (3, 11)
+"""Whether this Python's Popen can start a job as start_job does (process_group: 3.11)."""
+
+
+def quick_start(spec: dict[str, Any], out_fd: int, err_fd: int) -> subprocess.Popen[bytes] | None:
+    """Start the job as start_job would, from a root shepherd already in the job's groups,
+    with the child set up in C by Popen (and by vfork where it switches no user): none
+    of a forked Python's page faults, in the child or after the fork in the shepherd
+    (docs/performance.md, "The job started in C"). None where it cannot (a Python before
+    3.11, a `cgroup` still to join, an exec or directory that fails): the caller then
+    forks start_job, which says why as it always did. The caller waits for the child
+    itself (wait4) and sets the Popen's `returncode` after, so Popen never reaps it."""
+    keep_root = bool(spec.get("keep_root"))
+    user = None if keep_root else spec.get("user")
+    if not QUICK or spec.get("cgroup") or (user and not _all_ints(user.get("groups"))):
+        return None
+    ids: dict[str, Any] = {}
+    cwd: str | None = "/" if keep_root else spec["cwd"]
+    stdin = None
+    try:
+        if user:  # Popen changes directory before it switches users: do it as the user
+            as_user(user, lambda: os.chdir(spec["cwd"]))
+            ids = {"user": user["uid"], "group": user["gid"], "extra_groups": user["groups"]}
+            cwd = None
+        stdin = os.open(spec.get("stdin") or os.devnull, os.O_RDONLY)
+        if spec.get("affinity"):
+            os.sched_setaffinity(0, spec["affinity"])  # the child's, inherited
+        return subprocess.Popen(
+            spec["argv"], stdin=stdin, stdout=out_fd, stderr=err_fd, cwd=cwd, env=spec["env"],
+            umask=spec.get("umask", 0o077), process_group=0, restore_signals=True, **ids,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    finally:
+        if stdin is not None:
+            os.close(stdin)
+
+
+def _all_ints(values: Any) -> bool:
+    return isinstance(values, list) and all(isinstance(v, int) for v in values)
+
+
 def supervise(
     adir: str, spec: dict[str, Any], out_fd: int, err_fd: int, report: int, wake: int
 ) -> None:
@@ -310,10 +357,11 @@ def supervise(
 
 def oversee(
     adir: str, spec: dict[str, Any], out_fd: int, err_fd: int, report: int, wake: int,
-    job: int, exec_r: int, started: float,
+    job: int, exec_r: int, started: float, leave: Callable[[], None] | None = None,
 ) -> None:  # fmt: skip
     """The shepherd once its job process is forked (here, or ahead: zygote.py): report
-    the start, wait for the end, write `exit`."""
+    the start, wait for the end, write `exit`. `leave`: takes this shepherd out of the
+    job's groups once the start is reported (it started the job from inside them)."""
     _Flags.term = _Flags.retime = False  # a kept shepherd: a signal for its last attempt
     with contextlib.suppress(OSError):  # the child may have done it first
         os.setpgid(job, job)
@@ -328,6 +376,8 @@ def oversee(
     with contextlib.suppress(OSError):  # if the agent is gone, the job runs on regardless
         os.write(report, (json.dumps(rec) + "\n").encode())
     os.close(report)
+    if leave is not None:
+        leave()
     status, reason, timed_out, rusage = wait_job(adir, job, spec, wake)
     signal_group(job, signal.SIGKILL)  # leftover background processes of the job
     wait_group_gone(job, GROUP_GONE_S)

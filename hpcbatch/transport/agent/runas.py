@@ -31,7 +31,7 @@ import select
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hpcbatch.transport.agent.fdpass import receive, send
 from hpcbatch.transport.agent.protocol import BadRequest
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
     Spawn = Callable[[str, Mapping[str, Any], Sequence[int]], int]
     After = Callable[[float, Callable[[], None]], None]
+
+T = TypeVar("T")
 
 WORK = "work"
 """The user's directory inside a root-owned attempt directory."""
@@ -114,6 +116,22 @@ def become(user: dict[str, Any]) -> None:
     os.setuid(user["uid"])
     if os.getuid() != user["uid"] or os.geteuid() != user["uid"]:  # never run as root
         raise OSError(f"could not become {user['name']}")
+
+
+def as_user(user: dict[str, Any], fn: Callable[[], T]) -> T:
+    """`fn()` with this (root) process's effective ids switched to the user's for the
+    call (groups, then gid, then uid; and back): the kernel checks what it does as the
+    user's, as it would in the user's own process."""
+    saved = os.getgroups()
+    os.setgroups(user["groups"])
+    os.setegid(user["gid"])
+    os.seteuid(user["uid"])
+    try:
+        return fn()
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups(saved)
 
 
 def user_env(user: dict[str, Any]) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Spare cgroups with a shepherd and job process already waiting in them.
+"""Spare cgroups with a shepherd (and, but for root, a job process) waiting in them.
 
 Why it exists: moving a process into a cgroup (a write to `cgroup.procs`) takes
 the kernel's cgroup_threadgroup_rwsem for writing, and the first such write
@@ -34,6 +34,20 @@ a shepherd clears a signal left from its last attempt when it takes the next.
 One that cannot tell its agent of an end (the agent is gone) ends there, so a
 later agent, which watches it by pidfd, sees it go.
 
+Where the shepherd is root on Python 3.11+ (a run-as host, or any root agent), no
+job process waits ahead: the shepherd itself joins the spare's groups (the slow
+join, still paid ahead) and, at the launch, starts the job from there with
+Popen (procs.quick_start), whose child is set up in C and born in the groups.
+A Python child costs its parent a page fault for every page the parent writes
+after the fork, and itself its own and an unmapping at its exec: 870 faults a
+job against 100 without a user switch (vfork) and 510 with one
+(docs/performance.md, "The job started in C"). Once the start is reported the
+shepherd goes back to its own groups, so that what it does until the job ends
+is not the job's (CPU, memory, the OOM killer's choice), and the agent finds
+only the job's processes in the group it removes. Where Popen cannot (an exec
+that fails, a directory the user cannot enter) the shepherd forks start_job
+as before, which says why.
+
 Standard library only (uploaded to hosts).
 """
 
@@ -44,6 +58,7 @@ import json
 import os
 import selectors
 import socket
+import subprocess
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -52,8 +67,10 @@ from hpcbatch.transport.agent.fdpass import receive, send
 from hpcbatch.transport.agent.forker import Forker
 from hpcbatch.transport.agent.loop import AgentHost
 from hpcbatch.transport.agent.procs import (
+    QUICK,
     detach,
     oversee,
+    quick_start,
     read_all,
     set_name,
     shepherd,
@@ -261,38 +278,61 @@ def _waiting_shepherd(sock: socket.socket, procs: list[int], dirs: list[str]) ->
 
 
 def _serve_launches(sock: socket.socket, procs: list[int], dirs: list[str]) -> None:
-    """The made-ahead shepherd's launches, one after the other, until it is let go."""
+    """The made-ahead shepherd's launches, one after the other, until it is let go. As
+    root on Python 3.11+ it waits in the spare's groups itself and starts each job from
+    there in C (procs.quick_start), going back to its own groups after each; else it
+    forks a job process into the groups ahead, which waits for the launch."""
     parent = os.getppid()  # the forker: see shepherd_entry
-    wake = detach({sock.fileno(), *procs})
+    home: list[int] = []
+    cpus = os.sched_getaffinity(0)
+    if QUICK and os.geteuid() == 0:
+        with contextlib.suppress(OSError):  # else the other way: a job process forked ahead
+            home = cgroups.own_procs(dirs)
+    wake = detach({sock.fileno(), *procs, *home})
     while True:
-        exec_r, exec_w = os.pipe()  # close-on-exec: EOF without data means exec succeeded
-        go, go_job = socket.socketpair()
-        job = os.fork()
-        if job == 0:
-            go.close()
-            sock.close()
-            os.close(exec_r)
-            _waiting_job(go_job, procs, exec_w)
-        go_job.close()
-        for fd in procs:
-            os.close(fd)
-        os.close(exec_w)
+        if home:
+            inside = _join(procs)
+            for fd in procs:
+                os.close(fd)
+        else:
+            exec_r, exec_w = os.pipe()  # close-on-exec: EOF without data: exec succeeded
+            go, go_job = socket.socketpair()
+            job = os.fork()
+            if job == 0:
+                go.close()
+                sock.close()
+                os.close(exec_r)
+                _waiting_job(go_job, procs, exec_w)
+            go_job.close()
+            for fd in procs:
+                os.close(fd)
+            os.close(exec_w)
         got = receive(sock)
-        if got is None:  # let go: the job process ends when it reads the end of `go`
-            go.close()
-            os.close(exec_r)
-            os.waitpid(job, 0)
+        if got is None:  # let go: a waiting job process ends when it reads the end of `go`
+            if home:
+                _leave(home, cpus)
+            else:
+                go.close()
+                os.close(exec_r)
+                os.waitpid(job, 0)
             for path in dirs:  # gone already where a launch took it (renamed)
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
             return
         launch, (out_fd, err_fd, report) = got
         started = time.time()
-        with contextlib.suppress(OSError):  # a job process that died says why on exec_r
-            send(go, launch["spec"], [out_fd, err_fd])
-        go.close()
         spec = {**launch["spec"], "agent": parent}
-        oversee(launch["adir"], spec, out_fd, err_fd, report, wake, job, exec_r, started)
+        proc = None
+        if home:
+            job, exec_r, proc = _start_inside(spec, out_fd, err_fd, inside)
+        else:
+            with contextlib.suppress(OSError):  # a job process that died says why on exec_r
+                send(go, launch["spec"], [out_fd, err_fd])
+            go.close()
+        leave = (lambda: _leave(home, cpus)) if home else None
+        oversee(launch["adir"], spec, out_fd, err_fd, report, wake, job, exec_r, started, leave)
+        if proc is not None:
+            proc.returncode = 0  # waited for (oversee): Popen must never reap it
         try:
             send(sock, {"ended": os.path.basename(launch["adir"])}, [])
             got = receive(sock)  # the next spare's groups and their cgroup.procs
@@ -302,6 +342,48 @@ def _serve_launches(sock: socket.socket, procs: list[int], dirs: list[str]) -> N
             return
         nxt, procs = got
         dirs = list(nxt["dirs"])
+
+
+def _join(procs: list[int]) -> bool:
+    """Move this process into the groups of `procs` (each group's cgroup.procs); whether
+    it is in them all."""
+    try:
+        for fd in procs:
+            os.write(fd, str(os.getpid()).encode())
+        return True
+    except OSError:
+        return False
+
+
+def _leave(home: list[int], cpus: set[int]) -> None:
+    """Back to this shepherd's own groups after a job it started from inside the job's,
+    out of the job's directory, and back on its own CPUs (`cpus`: a job's pinning, set
+    for the child to inherit, stays where no cpuset move resets it)."""
+    _join(home)
+    with contextlib.suppress(OSError):
+        os.chdir("/")
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, cpus)
+
+
+def _start_inside(
+    spec: dict[str, Any], out_fd: int, err_fd: int, inside: bool
+) -> tuple[int, int, subprocess.Popen[bytes] | None]:
+    """Start the job from this shepherd, in the job's groups: in C where it can, else a
+    forked job process as start_job (which joins the groups itself where this shepherd
+    could not). The job, the exec errors' pipe, the Popen (None for a fork)."""
+    exec_r, exec_w = os.pipe()
+    proc = quick_start({**spec, "cgroup": None}, out_fd, err_fd) if inside else None
+    if proc is not None:
+        os.close(exec_w)
+        return proc.pid, exec_r, proc
+    job = os.fork()
+    if job == 0:
+        os.close(exec_r)
+        start_job({**spec, "cgroup": None if inside else spec.get("cgroup")}, out_fd,
+                  err_fd, exec_w)  # fmt: skip
+    os.close(exec_w)
+    return job, exec_r, None
 
 
 def _waiting_job(go: socket.socket, procs: list[int], exec_w: int) -> NoReturn:
