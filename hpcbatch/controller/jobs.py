@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 LIVE = (AttemptState.STARTING, AttemptState.RUNNING)
 NOT_STARTED = (JobState.SUBMITTED, JobState.PENDING, JobState.RUNNABLE)
 LAUNCH_CHUNK = 256  # launches made ready per turn of the event loop
-START_SLICE = 1024  # jobs a pass starts per transaction (and per hold of the lock)
+START_SLICE, BUSY_SLICE = 1024, 64  # jobs a pass starts per transaction; while users submit
+BUSY_S = 2.0  # users submit: the last submit came this recently
 
 
 class JobService:
@@ -71,6 +72,7 @@ class JobService:
         self.wake_scheduler = wake_scheduler
         self._active: dict[int, JobRecord] = {}
         self._lock = asyncio.Lock()
+        self._submitted = 0.0  # when the last submit came (time.monotonic)
         self._host: HostActions | None = None
         self._waiters = Waiters()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -81,8 +83,7 @@ class JobService:
         # Launch replies and exits, committed in groups under the same lock.
         self._group = WriteGroup(self._lock, store.jobs.write_group, self.spawn)
 
-    def use(self, host: HostActions) -> None:
-        """Wire the launcher (the composition root does, once)."""
+    def use(self, host: HostActions) -> None:  # the launcher, wired once by the composition root
         self._host = host
 
     def observe(self, observer: Callable[[JobRecord], None]) -> None:
@@ -100,8 +101,7 @@ class JobService:
         """The in-memory record of an active job (None: final, unknown, or an array parent)."""
         return self._active.get(job_id)
 
-    def live_jobs(self) -> list[JobRecord]:
-        """Every active job's record."""
+    def live_jobs(self) -> list[JobRecord]:  # every active job's record
         return list(self._active.values())
 
     @property
@@ -113,13 +113,11 @@ class JobService:
         """The jobs waiting for the scheduler."""
         return [j for j in self._active.values() if j.state == JobState.RUNNABLE]
 
-    def task_count(self) -> int:
-        """Background tasks (launches, kills, acks, exits) not yet finished."""
+    def task_count(self) -> int:  # background tasks (launches, kills, acks, exits) not done
         return len(self._tasks)
 
     def view(self, job: JobRecord) -> JobView:
-        view = self._views.get(job.id)
-        if view is None:
+        if (view := self._views.get(job.id)) is None:
             view = self._views[job.id] = job_view(job)
         return view
 
@@ -127,10 +125,8 @@ class JobService:
         return current_attempts(job)
 
     def attempts_on(self, host: str) -> list[tuple[JobRecord, AttemptRecord]]:
-        jobs = self._active.values()
-        return [
-            (j, a) for j in jobs for a in current_attempts(j) if a.host == host and a.state in LIVE
-        ]
+        live = ((j, a) for j in self._active.values() for a in current_attempts(j))
+        return [(j, a) for j, a in live if a.host == host and a.state in LIVE]
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -188,6 +184,7 @@ class JobService:
 
     async def accept(self, new: NewJob, state: JobState, reason: str) -> JobRecord:
         """A new job (RUNNABLE, or PENDING on its dependencies)."""
+        self._submitted = time.monotonic()
         async with self._lock:
             (job_id,) = await self._store.jobs.insert_jobs([new], state, reason)
             job = new_record(job_id, new, None, state, reason)  # spec: built on first read
@@ -203,6 +200,7 @@ class JobService:
         `quiet`: tell the observers about the parent only (the array tracker counts
         the children in one call; per child, the observers cost 5 us each).
         """
+        self._submitted = time.monotonic()
         async with self._lock:
             parent_id, child_ids = await self._store.jobs.insert_array(new, indices, state, reason)
             spec = JobSpec.from_json(new.request)
@@ -313,12 +311,15 @@ class JobService:
     # ------------------------------------------------------------------ start
 
     async def start_plan(self, orders: Sequence[StartOrder], now: float) -> int:
-        """Start the scheduler's plan: written in slices of START_SLICE jobs, each one
-        transaction under the lock and then launched, so that a pass starting 40,000
-        jobs lets submits, exits and queries in between its slices."""
-        started = 0
-        for at in range(0, len(orders), START_SLICE):
-            started += await self._start_slice(orders[at : at + START_SLICE], now)
+        """Start the scheduler's plan in slices, each one transaction under the lock and
+        then launched, so that a pass starting 40,000 jobs lets submits, exits and
+        queries in between; small ones while users submit: a submit waits for the slice
+        under way (docs/scale.md, "Rerun on a quiet machine")."""
+        started, at = 0, 0
+        while at < len(orders):
+            size = BUSY_SLICE if time.monotonic() - self._submitted < BUSY_S else START_SLICE
+            started += await self._start_slice(orders[at : at + size], now)
+            at += size
         return started
 
     async def _start_slice(self, orders: Sequence[StartOrder], now: float) -> int:
@@ -337,9 +338,8 @@ class JobService:
             self.publish(job)
             self._hosts.launch(job)
             if i % LAUNCH_CHUNK == 0:
-                # Let the loop read between chunks: a pass that starts 40,000 jobs made
-                # 40,000 launch tasks ready at once, and the loop ran them all (~30 s)
-                # before reading any socket, so every host looked silent and was cut off.
+                # Let the loop read between chunks: 40,000 launch tasks made ready at once
+                # ran (~30 s) before any socket was read: every host looked silent, cut off.
                 await asyncio.sleep(0)
         return len(launched)
 
