@@ -20,6 +20,9 @@ ENV_SCRIPT = """#!/bin/sh
 env | grep -E '^(HPCBATCH_|SLURM_|AWS_BATCH_|MASTER_|WORLD_SIZE|NODE_RANK|OMPI_MCA_orte)' | sort
 echo "HOSTFILE<<"; cat "$HPCBATCH_HOSTFILE"; echo ">>"
 echo "MPICH<<"; cat "$HPCBATCH_HOSTFILE_MPICH"; echo ">>"
+# The main node's end ends the job and stops the others (AWS Batch): it lets them finish.
+[ "$HPCBATCH_NODE_INDEX" = "$HPCBATCH_MAIN_NODE_INDEX" ] && sleep 1
+exit 0
 """
 
 
