@@ -40,6 +40,8 @@ HOST_ONLY = frozenset({"PATH", "HOME", "SHELL", "PWD", "OLDPWD", "SHLVL", "_", "
 OCI = ("podman", "docker")
 SHELLS = frozenset({"sh", "bash", "dash", "ash", "ksh", "zsh"})
 APPTAINER = ("apptainer", "singularity")
+RUNTIMES = ("podman", "docker", "apptainer", "singularity", "ch-run", "bwrap")
+"""The runtimes a job may name (`container.runtime`), probed by `hello`."""
 
 
 class ContainerError(Exception):

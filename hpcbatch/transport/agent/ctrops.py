@@ -33,7 +33,7 @@ import socket
 import subprocess
 from typing import TYPE_CHECKING, Any
 
-from hpcbatch.transport.agent.containers import ContainerError, build, host_context
+from hpcbatch.transport.agent.containers import RUNTIMES, ContainerError, build, host_context
 from hpcbatch.transport.agent.podman_state import run_repairing
 from hpcbatch.transport.agent.procs import (
     read_json,
@@ -49,7 +49,6 @@ from hpcbatch.transport.agent.tools import code_location
 if TYPE_CHECKING:
     from hpcbatch.transport.agent.loop import AgentHost
 
-RUNTIMES = ("podman", "docker", "apptainer", "singularity", "ch-run", "bwrap")
 KINDS = ("oci", "dir", "sif")
 PROGRESS_EVERY_S = 1.0
 TAIL = 4000

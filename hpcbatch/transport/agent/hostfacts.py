@@ -16,9 +16,8 @@ import socket
 import subprocess
 from typing import Any
 
-from hpcbatch.transport.agent.containers import probe_runtimes
+from hpcbatch.transport.agent.containers import RUNTIMES, probe_runtimes
 
-RUNTIMES = ("podman", "docker", "apptainer", "singularity", "ch-run", "bwrap")
 NVIDIA_SMI_ARGS = ("--query-gpu=index,name,memory.total,uuid", "--format=csv,noheader")
 
 
