@@ -291,7 +291,11 @@ def _serve_launches(sock: socket.socket, procs: list[int], dirs: list[str]) -> N
     wake = detach({sock.fileno(), *procs, *home})
     while True:
         if home:
-            inside = _join(procs)
+            inside = True
+            try:
+                _join(procs)
+            except OSError:  # the job process joins them itself, or says why it cannot
+                inside = False
             for fd in procs:
                 os.close(fd)
         else:
@@ -344,22 +348,19 @@ def _serve_launches(sock: socket.socket, procs: list[int], dirs: list[str]) -> N
         dirs = list(nxt["dirs"])
 
 
-def _join(procs: list[int]) -> bool:
-    """Move this process into the groups of `procs` (each group's cgroup.procs); whether
-    it is in them all."""
-    try:
-        for fd in procs:
-            os.write(fd, str(os.getpid()).encode())
-        return True
-    except OSError:
-        return False
+def _join(procs: list[int]) -> None:
+    """Move this process into the groups of `procs` (each group's cgroup.procs). Raises
+    OSError where the kernel refuses."""
+    for fd in procs:
+        os.write(fd, str(os.getpid()).encode())
 
 
 def _leave(home: list[int], cpus: set[int]) -> None:
     """Back to this shepherd's own groups after a job it started from inside the job's,
     out of the job's directory, and back on its own CPUs (`cpus`: a job's pinning, set
     for the child to inherit, stays where no cpuset move resets it)."""
-    _join(home)
+    with contextlib.suppress(OSError):
+        _join(home)
     with contextlib.suppress(OSError):
         os.chdir("/")
     with contextlib.suppress(OSError):
@@ -391,9 +392,7 @@ def _waiting_job(go: socket.socket, procs: list[int], exec_w: int) -> NoReturn:
     try:
         set_name("hb-job")
         try:
-            for fd in procs:  # each group's cgroup.procs
-                os.write(fd, str(os.getpid()).encode())
-                os.close(fd)
+            _join(procs)
         except OSError as exc:
             os.write(exec_w, f"cannot join the job's cgroup: {exc}".encode(errors="replace"))
             os._exit(127)
