@@ -154,4 +154,4 @@ def test_the_forker_ends_when_its_caller_lets_go() -> None:
     sock.close()  # what the agent's end does to it (the agent exits, or is killed)
     assert f.proc is not None
     assert f.proc.wait(timeout=10) == 0  # it exits by itself
-    f.proc = f.pid = f.sock = None
+    f.proc = f.sock = None

@@ -69,8 +69,12 @@ class Forker:
         self.path = [ROOT, *path]
         self.answer_s = ANSWER_S
         self.proc: subprocess.Popen[bytes] | None = None
-        self.pid: int | None = None  # the forker's: its children's parent
         self.sock: socket.socket | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The forker's: its children's parent."""
+        return self.proc.pid if self.proc is not None else None
 
     def start(self) -> None:
         """Start the forker and wait until it is ready (its imports done). Raises
@@ -85,7 +89,7 @@ class Forker:
             )  # fmt: skip
         finally:
             theirs.close()
-        self.pid, self.sock = self.proc.pid, ours
+        self.sock = ours
         ours.settimeout(START_S)
         try:
             got = receive(ours)
@@ -136,7 +140,7 @@ class Forker:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             self.proc.wait()
-        self.proc, self.pid, self.sock = None, None, None
+        self.proc, self.sock = None, None
 
 
 def main(argv: list[str]) -> None:
@@ -160,10 +164,10 @@ def main(argv: list[str]) -> None:
 def _serve(sock: socket.socket, entries: Mapping[str, Entry]) -> None:
     """The forker: a child per request, until the agent lets it go."""
     set_name("hb-forker")
-    handed = (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP, signal.SIGINT, signal.SIGPIPE)
-    usual: dict[int, Any] = {sig: signal.getsignal(sig) for sig in handed}  # each child gets
+    changed = (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE)
+    usual: dict[int, Any] = {sig: signal.getsignal(sig) for sig in changed}  # each child gets
     usual[signal.SIGCHLD] = signal.SIG_DFL
-    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
+    for sig in changed:
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps our children
     devnull = os.open(os.devnull, os.O_RDWR)
