@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from hpcbatch.transport.agent import cgroups
 from hpcbatch.transport.agent.podman_state import run_repairing
 from hpcbatch.transport.agent.protocol import BadRequest, ExitRecord
-from hpcbatch.transport.agent.runas import as_user, become
+from hpcbatch.transport.agent.runas import as_user, become, looked_up_groups
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -315,7 +315,8 @@ def quick_start(spec: dict[str, Any], out_fd: int, err_fd: int) -> subprocess.Po
     itself (wait4) and sets the Popen's `returncode` after, so Popen never reaps it."""
     keep_root = bool(spec.get("keep_root"))
     user = None if keep_root else spec.get("user")
-    if not QUICK or spec.get("cgroup") or (user and not _all_ints(user.get("groups"))):
+    groups = looked_up_groups(user) if user else None
+    if not QUICK or spec.get("cgroup") or (user and groups is None):
         return None
     ids: dict[str, Any] = {}
     cwd: str | None = "/" if keep_root else spec["cwd"]
@@ -323,7 +324,7 @@ def quick_start(spec: dict[str, Any], out_fd: int, err_fd: int) -> subprocess.Po
     try:
         if user:  # Popen changes directory before it switches users: do it as the user
             as_user(user, lambda: os.chdir(spec["cwd"]))
-            ids = {"user": user["uid"], "group": user["gid"], "extra_groups": user["groups"]}
+            ids = {"user": user["uid"], "group": user["gid"], "extra_groups": groups}
             cwd = None
         stdin = os.open(spec.get("stdin") or os.devnull, os.O_RDONLY)
         if spec.get("affinity"):
@@ -337,10 +338,6 @@ def quick_start(spec: dict[str, Any], out_fd: int, err_fd: int) -> subprocess.Po
     finally:
         if stdin is not None:
             os.close(stdin)
-
-
-def _all_ints(values: Any) -> bool:
-    return isinstance(values, list) and all(isinstance(v, int) for v in values)
 
 
 def supervise(

@@ -107,8 +107,8 @@ def become(user: dict[str, Any]) -> None:
     """Switch this process to the user for good: groups, then gid, then uid. The groups
     are those `lookup` found (no NSS lookup in the job's process); an entry without
     them (a record written by an older agent) has them looked up here."""
-    groups = user.get("groups")
-    if isinstance(groups, list) and all(isinstance(g, int) for g in groups):
+    groups = looked_up_groups(user)
+    if groups is not None:
         os.setgroups(groups)
     else:
         os.initgroups(user["name"], user["gid"])
@@ -118,20 +118,27 @@ def become(user: dict[str, Any]) -> None:
         raise OSError(f"could not become {user['name']}")
 
 
+def looked_up_groups(user: dict[str, Any]) -> list[int] | None:
+    """The supplementary groups `lookup` found, or None for an entry without them."""
+    groups = user.get("groups")
+    ok = isinstance(groups, list) and all(isinstance(g, int) for g in groups)
+    return groups if ok else None
+
+
 def as_user(user: dict[str, Any], fn: Callable[[], T]) -> T:
     """`fn()` with this (root) process's effective ids switched to the user's for the
     call (groups, then gid, then uid; and back): the kernel checks what it does as the
     user's, as it would in the user's own process."""
-    saved = os.getgroups()
-    os.setgroups(user["groups"])
-    os.setegid(user["gid"])
-    os.seteuid(user["uid"])
-    try:
+    groups, egid, euid = os.getgroups(), os.getegid(), os.geteuid()
+    try:  # a switch refused half-way is undone as well
+        os.setgroups(user["groups"])
+        os.setegid(user["gid"])
+        os.seteuid(user["uid"])
         return fn()
     finally:
-        os.seteuid(0)
-        os.setegid(0)
-        os.setgroups(saved)
+        os.seteuid(euid)
+        os.setegid(egid)
+        os.setgroups(groups)
 
 
 def user_env(user: dict[str, Any]) -> dict[str, str]:
